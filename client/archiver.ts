@@ -1,0 +1,216 @@
+import { promises as fs, type BigIntStats, type Dirent } from 'node:fs';
+import path from 'node:path';
+import { Chunker } from '../common/chunker.js';
+import { readChunks } from '../common/chunk-reader.js';
+import { hash } from '../common/hash.js';
+import type { Node } from '../common/messages.js';
+import { compareNames, emptyNode, encodeTree } from '../common/tree.js';
+import { ownedBuffer } from '../common/compression.js';
+import type { ExcludeMatcher } from './excludes.js';
+
+export interface ArchiveStats {
+  files: number;
+  dirs: number;
+  symlinks: number;
+  bytes: number;
+  bytesRead: number;
+  filesReused: number;
+  errors: number;
+  skipped: number;
+}
+
+export interface ArchiveProblem {
+  path: string;
+  message: string;
+}
+
+/** Where chunks and trees go: the uploader in a real run, a no-op sink in a dry run. */
+export interface BlobSink {
+  offer(id: Buffer, raw: Buffer, kind: 'DATA' | 'TREE'): Promise<void>;
+}
+
+export type ParentTreeReader = (id: Buffer) => Promise<Node[]>;
+
+const STAT_CONCURRENCY = 32;
+
+/**
+ * Walks directories depth first, turns each into a tree blob (entries sorted by name), and
+ * reuses the chunk list of every file whose size, mtime, ctime and inode match the parent
+ * snapshot, so an unchanged file is never opened and an unchanged directory produces the
+ * same tree id.
+ */
+export class Archiver {
+  readonly stats: ArchiveStats = { files: 0, dirs: 0, symlinks: 0, bytes: 0, bytesRead: 0, filesReused: 0, errors: 0, skipped: 0 };
+  readonly problems: ArchiveProblem[] = [];
+
+  constructor(
+    private readonly chunker: Chunker,
+    private readonly sink: BlobSink,
+    private readonly excludes: ExcludeMatcher,
+    private readonly readParentTree: ParentTreeReader,
+    private readonly onProgress: (stats: ArchiveStats) => void = () => undefined,
+  ) {}
+
+  private problem(p: string, err: unknown): void {
+    this.stats.errors++;
+    const e = err as NodeJS.ErrnoException;
+    this.problems.push({ path: p, message: e.code ? `${e.code}: ${e.message}` : String(e.message ?? err) });
+  }
+
+  /**
+   * Archives `roots`. One root: its contents are the snapshot's root tree. Several: the root
+   * tree holds one directory per root, named by its base name.
+   */
+  async archive(roots: string[], parentRoot: Buffer | undefined): Promise<Buffer> {
+    if (roots.length === 1) return this.archiveDir(roots[0], '', parentRoot);
+    const parentNodes = parentRoot ? await this.parentMap(parentRoot) : new Map<string, Node>();
+    const nodes: Node[] = [];
+    for (const root of [...roots].sort((a, b) => compareNames(path.basename(a), path.basename(b)))) {
+      const name = path.basename(root);
+      const st = await fs.stat(root, { bigint: true });
+      const prev = parentNodes.get(name);
+      const subtree = await this.archiveDir(root, name, prev?.type === 'DIR' ? prev.subtree : undefined);
+      nodes.push(dirNode(name, st, subtree));
+    }
+    return this.storeTree(nodes);
+  }
+
+  private async parentMap(treeId: Buffer): Promise<Map<string, Node>> {
+    try {
+      return new Map((await this.readParentTree(treeId)).map((n) => [n.name, n]));
+    } catch {
+      // An unreadable parent only costs re-reading: every file is then treated as changed.
+      return new Map();
+    }
+  }
+
+  private async archiveDir(abs: string, rel: string, parentTree: Buffer | undefined): Promise<Buffer> {
+    this.stats.dirs++;
+    const parentNodes = parentTree ? await this.parentMap(parentTree) : new Map<string, Node>();
+    let entries: Dirent[];
+    try {
+      entries = await fs.readdir(abs, { withFileTypes: true });
+    } catch (err) {
+      if (rel === '') throw err;
+      this.problem(abs, err);
+      entries = [];
+    }
+    entries.sort((a, b) => compareNames(a.name, b.name));
+    const nodes: Array<Node | undefined> = new Array(entries.length);
+    // Stat concurrently (the libuv pool overlaps the syscalls); descend and read sequentially
+    // so memory and open files stay bounded.
+    const stats: Array<BigIntStats | undefined> = new Array(entries.length);
+    for (let i = 0; i < entries.length; i += STAT_CONCURRENCY) {
+      await Promise.all(
+        entries.slice(i, i + STAT_CONCURRENCY).map(async (e, j) => {
+          try {
+            stats[i + j] = await fs.lstat(path.join(abs, e.name), { bigint: true });
+          } catch (err) {
+            this.problem(path.join(abs, e.name), err);
+          }
+        }),
+      );
+    }
+    for (let i = 0; i < entries.length; i++) {
+      const st = stats[i];
+      if (!st) continue;
+      const name = entries[i].name;
+      const childAbs = path.join(abs, name);
+      const childRel = rel === '' ? name : `${rel}/${name}`;
+      if (st.isDirectory()) {
+        if (this.excludes.excludesDir(childRel) || (await this.excludes.excludesCacheDir(childAbs))) {
+          this.stats.skipped++;
+          continue;
+        }
+        const prev = parentNodes.get(name);
+        const subtree = await this.archiveDir(childAbs, childRel, prev?.type === 'DIR' ? prev.subtree : undefined);
+        nodes[i] = dirNode(name, st, subtree);
+      } else if (st.isSymbolicLink()) {
+        try {
+          const node = metaNode(name, 'SYMLINK', st);
+          node.target = await fs.readlink(childAbs);
+          nodes[i] = node;
+          this.stats.symlinks++;
+        } catch (err) {
+          this.problem(childAbs, err);
+        }
+      } else if (st.isFile()) {
+        if (this.excludes.excludesFile(childRel, Number(st.size))) {
+          this.stats.skipped++;
+          continue;
+        }
+        nodes[i] = await this.archiveFile(childAbs, name, st, parentNodes.get(name));
+      } else {
+        this.stats.skipped++;
+      }
+    }
+    return this.storeTree(nodes.filter((n): n is Node => n !== undefined));
+  }
+
+  private async archiveFile(abs: string, name: string, st: BigIntStats, prev: Node | undefined): Promise<Node | undefined> {
+    const node = metaNode(name, 'FILE', st);
+    if (prev && prev.type === 'FILE' && prev.size === node.size && prev.mtimeNs === node.mtimeNs && prev.ctimeNs === node.ctimeNs && prev.inode === node.inode) {
+      node.chunks = prev.chunks;
+      this.stats.files++;
+      this.stats.filesReused++;
+      this.stats.bytes += Number(st.size);
+      this.onProgress(this.stats);
+      return node;
+    }
+    let fh: fs.FileHandle;
+    try {
+      fh = await fs.open(abs, 'r');
+    } catch (err) {
+      this.problem(abs, err);
+      return undefined;
+    }
+    try {
+      let size = 0;
+      for await (const chunk of readChunks(fh, this.chunker)) {
+        const id = hash(chunk);
+        node.chunks.push(id);
+        size += chunk.length;
+        this.stats.bytesRead += chunk.length;
+        await this.sink.offer(id, chunk, 'DATA');
+        this.onProgress(this.stats);
+      }
+      // A file that changed while we read it is recorded as what we read.
+      node.size = String(size);
+      this.stats.files++;
+      this.stats.bytes += size;
+      return node;
+    } catch (err) {
+      this.problem(abs, err);
+      return undefined;
+    } finally {
+      await fh.close();
+    }
+  }
+
+  private async storeTree(nodes: Node[]): Promise<Buffer> {
+    const data = encodeTree(nodes);
+    const id = hash(data);
+    await this.sink.offer(id, ownedBuffer(data), 'TREE');
+    return id;
+  }
+}
+
+function metaNode(name: string, type: Node['type'], st: BigIntStats): Node {
+  const node = emptyNode(name, type);
+  node.mode = Number(st.mode & 0o7777n);
+  node.mtimeNs = String(st.mtimeNs);
+  node.ctimeNs = String(st.ctimeNs);
+  node.inode = String(st.ino);
+  node.size = type === 'DIR' ? '0' : String(st.size);
+  return node;
+}
+
+function dirNode(name: string, st: BigIntStats, subtree: Buffer): Node {
+  const node = metaNode(name, 'DIR', st);
+  // A directory's ctime and inode change with every entry added or removed; leaving them
+  // out keeps an unchanged directory's tree bytes, and so its id, stable across snapshots.
+  node.ctimeNs = '0';
+  node.inode = '0';
+  node.subtree = subtree;
+  return node;
+}

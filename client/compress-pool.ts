@@ -1,0 +1,63 @@
+import { availableParallelism } from 'node:os';
+import { Worker } from 'node:worker_threads';
+import { CairnError, Code } from '../common/errors.js';
+import { ownedBuffer, type Packed } from '../common/compression.js';
+
+interface Pending {
+  resolve: (p: Packed) => void;
+  reject: (e: Error) => void;
+}
+
+/**
+ * zstd-napi runs on the calling thread, so compression lives in worker threads: the event
+ * loop keeps reading, hashing and talking gRPC while the workers compress.
+ * Chunks go to a worker by transfer (no copy) and come back the same way.
+ */
+export class CompressPool {
+  private readonly workers: Worker[] = [];
+  private readonly inflight = new Map<number, Pending>();
+  private readonly load: number[] = [];
+  private seq = 0;
+  private failed: Error | undefined;
+
+  constructor(level: number, size = Math.max(1, Math.min(4, availableParallelism()))) {
+    const url = new URL('./compress-worker.js', import.meta.url);
+    for (let i = 0; i < size; i++) {
+      const w = new Worker(url, { workerData: { level } });
+      w.on('message', (m: { seq: number; data: Uint8Array; compressed: boolean }) => {
+        this.load[i]--;
+        const p = this.inflight.get(m.seq);
+        this.inflight.delete(m.seq);
+        p?.resolve({ data: Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength), compressed: m.compressed });
+      });
+      w.on('error', (err) => this.fail(err));
+      w.unref();
+      this.workers.push(w);
+      this.load.push(0);
+    }
+  }
+
+  private fail(err: Error): void {
+    this.failed = new CairnError(Code.INTERNAL, `compression worker failed: ${err.message}`);
+    for (const p of this.inflight.values()) p.reject(this.failed);
+    this.inflight.clear();
+  }
+
+  /** `raw` must own its whole ArrayBuffer: it is transferred and unusable afterwards. */
+  compress(raw: Buffer): Promise<Packed> {
+    if (this.failed) return Promise.reject(this.failed);
+    let best = 0;
+    for (let i = 1; i < this.load.length; i++) if (this.load[i] < this.load[best]) best = i;
+    const seq = this.seq++;
+    this.load[best]++;
+    return new Promise<Packed>((resolve, reject) => {
+      this.inflight.set(seq, { resolve, reject });
+      const data = ownedBuffer(raw);
+      this.workers[best].postMessage({ seq, data }, [data.buffer as ArrayBuffer]);
+    });
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.workers.map((w) => w.terminate()));
+  }
+}

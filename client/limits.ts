@@ -1,0 +1,10 @@
+/** Largest message the client sends or accepts: a tree blob of the server's limit plus framing. */
+export const MAX_CLIENT_MESSAGE_BYTES = 80 * 1024 * 1024;
+/** Blobs are batched into Upload messages of about this size: fewer messages, same memory bound. */
+export const UPLOAD_MESSAGE_BYTES = 1024 * 1024;
+/** Ids per FindMissing call. */
+export const FIND_MISSING_BATCH = 512;
+/** Chunk bytes between reading and acknowledged upload: the snapshot's memory bound. */
+export const SNAPSHOT_WINDOW_BYTES = 64 * 1024 * 1024;
+/** Chunk bytes requested but not yet written during restore. */
+export const RESTORE_WINDOW_BYTES = 64 * 1024 * 1024;

@@ -1,0 +1,70 @@
+import { Compressor } from 'zstd-napi';
+import binding from 'zstd-napi/binding.js';
+import { CairnError, Code } from './errors.js';
+
+/** Stored raw when zstd saves less than this share: decompressing it later would cost more than it saves. */
+export const MIN_SAVING = 0.03;
+export const DEFAULT_LEVEL = 3;
+
+export interface Packed {
+  data: Buffer;
+  compressed: boolean;
+}
+
+/** Holds one zstd context: per-call allocation halves the speed on incompressible data. */
+export class BlobCompressor {
+  private readonly zc = new Compressor();
+
+  constructor(level = DEFAULT_LEVEL) {
+    this.zc.setParameters({ compressionLevel: level });
+  }
+
+  compress(raw: Buffer): Packed {
+    const out = this.zc.compress(raw);
+    if (out.length <= raw.length * (1 - MIN_SAVING)) return { data: out, compressed: true };
+    return { data: raw, compressed: false };
+  }
+}
+
+/**
+ * Inflates into a buffer of exactly the declared raw length, so a hostile frame that claims
+ * (or really holds) more bytes can never make us allocate more than the limit we checked first.
+ */
+export class BlobDecompressor {
+  private readonly dctx = new binding.DCtx();
+
+  decompress(data: Uint8Array, rawLength: number, what: string): Buffer {
+    let declared: number | null;
+    try {
+      declared = binding.getFrameContentSize(data);
+    } catch (err) {
+      throw new CairnError(Code.INVALID_ARGUMENT, `${what}: not a zstd frame (${(err as Error).message})`);
+    }
+    if (declared !== null && declared !== rawLength) {
+      throw new CairnError(Code.INVALID_ARGUMENT, `${what}: zstd frame declares ${declared} bytes but the blob says ${rawLength}`);
+    }
+    const out = Buffer.allocUnsafe(rawLength);
+    let written: number;
+    try {
+      written = this.dctx.decompress(out, data);
+    } catch (err) {
+      throw new CairnError(Code.INVALID_ARGUMENT, `${what}: not a valid zstd frame of ${rawLength} bytes (${(err as Error).message})`);
+    }
+    if (written !== rawLength) {
+      throw new CairnError(Code.INVALID_ARGUMENT, `${what}: inflated to ${written} bytes, expected ${rawLength}`);
+    }
+    return out;
+  }
+}
+
+/**
+ * A buffer that owns its whole ArrayBuffer, so it can be transferred to or from a worker.
+ * Never Buffer.from(buf): small copies land in Node's shared pool, and transferring that
+ * would detach every other buffer in it.
+ */
+export function ownedBuffer(b: Buffer): Buffer {
+  if (b.byteOffset === 0 && b.byteLength === b.buffer.byteLength) return b;
+  const copy = Buffer.allocUnsafeSlow(b.byteLength);
+  b.copy(copy);
+  return copy;
+}

@@ -1,0 +1,45 @@
+import { Command, Option } from 'commander';
+import path from 'node:path';
+import { createLogger } from '../common/log.js';
+import { toCairnError, codeName } from '../common/errors.js';
+import { SERVER_VERSION } from '../common/version.js';
+import { CairnServer, openStore } from './server.js';
+import { parseSize } from '../common/units.js';
+
+function defaultIndexDir(store: string): string {
+  const dir = store.startsWith('file:') ? store.slice('file:'.length) : store.includes(':') ? './cairn-index' : store;
+  return path.join(dir, 'index');
+}
+
+async function serve(opts: { listen: string; store: string; index?: string; logLevel: string; packSize: string }): Promise<void> {
+  const log = createLogger(opts.logLevel, 'cairn-server');
+  const server = await CairnServer.start({
+    listen: opts.listen,
+    store: openStore(opts.store),
+    indexDir: opts.index ?? defaultIndexDir(opts.store),
+    log,
+    packSize: parseSize(opts.packSize),
+  });
+  const shutdown = (signal: string) => {
+    log.info({ signal }, 'shutting down');
+    server.stop().then(() => process.exit(0), () => process.exit(1));
+  };
+  process.once('SIGINT', () => shutdown('SIGINT'));
+  process.once('SIGTERM', () => shutdown('SIGTERM'));
+}
+
+const program = new Command('cairn-server')
+  .description('Cairn backup server: stores deduplicated, compressed snapshots in an object store')
+  .version(SERVER_VERSION)
+  .addOption(new Option('--listen <host:port>', 'address to serve gRPC on').default('127.0.0.1:7420'))
+  .addOption(new Option('--store <spec>', 'object store: file:DIR').default('file:./cairn-data'))
+  .addOption(new Option('--index <dir>', 'LevelDB index directory (default: <store dir>/index)'))
+  .addOption(new Option('--pack-size <size>', 'target pack size').default('16MiB'))
+  .addOption(new Option('--log-level <level>', 'pino log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default('info'))
+  .action(serve);
+
+program.parseAsync(process.argv).catch((err) => {
+  const e = toCairnError(err);
+  process.stderr.write(`cairn-server: ${codeName(e.code)}: ${e.message}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,149 @@
+import fastq from 'fastq';
+import type { queueAsPromised } from 'fastq';
+import { hash, toHex } from '../common/hash.js';
+import { encodeTrailer, packKey, type PackEntry } from '../common/pack-format.js';
+import type { BlobKind } from '../common/messages.js';
+import type { ObjectStore } from './object-store.js';
+import { encodeSegment, segmentKey, type SegmentPack } from './index-segment.js';
+import { chunkKey, encodeLocation, packInfoKey, type Batch, type IndexDb } from './index-db.js';
+import { toCairnError } from '../common/errors.js';
+
+export interface VerifiedBlob {
+  id: Buffer;
+  kind: BlobKind;
+  compressed: boolean;
+  rawLength: number;
+  data: Buffer;
+}
+
+export interface PackWriterOptions {
+  packSize: number;
+  uploadConcurrency: number;
+  /** Sealed packs waiting for upload before add() makes callers wait: bounds memory. */
+  maxQueuedPacks: number;
+  /** Uploaded packs that trigger an index segment without waiting for a commit. */
+  segmentEvery: number;
+}
+
+interface OpenPack {
+  parts: Buffer[];
+  entries: PackEntry[];
+  size: number;
+}
+
+interface SealedPack {
+  kind: BlobKind;
+  data: Buffer;
+  entries: PackEntry[];
+}
+
+/**
+ * Appends verified blobs into packs (data and trees apart), uploads sealed packs with
+ * bounded concurrency, and makes them findable in the crash-safe order:
+ * pack objects, then an index segment naming them, then the LevelDB entries.
+ * Until a blob's entry is in LevelDB it is "pending": known to dedup, not yet readable.
+ */
+export class PackWriter {
+  private readonly open = new Map<BlobKind, OpenPack>();
+  private readonly pending = new Set<string>();
+  private uploaded: SegmentPack[] = [];
+  private readonly queue: queueAsPromised<SealedPack>;
+  private queued = 0;
+  private waiters: Array<() => void> = [];
+  private failure: Error | undefined;
+  private indexing: Promise<void> = Promise.resolve();
+
+  constructor(
+    private readonly store: ObjectStore,
+    private readonly index: IndexDb,
+    private readonly opts: PackWriterOptions,
+  ) {
+    this.queue = fastq.promise(this, this.upload, opts.uploadConcurrency);
+  }
+
+  isPending(idHex: string): boolean {
+    return this.pending.has(idHex);
+  }
+
+  /** Adds a blob; resolves when the writer can take more (the caller should stop reading until then). */
+  async add(blob: VerifiedBlob): Promise<void> {
+    const hex = toHex(blob.id);
+    if (this.pending.has(hex)) return;
+    this.pending.add(hex);
+    let pack = this.open.get(blob.kind);
+    if (!pack) {
+      pack = { parts: [], entries: [], size: 0 };
+      this.open.set(blob.kind, pack);
+    }
+    pack.entries.push({ id: blob.id, offset: pack.size, storedLength: blob.data.length, rawLength: blob.rawLength, kind: blob.kind, compressed: blob.compressed });
+    pack.parts.push(blob.data);
+    pack.size += blob.data.length;
+    if (pack.size >= this.opts.packSize) this.seal(blob.kind);
+    while (this.queued >= this.opts.maxQueuedPacks) {
+      await new Promise<void>((resolve) => this.waiters.push(resolve));
+    }
+  }
+
+  private seal(kind: BlobKind): void {
+    const pack = this.open.get(kind);
+    if (!pack || pack.entries.length === 0) return;
+    this.open.delete(kind);
+    const data = Buffer.concat([...pack.parts, encodeTrailer(pack.entries)]);
+    this.queued++;
+    this.queue.push({ kind, data, entries: pack.entries }).catch(() => undefined);
+  }
+
+  private async upload(sealed: SealedPack): Promise<void> {
+    const id = hash(sealed.data);
+    try {
+      await this.store.put(packKey(toHex(id)), sealed.data);
+      this.uploaded.push({ id, size: sealed.data.length, kind: sealed.kind, entries: sealed.entries });
+    } catch (err) {
+      // The blobs of a lost pack must be uploadable again: forget them and report at the next flush.
+      for (const e of sealed.entries) this.pending.delete(toHex(e.id));
+      this.failure ??= toCairnError(err);
+    } finally {
+      this.queued--;
+      const waiters = this.waiters;
+      this.waiters = [];
+      for (const w of waiters) w();
+    }
+    if (this.uploaded.length >= this.opts.segmentEvery) this.indexing = this.indexing.then(() => this.writeIndex());
+  }
+
+  /** Makes every blob added so far durable and indexed (a commit calls this first). */
+  async flush(): Promise<void> {
+    this.seal('DATA');
+    this.seal('TREE');
+    await this.queue.drained();
+    this.indexing = this.indexing.then(() => this.writeIndex());
+    await this.indexing;
+    const failure = this.failure;
+    this.failure = undefined;
+    if (failure) throw failure;
+  }
+
+  private async writeIndex(): Promise<void> {
+    if (this.uploaded.length === 0) return;
+    const packs = this.uploaded;
+    this.uploaded = [];
+    try {
+      const segment = encodeSegment(packs);
+      await this.store.put(segmentKey(segment.id), segment.data);
+      const ops: Batch = [];
+      for (const p of packs) {
+        const packHex = toHex(p.id);
+        ops.push({ type: 'put', key: packInfoKey(packHex), value: Buffer.from(JSON.stringify({ size: p.size, entries: p.entries.length, kind: p.kind })) });
+        for (const e of p.entries) {
+          ops.push({ type: 'put', key: chunkKey(e.id), value: encodeLocation({ pack: p.id, offset: e.offset, storedLength: e.storedLength, rawLength: e.rawLength, kind: e.kind, compressed: e.compressed }) });
+        }
+      }
+      await this.index.batch(ops);
+    } catch (err) {
+      // Packs without an index entry are unreferenced: garbage collection removes them.
+      this.failure ??= toCairnError(err);
+    }
+    // Indexed blobs are found through LevelDB now; lost ones must be uploadable again.
+    for (const p of packs) for (const e of p.entries) this.pending.delete(toHex(e.id));
+  }
+}

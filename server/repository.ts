@@ -1,0 +1,398 @@
+import { randomBytes } from 'node:crypto';
+import type { Logger } from 'pino';
+import { DEFAULT_CHUNKER_PARAMS, validateChunkerParams, type ChunkerParams } from '../common/chunker.js';
+import { BlobDecompressor, DEFAULT_LEVEL } from '../common/compression.js';
+import { CairnError, Code, dataLoss, failedPrecondition, invalidArgument, notFound } from '../common/errors.js';
+import { hash, ID_BYTES, isHexId, toHex } from '../common/hash.js';
+import type { Node, Snapshot, SnapshotSummary } from '../common/messages.js';
+import { packKey, parsePack } from '../common/pack-format.js';
+import { decodeTree } from '../common/tree.js';
+import { chunkKey, encodeLocation, IndexDb, packInfoKey, protectKey, snapKey, snapTimeKey, verifiedKey, type Batch, type Location } from './index-db.js';
+import { decodeSegment } from './index-segment.js';
+import type { ObjectStore } from './object-store.js';
+import { PackWriter, type VerifiedBlob } from './pack-writer.js';
+import { readBlobsByPack } from './blob-reader.js';
+
+export const REPO_FORMAT_VERSION = 1;
+/** Tree blobs are not cut by the chunker; this bounds what one directory may cost the server. */
+export const MAX_TREE_BLOB_BYTES = 64 * 1024 * 1024;
+
+export interface RepoConfig {
+  version: number;
+  id: string;
+  chunker: ChunkerParams;
+  packSize: number;
+  compressionLevel: number;
+  created: string;
+}
+
+export interface RepositoryOptions {
+  name: string;
+  store: ObjectStore;
+  indexDir: string;
+  log: Logger;
+  packSize?: number;
+  chunker?: ChunkerParams;
+}
+
+/** The record written to `snapshots/<id>`; its BLAKE3 is the snapshot id. Key order is fixed. */
+export interface SnapshotRecord {
+  version: number;
+  dataset: string;
+  host: string;
+  paths: string[];
+  tags: string[];
+  time: string;
+  parent: string;
+  rootTree: string;
+  summary: SnapshotSummary;
+  clientVersion: string;
+}
+
+const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+
+export function validateName(kind: string, value: string): string {
+  if (!NAME_RE.test(value)) {
+    throw invalidArgument(`${kind} ${JSON.stringify(value)} is not valid: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit`);
+  }
+  return value;
+}
+
+export function snapshotIndexKeys(s: Snapshot): string[] {
+  return [snapTimeKey(s), `snapds/${s.dataset}/${s.time}/${s.id}`, `snapall/${s.time}/${s.id}`];
+}
+
+/**
+ * One repository: an object-store prefix plus its LevelDB index. The server is its only
+ * writer; everything written follows packs -> index segment -> LevelDB -> snapshot object.
+ */
+export class Repository {
+  readonly decompressor = new BlobDecompressor();
+  readonly writer: PackWriter;
+
+  private constructor(
+    readonly name: string,
+    readonly store: ObjectStore,
+    readonly index: IndexDb,
+    readonly config: RepoConfig,
+    readonly log: Logger,
+  ) {
+    this.writer = new PackWriter(store, index, { packSize: config.packSize, uploadConcurrency: 4, maxQueuedPacks: 6, segmentEvery: 64 });
+  }
+
+  static async open(opts: RepositoryOptions): Promise<Repository> {
+    const config = await loadOrInitConfig(opts);
+    const index = await IndexDb.open(opts.indexDir);
+    const repo = new Repository(opts.name, opts.store, index, config, opts.log);
+    const marker = await index.getJson<{ repositoryId: string }>('meta/repository');
+    if (marker?.repositoryId !== config.id) {
+      opts.log.warn({ repository: opts.name }, 'index is empty or belongs to another repository: rebuilding it from the object store');
+      await repo.rebuildIndex();
+    } else {
+      await repo.reconcileSnapshots();
+    }
+    // Sessions do not survive a restart, so neither do their pins.
+    await index.deletePrefix('pin/');
+    return repo;
+  }
+
+  async close(): Promise<void> {
+    await this.writer.flush().catch(() => undefined);
+    await this.index.close();
+  }
+
+  get maxBlobRaw(): number {
+    return this.config.chunker.maxSize;
+  }
+
+  /** Which of `ids` the repository holds (indexed or waiting in a pack being written). */
+  async present(ids: Buffer[]): Promise<boolean[]> {
+    const locs = await this.index.locate(ids);
+    return locs.map((l, i) => l !== undefined || this.writer.isPending(toHex(ids[i])));
+  }
+
+  /**
+   * Checks a blob a client sent: size limits first (before inflating anything), then
+   * decompression into exactly raw_length bytes, then the hash. Nothing unverified is stored.
+   */
+  verifyBlob(blob: { id: Buffer; kind: string; compression: string; rawLength: number; data: Buffer }): VerifiedBlob {
+    if (blob.id.length !== ID_BYTES) throw invalidArgument(`blob id must be ${ID_BYTES} bytes, got ${blob.id.length}`);
+    const hex = toHex(blob.id);
+    const limit = blob.kind === 'TREE' ? MAX_TREE_BLOB_BYTES : this.maxBlobRaw;
+    if (blob.kind !== 'TREE' && blob.kind !== 'DATA') throw invalidArgument(`blob ${hex}: unknown kind ${blob.kind}`);
+    if (!(blob.rawLength > 0) && blob.data.length > 0) throw invalidArgument(`blob ${hex}: raw_length must be set`);
+    if (blob.rawLength > limit) {
+      throw new CairnError(Code.INVALID_ARGUMENT, `blob ${hex}: raw length ${blob.rawLength} passes the limit of ${limit} bytes for ${blob.kind} blobs`);
+    }
+    let raw: Buffer;
+    if (blob.compression === 'ZSTD') {
+      raw = this.decompressor.decompress(blob.data, blob.rawLength, `blob ${hex}`);
+    } else if (blob.compression === 'NONE') {
+      if (blob.data.length !== blob.rawLength) throw invalidArgument(`blob ${hex}: ${blob.data.length} bytes but raw_length says ${blob.rawLength}`);
+      raw = blob.data;
+    } else {
+      throw invalidArgument(`blob ${hex}: unknown compression ${blob.compression}`);
+    }
+    if (!hash(raw).equals(blob.id)) throw invalidArgument(`blob ${hex}: content does not hash to its id; nothing stored`);
+    if (blob.kind === 'TREE') decodeTree(raw, `tree ${hex}`, Code.INVALID_ARGUMENT);
+    return { id: blob.id, kind: blob.kind, compressed: blob.compression === 'ZSTD', rawLength: blob.rawLength, data: blob.data };
+  }
+
+  async locateOrThrow(id: Buffer, what: string): Promise<Location> {
+    const [loc] = await this.index.locate([id]);
+    if (!loc) throw notFound(`${what} ${toHex(id)} is not in repository ${this.name}`);
+    return loc;
+  }
+
+  /** Reads one blob, inflates and re-hashes it: corruption surfaces as DATA_LOSS naming pack and blob. */
+  async readRaw(id: Buffer, what: string): Promise<Buffer> {
+    const loc = await this.locateOrThrow(id, what);
+    const packHex = toHex(loc.pack);
+    const stored = await this.store.getRange(packKey(packHex), loc.offset, loc.storedLength);
+    return this.inflateVerified(id, loc, stored);
+  }
+
+  inflateVerified(id: Buffer, loc: Location, stored: Buffer): Buffer {
+    const where = `${loc.kind === 'TREE' ? 'tree' : 'chunk'} ${toHex(id)} in pack ${toHex(loc.pack)}`;
+    let raw: Buffer;
+    try {
+      raw = loc.compressed ? this.decompressor.decompress(stored, loc.rawLength, where) : stored;
+    } catch (err) {
+      throw dataLoss(`${where} is corrupt: ${(err as Error).message}`);
+    }
+    if (!hash(raw).equals(id)) throw dataLoss(`${where} is corrupt: its content no longer hashes to its id`);
+    return raw;
+  }
+
+  async readTree(id: Buffer): Promise<Node[]> {
+    const loc = await this.locateOrThrow(id, 'tree');
+    if (loc.kind !== 'TREE') throw invalidArgument(`${toHex(id)} is a data chunk, not a tree`);
+    const stored = await this.store.getRange(packKey(toHex(loc.pack)), loc.offset, loc.storedLength);
+    return decodeTree(this.inflateVerified(id, loc, stored), `tree ${toHex(id)}`);
+  }
+
+  readStored(ids: Buffer[]) {
+    return readBlobsByPack(this, ids);
+  }
+
+  /**
+   * Refuses a commit whose tree references anything the repository lacks. Subtrees verified
+   * by an earlier commit are skipped, so an incremental commit costs only its new trees.
+   */
+  async verifyComplete(root: Buffer): Promise<number> {
+    const stack: Array<{ id: Buffer; path: string }> = [{ id: root, path: '/' }];
+    const newlyVerified: string[] = [];
+    while (stack.length > 0) {
+      const { id, path } = stack.pop()!;
+      const hex = toHex(id);
+      if (await this.index.has(verifiedKey(hex))) continue;
+      const [loc] = await this.index.locate([id]);
+      if (!loc || loc.kind !== 'TREE') throw failedPrecondition(`commit references unknown tree ${hex} (directory ${path}); upload it first`);
+      const nodes = await this.readTree(id);
+      const fileChunks: Array<{ id: Buffer; path: string }> = [];
+      for (const n of nodes) {
+        const childPath = path === '/' ? `/${n.name}` : `${path}/${n.name}`;
+        if (n.type === 'DIR') stack.push({ id: n.subtree, path: childPath });
+        else if (n.type === 'FILE') for (const c of n.chunks) fileChunks.push({ id: c, path: childPath });
+      }
+      for (let i = 0; i < fileChunks.length; i += 1000) {
+        const slice = fileChunks.slice(i, i + 1000);
+        const locs = await this.index.locate(slice.map((c) => c.id));
+        const missing = locs.findIndex((l) => l === undefined || l.kind !== 'DATA');
+        if (missing >= 0) throw failedPrecondition(`commit references unknown chunk ${toHex(slice[missing].id)} (file ${slice[missing].path}); upload it first`);
+      }
+      newlyVerified.push(hex);
+    }
+    await this.index.putMarkers(newlyVerified.map(verifiedKey));
+    return newlyVerified.length;
+  }
+
+  async writeSnapshot(record: SnapshotRecord): Promise<Snapshot> {
+    const json = Buffer.from(JSON.stringify(record));
+    const id = toHex(hash(json));
+    await this.store.put(`snapshots/${id}`, json);
+    const snapshot = recordToSnapshot(id, record, false);
+    await this.indexSnapshot(snapshot);
+    return snapshot;
+  }
+
+  private async indexSnapshot(s: Snapshot): Promise<void> {
+    const ops: Batch = [{ type: 'put', key: snapKey(s.id), value: Buffer.from(JSON.stringify(s)) }];
+    for (const key of snapshotIndexKeys(s)) ops.push({ type: 'put', key, value: Buffer.alloc(0) });
+    await this.index.batch(ops);
+  }
+
+  async snapshotById(id: string): Promise<Snapshot | undefined> {
+    const s = await this.index.getJson<Snapshot>(snapKey(id));
+    if (!s) return undefined;
+    s.protected = await this.index.has(protectKey(id));
+    return s;
+  }
+
+  /** Resolves a full id, a unique prefix, or "latest" (optionally narrowed by dataset/host/tag). */
+  async resolveSnapshot(ref: string, filter: { dataset?: string; host?: string; tag?: string } = {}): Promise<Snapshot> {
+    if (ref === 'latest') {
+      for await (const s of this.listSnapshots({ dataset: filter.dataset, host: filter.host, tag: filter.tag, limit: 1 })) return s;
+      const scope = [filter.dataset && `dataset ${filter.dataset}`, filter.host && `host ${filter.host}`, filter.tag && `tag ${filter.tag}`].filter(Boolean).join(', ');
+      throw notFound(`no snapshot${scope ? ` for ${scope}` : ''} in repository ${this.name}`);
+    }
+    if (!/^[0-9a-f]{1,64}$/.test(ref)) throw invalidArgument(`snapshot reference ${JSON.stringify(ref)} is not an id, an id prefix or "latest"`);
+    if (isHexId(ref)) {
+      const s = await this.snapshotById(ref);
+      if (!s) throw notFound(`snapshot ${ref} does not exist in repository ${this.name}`);
+      return s;
+    }
+    const candidates: string[] = [];
+    for await (const key of this.index.keys(`snap/${ref}`, { limit: 11 })) candidates.push(key.slice('snap/'.length));
+    if (candidates.length === 0) throw notFound(`no snapshot id starts with ${ref}`);
+    if (candidates.length > 1) {
+      throw invalidArgument(`snapshot prefix ${ref} is ambiguous: it matches ${candidates.slice(0, 10).join(', ')}${candidates.length > 10 ? ', ...' : ''}`);
+    }
+    return (await this.snapshotById(candidates[0]))!;
+  }
+
+  /** Newest first, streamed from the most specific LevelDB range the filter allows. */
+  async *listSnapshots(f: { dataset?: string; host?: string; tag?: string; since?: string; until?: string; limit?: number }): AsyncGenerator<Snapshot> {
+    const prefix = f.dataset && f.host ? `snaptime/${f.dataset}/${f.host}/` : f.dataset ? `snapds/${f.dataset}/` : 'snapall/';
+    const gte = f.since ? prefix + f.since : undefined;
+    const lt = f.until ? prefix + f.until : undefined;
+    let n = 0;
+    for await (const key of this.index.keys(prefix, { reverse: true, gte, lt })) {
+      const id = key.slice(key.lastIndexOf('/') + 1);
+      const s = await this.snapshotById(id);
+      if (!s) continue;
+      if (f.host && s.host !== f.host) continue;
+      if (f.tag && !s.tags.includes(f.tag)) continue;
+      yield s;
+      if (f.limit && ++n >= f.limit) return;
+    }
+  }
+
+  /**
+   * Brings LevelDB back in step with the object store after a crash between writing a
+   * snapshot object and indexing it: the object is the commit point, the index follows it.
+   */
+  async reconcileSnapshots(): Promise<number> {
+    let added = 0;
+    for await (const o of this.store.list('snapshots/')) {
+      const id = o.key.slice('snapshots/'.length);
+      if (!isHexId(id) || (await this.index.has(snapKey(id)))) continue;
+      await this.indexSnapshotObject(id);
+      added++;
+    }
+    if (added > 0) this.log.info({ repository: this.name, added }, 'indexed snapshots found in the store but missing from the index');
+    return added;
+  }
+
+  private async indexSnapshotObject(id: string): Promise<void> {
+    const data = await this.store.get(`snapshots/${id}`);
+    if (toHex(hash(data)) !== id) {
+      this.log.error({ snapshot: id }, 'snapshot object does not hash to its name: skipped');
+      return;
+    }
+    const record = JSON.parse(data.toString('utf8')) as SnapshotRecord;
+    await this.indexSnapshot(recordToSnapshot(id, record, false));
+  }
+
+  /** Recreates LevelDB from index segments, then from the trailers of packs no segment names. */
+  async rebuildIndex(): Promise<{ segments: number; packsFromTrailers: number; snapshots: number }> {
+    await this.index.db.clear();
+    const known = new Set<string>();
+    let segments = 0;
+    for await (const o of this.store.list('index/')) {
+      try {
+        const packs = decodeSegment(await this.store.get(o.key), o.key);
+        const ops: Batch = [];
+        for (const p of packs) {
+          const packHex = toHex(p.id);
+          if (!(await this.store.head(packKey(packHex)))) continue;
+          known.add(packHex);
+          ops.push(...packOps(packHex, p.id, p.size, p.kind, p.entries));
+        }
+        await this.index.batch(ops);
+        segments++;
+      } catch (err) {
+        this.log.warn({ segment: o.key, err: (err as Error).message }, 'unreadable index segment: falling back to pack trailers');
+      }
+    }
+    let packsFromTrailers = 0;
+    for await (const o of this.store.list('packs/')) {
+      const packHex = o.key.slice(o.key.lastIndexOf('/') + 1);
+      if (known.has(packHex) || !isHexId(packHex)) continue;
+      try {
+        const data = await this.store.get(o.key);
+        const entries = parsePack(data, o.key);
+        const kind = entries[0]?.kind ?? 'DATA';
+        await this.index.batch(packOps(packHex, Buffer.from(packHex, 'hex'), data.length, kind, entries));
+        packsFromTrailers++;
+      } catch (err) {
+        this.log.error({ pack: o.key, err: (err as Error).message }, 'unreadable pack skipped during rebuild');
+      }
+    }
+    let snapshots = 0;
+    for await (const o of this.store.list('snapshots/')) {
+      const id = o.key.slice('snapshots/'.length);
+      if (!isHexId(id)) continue;
+      await this.indexSnapshotObject(id);
+      snapshots++;
+    }
+    const protectedIds: string[] = [];
+    for await (const o of this.store.list('protected/')) protectedIds.push(protectKey(o.key.slice('protected/'.length)));
+    await this.index.putMarkers(protectedIds);
+    await this.index.putJson('meta/repository', { repositoryId: this.config.id });
+    this.log.info({ repository: this.name, segments, packsFromTrailers, snapshots }, 'index rebuilt');
+    return { segments, packsFromTrailers, snapshots };
+  }
+}
+
+function packOps(packHex: string, packId: Buffer, size: number, kind: string, entries: Array<{ id: Buffer; offset: number; storedLength: number; rawLength: number; kind: 'DATA' | 'TREE'; compressed: boolean }>): Batch {
+  const ops: Batch = [{ type: 'put', key: packInfoKey(packHex), value: Buffer.from(JSON.stringify({ size, entries: entries.length, kind })) }];
+  for (const e of entries) {
+    ops.push({ type: 'put', key: chunkKey(e.id), value: encodeLocation({ pack: packId, offset: e.offset, storedLength: e.storedLength, rawLength: e.rawLength, kind: e.kind, compressed: e.compressed }) });
+  }
+  return ops;
+}
+
+export function recordToSnapshot(id: string, r: SnapshotRecord, isProtected: boolean): Snapshot {
+  return {
+    id,
+    dataset: r.dataset,
+    host: r.host,
+    paths: r.paths,
+    tags: r.tags,
+    time: r.time,
+    parent: r.parent,
+    rootTree: r.rootTree,
+    summary: r.summary,
+    clientVersion: r.clientVersion,
+    protected: isProtected,
+  };
+}
+
+async function loadOrInitConfig(opts: RepositoryOptions): Promise<RepoConfig> {
+  try {
+    const config = JSON.parse((await opts.store.get('config')).toString('utf8')) as RepoConfig;
+    if (config.version !== REPO_FORMAT_VERSION) {
+      throw failedPrecondition(`repository ${opts.name} has format version ${config.version}; this server reads version ${REPO_FORMAT_VERSION}`);
+    }
+    return config;
+  } catch (err) {
+    if (!(err instanceof CairnError) || err.code !== Code.NOT_FOUND) throw err;
+  }
+  const chunker = opts.chunker ?? DEFAULT_CHUNKER_PARAMS;
+  validateChunkerParams(chunker);
+  const config: RepoConfig = {
+    version: REPO_FORMAT_VERSION,
+    id: randomBytes(16).toString('hex'),
+    chunker,
+    packSize: opts.packSize ?? 16 * 1024 * 1024,
+    compressionLevel: DEFAULT_LEVEL,
+    created: new Date().toISOString(),
+  };
+  // Two servers initialising at once must agree on one config: the conditional write decides.
+  if (!(await opts.store.putIfAbsent('config', Buffer.from(JSON.stringify(config, null, 2))))) {
+    return loadOrInitConfig(opts);
+  }
+  opts.log.info({ repository: opts.name, id: config.id, store: opts.store.description }, 'initialised new repository');
+  return config;
+}

@@ -1,0 +1,399 @@
+import http from 'node:http';
+import https from 'node:https';
+import type { Readable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
+import {
+  DeleteObjectsCommand,
+  GetObjectCommand,
+  HeadObjectCommand,
+  ListObjectsV2Command,
+  PutObjectCommand,
+  S3Client,
+} from '@aws-sdk/client-s3';
+import {
+  CairnError,
+  Code,
+  dataLoss,
+  failedPrecondition,
+  invalidArgument,
+  notFound,
+  permissionDenied,
+  unavailable,
+} from '../common/errors.js';
+import { emptyCounts, type ObjectInfo, type ObjectStore, type RequestCounts } from './object-store.js';
+
+export interface S3StoreOptions {
+  bucket: string;
+  /** Key prefix inside the bucket, without leading or trailing slash; '' for the bucket root. */
+  prefix: string;
+  endpoint?: string;
+  region?: string;
+  /** Defaults to true when an endpoint is given: MinIO, Ceph, s3rver and most self-hosted stores expect it. */
+  pathStyle?: boolean;
+  credentials?: { accessKeyId: string; secretAccessKey: string };
+  /** Attempts per request, the first included. */
+  maxAttempts?: number;
+  log?: (msg: string, fields?: object) => void;
+}
+
+/** S3 refuses more keys than this in one DeleteObjects request. */
+const DELETE_BATCH = 1000;
+const DEFAULT_ATTEMPTS = 8;
+const BACKOFF_BASE_MS = 100;
+const BACKOFF_CAP_MS = 10_000;
+const MAX_SOCKETS = 16;
+
+const RETRYABLE_ERRNO = new Set(['ECONNRESET', 'ECONNREFUSED', 'ECONNABORTED', 'EPIPE', 'ETIMEDOUT', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH']);
+const RETRYABLE_S3_CODES = new Set(['SlowDown', 'InternalError', 'ServiceUnavailable', 'RequestTimeout', 'ConditionalRequestConflict']);
+const DENIED_S3_CODES = new Set(['AccessDenied', 'SignatureDoesNotMatch', 'InvalidAccessKeyId', 'AllAccessDisabled', 'InvalidToken', 'ExpiredToken']);
+
+type Kind = 'put' | 'get' | 'list' | 'delete' | 'head';
+
+interface SdkError {
+  name?: string;
+  Code?: string;
+  code?: string;
+  message?: string;
+  retryable?: boolean;
+  $metadata?: { httpStatusCode?: number };
+  $response?: { statusCode?: number };
+}
+
+function httpStatus(err: unknown): number | undefined {
+  const e = err as SdkError;
+  return e?.$metadata?.httpStatusCode ?? e?.$response?.statusCode;
+}
+
+function s3Code(err: unknown): string {
+  const e = err as SdkError;
+  return e?.Code ?? e?.name ?? 'Error';
+}
+
+/** A failure on the wire with no HTTP answer: the request may or may not have reached the store. */
+function isNetworkError(err: unknown): boolean {
+  if (httpStatus(err) !== undefined) return false;
+  const e = err as SdkError;
+  return e?.name === 'TimeoutError' || (typeof e?.code === 'string' && RETRYABLE_ERRNO.has(e.code));
+}
+
+function isRetryable(err: unknown): boolean {
+  if (err instanceof CairnError) return false;
+  if ((err as SdkError)?.retryable === true || isNetworkError(err)) return true;
+  const status = httpStatus(err);
+  if (status === 429 || (status !== undefined && status >= 500)) return true;
+  return RETRYABLE_S3_CODES.has(s3Code(err));
+}
+
+function validateKey(key: string): void {
+  if (key === '' || key.startsWith('/') || key.split('/').some((p) => p === '..' || p === '' || p === '.')) {
+    throw invalidArgument(`invalid object key ${JSON.stringify(key)}`);
+  }
+}
+
+/** `s3://bucket/some/prefix` → bucket and prefix (no leading or trailing slash). */
+export function parseS3Url(url: string): { bucket: string; prefix: string } {
+  const m = /^s3:\/\/([^/?#]+)(?:\/(.*))?$/.exec(url);
+  const usage = 'expected s3://BUCKET or s3://BUCKET/PREFIX';
+  if (!m) throw invalidArgument(`invalid S3 store URL ${JSON.stringify(url)}: ${usage}`);
+  const bucket = m[1]!;
+  if (!/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/.test(bucket)) {
+    throw invalidArgument(
+      `invalid bucket name ${JSON.stringify(bucket)} in ${JSON.stringify(url)}: S3 bucket names are 3-63 characters of lowercase letters, digits, dots and hyphens`,
+    );
+  }
+  const prefix = (m[2] ?? '').replace(/\/+$/, '');
+  if (prefix !== '' && (/[?#]/.test(prefix) || prefix.split('/').some((p) => p === '' || p === '.' || p === '..'))) {
+    throw invalidArgument(`invalid prefix ${JSON.stringify(prefix)} in ${JSON.stringify(url)}: ${usage}, with no empty, '.' or '..' path segments`);
+  }
+  return { bucket, prefix };
+}
+
+/**
+ * Objects in one S3 (or S3-compatible) bucket under a prefix.
+ *
+ * The SDK's own retries are off: one loop here retries every request, including reading a
+ * response body, with exponential backoff and full jitter, so counts() sees every attempt
+ * (R2 and S3 bill each one) and a PUT whose answer was lost can be settled with a HEAD.
+ */
+export class S3Store implements ObjectStore {
+  readonly description: string;
+  private readonly client: S3Client;
+  private readonly bucket: string;
+  private readonly endpoint: string | undefined;
+  /** The store prefix with its trailing slash, or '' for the bucket root. */
+  private readonly root: string;
+  private readonly maxAttempts: number;
+  private readonly log: (msg: string, fields?: object) => void;
+  private readonly agents: http.Agent[];
+  private readonly stats = emptyCounts();
+
+  constructor(opts: S3StoreOptions) {
+    const prefix = opts.prefix.replace(/^\/+|\/+$/g, '');
+    this.bucket = opts.bucket;
+    this.endpoint = opts.endpoint;
+    this.root = prefix === '' ? '' : `${prefix}/`;
+    this.description = `s3://${opts.bucket}/${prefix}${opts.endpoint ? ` at ${opts.endpoint}` : ''}`;
+    this.maxAttempts = Math.max(1, opts.maxAttempts ?? DEFAULT_ATTEMPTS);
+    this.log = opts.log ?? (() => undefined);
+    const httpAgent = new http.Agent({ keepAlive: true, maxSockets: MAX_SOCKETS });
+    const httpsAgent = new https.Agent({ keepAlive: true, maxSockets: MAX_SOCKETS });
+    this.agents = [httpAgent, httpsAgent];
+    this.client = new S3Client({
+      endpoint: opts.endpoint,
+      // Self-hosted stores ignore the region, but SigV4 needs one to sign with.
+      region: opts.region ?? (opts.endpoint ? 'us-east-1' : undefined),
+      forcePathStyle: opts.pathStyle ?? opts.endpoint !== undefined,
+      credentials: opts.credentials,
+      maxAttempts: 1,
+      // s3rver and some R2/Lambda adapters store aws-chunked framing as the object's bytes;
+      // content is verified by our own BLAKE3 ids instead.
+      requestChecksumCalculation: 'WHEN_REQUIRED',
+      responseChecksumValidation: 'WHEN_REQUIRED',
+      requestHandler: {
+        httpAgent,
+        httpsAgent,
+        connectionTimeout: 5_000,
+        // An idle-socket limit rather than a whole-request one: a 16 MiB pack on a slow link
+        // may take long, but a socket that moves nothing for 30 s is dead.
+        socketTimeout: 30_000,
+      },
+    });
+  }
+
+  private fullKey(key: string): string {
+    validateKey(key);
+    return this.root + key;
+  }
+
+  async put(key: string, data: Buffer): Promise<void> {
+    const Key = this.fullKey(key);
+    let answerLost = false;
+    await this.retrying('put', key, async () => {
+      // Keys are content-addressed: if the earlier attempt landed, the object is already right.
+      if (answerLost && (await this.headFull(Key))?.size === data.length) return;
+      try {
+        this.count('put', data.length);
+        await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, Body: data, ContentLength: data.length }));
+      } catch (err) {
+        answerLost ||= isNetworkError(err);
+        throw err;
+      }
+    });
+  }
+
+  /**
+   * Conditional create with `If-None-Match: *`. Some stores (s3rver, older gateways) ignore the
+   * header and overwrite; a HEAD first and a read-back after catch the sequential and most racing
+   * cases there, but on such stores the lease this protects is only advisory. Callers must put
+   * bytes unique to themselves (a writer id), so that equal bytes mean "ours".
+   */
+  async putIfAbsent(key: string, data: Buffer): Promise<boolean> {
+    const Key = this.fullKey(key);
+    if ((await this.headFull(Key)) !== undefined) return false;
+    let answerLost = false;
+    const outcome = await this.retrying('putIfAbsent', key, async (): Promise<'written' | 'ours' | 'theirs'> => {
+      if (answerLost) {
+        const current = await this.getFull(Key, key).catch((err) => {
+          if (err instanceof CairnError && err.code === Code.NOT_FOUND) return undefined;
+          throw err;
+        });
+        if (current !== undefined) return current.equals(data) ? 'ours' : 'theirs';
+      }
+      try {
+        this.count('put', data.length);
+        await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, Body: data, ContentLength: data.length, IfNoneMatch: '*' }));
+        return 'written';
+      } catch (err) {
+        if (httpStatus(err) === 412) return 'theirs';
+        answerLost ||= isNetworkError(err);
+        throw err;
+      }
+    });
+    if (outcome !== 'written') return outcome === 'ours';
+    try {
+      return (await this.get(key)).equals(data);
+    } catch (err) {
+      if (err instanceof CairnError && err.code === Code.NOT_FOUND) return false;
+      throw err;
+    }
+  }
+
+  async get(key: string): Promise<Buffer> {
+    return this.getFull(this.fullKey(key), key);
+  }
+
+  private async getFull(Key: string, key: string): Promise<Buffer> {
+    return this.retrying('get', key, async () => {
+      this.count('get');
+      const res = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key }));
+      return this.readBody(res.Body as Readable | undefined, res.ContentLength);
+    });
+  }
+
+  async getRange(key: string, offset: number, length: number): Promise<Buffer> {
+    const Key = this.fullKey(key);
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
+      throw invalidArgument(`invalid range offset=${offset} length=${length} for object ${key}`);
+    }
+    const shortObject = (endsAt: number | string) =>
+      dataLoss(`object ${key} is shorter than expected: wanted bytes ${offset}..${offset + length}, it ends at ${endsAt}`);
+    // An empty Range header is invalid HTTP; a HEAD still says whether the object exists.
+    if (length === 0) {
+      const info = await this.headFull(Key);
+      if (info === undefined) throw notFound(`object ${key} does not exist in ${this.description}`);
+      if (info.size < offset) throw shortObject(info.size);
+      return Buffer.alloc(0);
+    }
+    return this.retrying('get', key, async () => {
+      let res;
+      try {
+        this.count('get');
+        res = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key, Range: `bytes=${offset}-${offset + length - 1}` }));
+      } catch (err) {
+        if (httpStatus(err) === 416) throw shortObject('or before the start');
+        throw err;
+      }
+      const data = await this.readBody(res.Body as Readable | undefined, res.ContentLength);
+      if (data.length < length) throw shortObject(offset + data.length);
+      // A store that ignores Range answers 200 with the whole object; trusting it would hand
+      // the caller the wrong bytes.
+      if (data.length > length) {
+        throw dataLoss(`${this.description} answered a ${length}-byte range request for ${key} with ${data.length} bytes; the store does not support ranged reads`);
+      }
+      return data;
+    });
+  }
+
+  async head(key: string): Promise<ObjectInfo | undefined> {
+    const info = await this.headFull(this.fullKey(key));
+    return info && { key, size: info.size };
+  }
+
+  private async headFull(Key: string): Promise<ObjectInfo | undefined> {
+    const key = Key.slice(this.root.length);
+    return this.retrying('head', key, async () => {
+      try {
+        this.count('head');
+        const res = await this.client.send(new HeadObjectCommand({ Bucket: this.bucket, Key }));
+        return { key, size: res.ContentLength ?? 0 };
+      } catch (err) {
+        // HEAD answers carry no body, so a missing bucket looks like a missing key here.
+        if (httpStatus(err) === 404) return undefined;
+        throw err;
+      }
+    });
+  }
+
+  async *list(prefix: string): AsyncIterable<ObjectInfo> {
+    if (prefix.startsWith('/')) throw invalidArgument(`invalid list prefix ${JSON.stringify(prefix)}: prefixes are relative`);
+    let token: string | undefined;
+    do {
+      const page = await this.retrying('list', prefix, () => {
+        this.count('list');
+        return this.client.send(new ListObjectsV2Command({ Bucket: this.bucket, Prefix: this.root + prefix, ContinuationToken: token }));
+      });
+      for (const o of page.Contents ?? []) {
+        if (o.Key !== undefined) yield { key: o.Key.slice(this.root.length), size: o.Size ?? 0 };
+      }
+      if (page.IsTruncated && !page.NextContinuationToken) {
+        throw new CairnError(Code.INTERNAL, `${this.description} returned a truncated listing of ${prefix} without a continuation token`);
+      }
+      token = page.IsTruncated ? page.NextContinuationToken : undefined;
+    } while (token !== undefined);
+  }
+
+  async delete(keys: string[]): Promise<void> {
+    const fullKeys = keys.map((k) => this.fullKey(k));
+    for (let i = 0; i < fullKeys.length; i += DELETE_BATCH) {
+      let pending = fullKeys.slice(i, i + DELETE_BATCH);
+      await this.retrying('delete', `${pending.length} keys from ${keys[i]}`, async () => {
+        this.count('delete');
+        const res = await this.client.send(
+          new DeleteObjectsCommand({ Bucket: this.bucket, Delete: { Objects: pending.map((Key) => ({ Key })), Quiet: true } }),
+        );
+        // Deleting a missing key is success in S3, but some stores still report it.
+        const failed = (res.Errors ?? []).filter((e) => e.Code !== 'NoSuchKey');
+        if (failed.length === 0) return;
+        const permanent = failed.filter((e) => !RETRYABLE_S3_CODES.has(e.Code ?? ''));
+        if (permanent.length > 0) {
+          const first = permanent[0]!;
+          throw this.toCairnError(
+            { Code: first.Code, message: `${first.Message ?? first.Code} (and ${permanent.length - 1} more keys)` },
+            'delete',
+            (first.Key ?? '').slice(this.root.length),
+          );
+        }
+        pending = failed.map((e) => e.Key!);
+        throw Object.assign(new Error(`${failed.length} keys failed with ${failed[0]!.Code}: ${failed[0]!.Message ?? ''}`), { retryable: true });
+      });
+    }
+  }
+
+  counts(): RequestCounts {
+    return { ...this.stats };
+  }
+
+  async close(): Promise<void> {
+    this.client.destroy();
+    for (const a of this.agents) a.destroy();
+  }
+
+  /** Every attempt is a billed request, so it is counted before it is sent. */
+  private count(kind: Kind, bytesUp = 0): void {
+    this.stats[kind]++;
+    this.stats.bytesUp += bytesUp;
+  }
+
+  private async readBody(body: Readable | undefined, expected: number | undefined): Promise<Buffer> {
+    if (body === undefined) return Buffer.alloc(0);
+    const chunks: Buffer[] = [];
+    for await (const chunk of body) {
+      chunks.push(chunk as Buffer);
+      this.stats.bytesDown += (chunk as Buffer).length;
+    }
+    const data = Buffer.concat(chunks);
+    // Node notices most truncated bodies itself; this catches a store that lies in Content-Length.
+    if (expected !== undefined && data.length !== expected) {
+      throw Object.assign(new Error(`response body has ${data.length} of ${expected} bytes`), { retryable: true });
+    }
+    return data;
+  }
+
+  private async retrying<T>(op: string, key: string, attempt: () => Promise<T>): Promise<T> {
+    for (let n = 1; ; n++) {
+      try {
+        return await attempt();
+      } catch (err) {
+        if (n >= this.maxAttempts || !isRetryable(err)) throw this.toCairnError(err, op, key, n);
+        const delayMs = Math.round(Math.random() * Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** (n - 1)));
+        this.stats.retries++;
+        this.log('s3 request failed, retrying', { store: this.description, op, key, attempt: n, delayMs, error: describe(err) });
+        await sleep(delayMs);
+      }
+    }
+  }
+
+  private toCairnError(err: unknown, op: string, key: string, attempts = 1): CairnError {
+    if (err instanceof CairnError) return err;
+    const code = s3Code(err);
+    const status = httpStatus(err);
+    if (code === 'NoSuchBucket') {
+      return failedPrecondition(`bucket ${this.bucket} does not exist${this.endpoint ? ` at ${this.endpoint}` : ''}; create it or fix the store URL`);
+    }
+    if (code === 'NoSuchKey' || status === 404) return notFound(`object ${key} does not exist in ${this.description}`);
+    if (DENIED_S3_CODES.has(code) || status === 403) {
+      return permissionDenied(`${this.description} refused ${op} ${key}: ${describe(err)}; check the access key, secret key and bucket policy`);
+    }
+    if (isRetryable(err)) {
+      return unavailable(`${this.description} failed ${op} ${key} ${attempts} times; last error: ${describe(err)}`);
+    }
+    return new CairnError(Code.INTERNAL, `${op} ${key} on ${this.description} failed: ${describe(err)}`);
+  }
+}
+
+function describe(err: unknown): string {
+  const e = err as SdkError;
+  const status = httpStatus(err);
+  const code = e?.Code ?? e?.code ?? e?.name;
+  return [status !== undefined ? `HTTP ${status}` : undefined, code, e?.message].filter((s) => s !== undefined && s !== '').join(' ');
+}

@@ -1,0 +1,78 @@
+import * as grpc from '@grpc/grpc-js';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import { cairnServiceDefinition } from '../common/proto.js';
+import { CairnError, Code, invalidArgument } from '../common/errors.js';
+import type { ObjectStore } from './object-store.js';
+import { FileStore } from './file-store.js';
+import { PrefixedStore } from './prefixed-store.js';
+import { Repository } from './repository.js';
+import { SessionManager } from './sessions.js';
+import { createHandlers, MAX_MESSAGE_BYTES, type Authorizer } from './service.js';
+import type { ChunkerParams } from '../common/chunker.js';
+
+export interface ServerOptions {
+  listen: string;
+  store: ObjectStore;
+  indexDir: string;
+  log: Logger;
+  packSize?: number;
+  chunker?: ChunkerParams;
+  sessionIdleMs?: number;
+}
+
+export const DEFAULT_REPOSITORY = 'default';
+
+/** Opens (or initialises) the store's repositories and serves them over gRPC. */
+export class CairnServer {
+  readonly grpc = new grpc.Server({
+    'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
+    'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
+  });
+  readonly repos = new Map<string, Repository>();
+  readonly sessions: SessionManager;
+  port = 0;
+
+  private constructor(readonly opts: ServerOptions) {
+    this.sessions = new SessionManager({ maxSessions: 256, maxSessionsPerPrincipal: 64, idleTimeoutMs: opts.sessionIdleMs ?? 60 * 60 * 1000 });
+  }
+
+  static async start(opts: ServerOptions): Promise<CairnServer> {
+    const server = new CairnServer(opts);
+    await server.openRepository(DEFAULT_REPOSITORY);
+    const auth: Authorizer = async () => ({ repo: server.repos.get(DEFAULT_REPOSITORY)!, principal: 'local' });
+    server.grpc.addService(cairnServiceDefinition, createHandlers({ sessions: server.sessions, auth, log: opts.log }));
+    server.port = await new Promise<number>((resolve, reject) =>
+      server.grpc.bindAsync(opts.listen, grpc.ServerCredentials.createInsecure(), (err, port) => (err ? reject(new CairnError(Code.UNAVAILABLE, `cannot listen on ${opts.listen}: ${err.message}`)) : resolve(port))),
+    );
+    opts.log.info({ listen: opts.listen, port: server.port, store: opts.store.description, index: opts.indexDir }, 'cairn-server ready (auth is off: local use only)');
+    return server;
+  }
+
+  async openRepository(name: string): Promise<Repository> {
+    const repo = await Repository.open({
+      name,
+      store: new PrefixedStore(this.opts.store, `repos/${name}/`),
+      indexDir: path.join(this.opts.indexDir, name),
+      log: this.opts.log,
+      packSize: this.opts.packSize,
+      chunker: this.opts.chunker,
+    });
+    this.repos.set(name, repo);
+    return repo;
+  }
+
+  async stop(): Promise<void> {
+    await new Promise<void>((resolve) => this.grpc.tryShutdown(() => resolve()));
+    await this.sessions.close();
+    for (const repo of this.repos.values()) await repo.close();
+    await this.opts.store.close();
+  }
+}
+
+/** `file:DIR` (or a bare path) for the embedded default; other schemes come from their backends. */
+export function openStore(spec: string): ObjectStore {
+  if (spec.startsWith('file:')) return new FileStore(path.resolve(spec.slice('file:'.length)));
+  if (!spec.includes(':')) return new FileStore(path.resolve(spec));
+  throw invalidArgument(`unsupported store ${JSON.stringify(spec)}: use file:DIR or s3://bucket/prefix`);
+}

@@ -1,0 +1,90 @@
+import { randomBytes } from 'node:crypto';
+import { failedPrecondition, invalidArgument, resourceExhausted } from '../common/errors.js';
+import type { Snapshot } from '../common/messages.js';
+import { pinKey } from './index-db.js';
+import type { Repository } from './repository.js';
+
+export interface Session {
+  id: string;
+  repo: Repository;
+  dataset: string;
+  host: string;
+  paths: string[];
+  tags: string[];
+  time: string;
+  parent: Snapshot | undefined;
+  principal: string;
+  lastUsed: number;
+  newBytes: number;
+  newChunks: number;
+}
+
+export interface SessionLimits {
+  maxSessions: number;
+  maxSessionsPerPrincipal: number;
+  idleTimeoutMs: number;
+}
+
+/**
+ * Live backup sessions. A session pins what it was told exists (and its parent's root tree)
+ * in LevelDB under pin/<session>/, so garbage collection keeps them until it commits,
+ * aborts or expires; pins live on disk, so memory does not grow with a backup's size.
+ */
+export class SessionManager {
+  private readonly sessions = new Map<string, Session>();
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(private readonly limits: SessionLimits) {
+    this.timer = setInterval(() => void this.expire(), Math.min(60_000, limits.idleTimeoutMs)).unref();
+  }
+
+  async begin(init: Omit<Session, 'id' | 'lastUsed' | 'newBytes' | 'newChunks'>): Promise<Session> {
+    if (this.sessions.size >= this.limits.maxSessions) {
+      throw resourceExhausted(`server has ${this.sessions.size} backup sessions open, the limit is ${this.limits.maxSessions}; retry later`);
+    }
+    const mine = [...this.sessions.values()].filter((s) => s.principal === init.principal).length;
+    if (mine >= this.limits.maxSessionsPerPrincipal) {
+      throw resourceExhausted(`${init.principal} has ${mine} backup sessions open, the limit is ${this.limits.maxSessionsPerPrincipal} per token`);
+    }
+    const session: Session = { ...init, id: randomBytes(16).toString('hex'), lastUsed: Date.now(), newBytes: 0, newChunks: 0 };
+    if (session.parent) await session.repo.index.putMarkers([pinKey(session.id, session.parent.rootTree)]);
+    this.sessions.set(session.id, session);
+    return session;
+  }
+
+  get(id: string, principal: string): Session {
+    if (!id) throw invalidArgument('session_id is required');
+    const s = this.sessions.get(id);
+    if (!s || s.principal !== principal) throw failedPrecondition(`backup session ${id} is unknown, finished or expired; start a new backup`);
+    s.lastUsed = Date.now();
+    return s;
+  }
+
+  async pin(s: Session, idsHex: string[]): Promise<void> {
+    await s.repo.index.putMarkers(idsHex.map((h) => pinKey(s.id, h)));
+  }
+
+  async end(s: Session): Promise<void> {
+    this.sessions.delete(s.id);
+    await s.repo.index.deletePrefix(`pin/${s.id}/`);
+  }
+
+  /** Ids of live sessions (prune treats their pins as roots). */
+  liveIds(): Set<string> {
+    return new Set(this.sessions.keys());
+  }
+
+  async expire(now = Date.now()): Promise<void> {
+    for (const s of [...this.sessions.values()]) {
+      if (now - s.lastUsed > this.limits.idleTimeoutMs) {
+        s.repo.log.warn({ session: s.id, dataset: s.dataset, host: s.host }, 'backup session expired; its pins are released');
+        await this.end(s);
+      }
+    }
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.timer);
+    for (const s of [...this.sessions.values()]) await this.end(s);
+  }
+}
