@@ -1,42 +1,15 @@
 import { Command, CommanderError, Option } from 'commander';
 import os from 'node:os';
 import { codeName, toCairnError } from '../common/errors.js';
-import type { Snapshot } from '../common/messages.js';
+import type { HelloReply, Snapshot } from '../common/messages.js';
 import { formatBytes, parseSize } from '../common/units.js';
 import { CLIENT_VERSION } from '../common/version.js';
 import { runBackup } from './backup.js';
-import { Connection } from './connection.js';
+import { collect, connect, EXIT, out, snapshotRow } from './cli-common.js';
 import { ExcludeMatcher } from './excludes.js';
-import { localTime, relativeTime, table } from './format.js';
+import { localTime, table } from './format.js';
 import { Progress } from './progress.js';
 import { parseOverwrite, Restorer } from './restorer.js';
-import type { HelloReply } from '../common/messages.js';
-
-export const EXIT = { OK: 0, ERROR: 1, USAGE: 2, PARTIAL: 3 } as const;
-
-interface GlobalOpts {
-  server: string;
-  token?: string;
-  json: boolean;
-  channels: string;
-}
-
-function connect(cmd: Command): { conn: Connection; g: GlobalOpts } {
-  const g = cmd.optsWithGlobals<GlobalOpts>();
-  return { conn: new Connection({ server: g.server, token: g.token, channels: Number(g.channels) }), g };
-}
-
-function out(line: string): void {
-  process.stdout.write(line + '\n');
-}
-
-function collect(value: string, previous: string[]): string[] {
-  return [...previous, value];
-}
-
-function snapshotRow(s: Snapshot): string[] {
-  return [s.id.slice(0, 8), localTime(s.time), relativeTime(s.time), s.dataset, s.host, s.summary.files, formatBytes(Number(s.summary.bytes)), formatBytes(Number(s.summary.newBytes)), s.tags.join(',')];
-}
 
 export function buildProgram(): Command {
   const program = new Command('cairn')

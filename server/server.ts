@@ -8,7 +8,7 @@ import { FileStore } from './file-store.js';
 import { PrefixedStore } from './prefixed-store.js';
 import { Repository } from './repository.js';
 import { SessionManager } from './sessions.js';
-import { createHandlers, MAX_MESSAGE_BYTES, type Authorizer } from './service.js';
+import { coreHandlers, MAX_MESSAGE_BYTES, type Authorizer, type ServiceDeps } from './service.js';
 import type { ChunkerParams } from '../common/chunker.js';
 
 export interface ServerOptions {
@@ -41,7 +41,8 @@ export class CairnServer {
     const server = new CairnServer(opts);
     await server.openRepository(DEFAULT_REPOSITORY);
     const auth: Authorizer = async () => ({ repo: server.repos.get(DEFAULT_REPOSITORY)!, principal: 'local' });
-    server.grpc.addService(cairnServiceDefinition, createHandlers({ sessions: server.sessions, auth, log: opts.log }));
+    const deps: ServiceDeps = { sessions: server.sessions, auth, log: opts.log };
+    server.grpc.addService(cairnServiceDefinition, { ...coreHandlers(deps) });
     server.port = await new Promise<number>((resolve, reject) =>
       server.grpc.bindAsync(opts.listen, grpc.ServerCredentials.createInsecure(), (err, port) => (err ? reject(new CairnError(Code.UNAVAILABLE, `cannot listen on ${opts.listen}: ${err.message}`)) : resolve(port))),
     );

@@ -63,7 +63,14 @@ function serverStream<Req, Res>(name: string, auth: Authorizer, log: Logger, fn:
   };
 }
 
-export function createHandlers(deps: { sessions: SessionManager; auth: Authorizer; log: Logger; extra?: grpc.UntypedServiceImplementation }): grpc.UntypedServiceImplementation {
+/** What every group of RPC handlers is built from. */
+export interface ServiceDeps {
+  sessions: SessionManager;
+  auth: Authorizer;
+  log: Logger;
+}
+
+export function coreHandlers(deps: ServiceDeps): grpc.UntypedServiceImplementation {
   const { sessions, auth, log } = deps;
 
   const hello: Unary<unknown, HelloReply> = async (_req, { repo }) => ({
@@ -222,8 +229,7 @@ export function createHandlers(deps: { sessions: SessionManager; auth: Authorize
     GetSnapshot: unary('GetSnapshot', auth, log, getSnapshot),
     ReadTree: serverStream('ReadTree', auth, log, readTree),
     ReadChunks: serverStream('ReadChunks', auth, log, readChunks),
-    ...deps.extra,
   };
 }
 
-export { unary, serverStream };
+export { unary, serverStream, requireId };

@@ -1,0 +1,32 @@
+import type { Command } from 'commander';
+import type { Snapshot } from '../common/messages.js';
+import { formatBytes } from '../common/units.js';
+import { Connection } from './connection.js';
+import { localTime, relativeTime } from './format.js';
+
+export const EXIT = { OK: 0, ERROR: 1, USAGE: 2, PARTIAL: 3 } as const;
+
+export interface GlobalOpts {
+  server: string;
+  token?: string;
+  json: boolean;
+  channels: string;
+}
+
+export function connect(cmd: Command): { conn: Connection; g: GlobalOpts } {
+  const g = cmd.optsWithGlobals<GlobalOpts>();
+  return { conn: new Connection({ server: g.server, token: g.token, channels: Number(g.channels) }), g };
+}
+
+export function out(line: string): void {
+  process.stdout.write(line + '\n');
+}
+
+export function collect(value: string, previous: string[]): string[] {
+  return [...previous, value];
+}
+
+export function snapshotRow(s: Snapshot): string[] {
+  return [s.id.slice(0, 8), localTime(s.time), relativeTime(s.time), s.dataset, s.host, s.summary.files, formatBytes(Number(s.summary.bytes)), formatBytes(Number(s.summary.newBytes)), s.tags.join(',')];
+}
+
