@@ -102,12 +102,13 @@ export interface CliResult {
   stderr: string;
 }
 
-export function runCli(args: string[], opts: { server: string; env?: Record<string, string>; cwd?: string }): Promise<CliResult> {
+export function runCli(args: string[], opts: { server: string; env?: Record<string, string>; cwd?: string; uid?: number }): Promise<CliResult> {
   return new Promise((resolve) => {
     const proc = spawn(process.execPath, [CLI_JS, ...args], {
       cwd: opts.cwd ?? ROOT,
       env: { ...process.env, CAIRN_SERVER: opts.server, ...opts.env },
       stdio: ['ignore', 'pipe', 'pipe'],
+      ...(opts.uid !== undefined ? { uid: opts.uid, gid: opts.uid } : {}),
     });
     let stdout = '';
     let stderr = '';
