@@ -9,6 +9,7 @@ import { collect, connect, EXIT, out, snapshotRow } from './cli-common.js';
 import { ExcludeMatcher } from './excludes.js';
 import { localTime, table } from './format.js';
 import { Progress } from './progress.js';
+import { registerQueryCommands } from './query-commands.js';
 import { parseOverwrite, Restorer } from './restorer.js';
 
 export function buildProgram(): Command {
@@ -138,6 +139,7 @@ export function buildProgram(): Command {
       }
     });
 
+  registerQueryCommands(program);
   return program;
 }
 

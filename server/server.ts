@@ -6,6 +6,7 @@ import { CairnError, Code, invalidArgument } from '../common/errors.js';
 import type { ObjectStore } from './object-store.js';
 import { FileStore } from './file-store.js';
 import { PrefixedStore } from './prefixed-store.js';
+import { queryHandlers } from './query-service.js';
 import { Repository } from './repository.js';
 import { SessionManager } from './sessions.js';
 import { coreHandlers, MAX_MESSAGE_BYTES, type Authorizer, type ServiceDeps } from './service.js';
@@ -42,7 +43,7 @@ export class CairnServer {
     await server.openRepository(DEFAULT_REPOSITORY);
     const auth: Authorizer = async () => ({ repo: server.repos.get(DEFAULT_REPOSITORY)!, principal: 'local' });
     const deps: ServiceDeps = { sessions: server.sessions, auth, log: opts.log };
-    server.grpc.addService(cairnServiceDefinition, { ...coreHandlers(deps) });
+    server.grpc.addService(cairnServiceDefinition, { ...coreHandlers(deps), ...queryHandlers(deps) });
     server.port = await new Promise<number>((resolve, reject) =>
       server.grpc.bindAsync(opts.listen, grpc.ServerCredentials.createInsecure(), (err, port) => (err ? reject(new CairnError(Code.UNAVAILABLE, `cannot listen on ${opts.listen}: ${err.message}`)) : resolve(port))),
     );

@@ -1,0 +1,46 @@
+import { invalidArgument } from './errors.js';
+
+const UNIT_MS: Record<string, number> = { s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000, w: 7 * 86_400_000 };
+
+/**
+ * Milliseconds in an elapsed-time duration: "30m", "26h", "7d", "2w", "90s", or terms joined
+ * as in "1d12h". Not server/retention.ts's parseDuration: that one is restic's calendar
+ * syntax, where "m" means months, and client code may not import server code; here "m" is
+ * minutes, because "--stale-after 30m" and "--since 30m" are how people write freshness.
+ */
+export function parseDurationMs(text: string): number {
+  const s = text.trim();
+  const bad = (why: string) => invalidArgument(`invalid duration "${text}": ${why}`);
+  if (s === '') throw bad('empty; use a number and a unit s, m, h, d or w, such as 26h or 7d');
+  const term = /(\d+(?:\.\d+)?)([a-z]+)/gy;
+  let ms = 0;
+  let end = 0;
+  for (let m = term.exec(s); m; m = term.exec(s)) {
+    const unit = UNIT_MS[m[2]];
+    if (unit === undefined) throw bad(`unknown unit "${m[2]}"; use s, m, h, d or w`);
+    ms += Number(m[1]) * unit;
+    end = term.lastIndex;
+  }
+  if (end !== s.length) throw bad(`expected a number and a unit s, m, h, d or w at "${s.slice(end)}"`);
+  if (!Number.isSafeInteger(Math.round(ms))) throw bad('too large');
+  return Math.round(ms);
+}
+
+export function isDuration(text: string): boolean {
+  return /^(\d+(?:\.\d+)?[smhdw])+$/.test(text.trim());
+}
+
+/**
+ * An RFC 3339 UTC time from what a user typed for --since/--until: a duration counts back
+ * from `now` ("7d" = seven days ago), otherwise a date ("2026-11-01", UTC midnight) or an
+ * RFC 3339 time.
+ */
+export function parseTimeArg(text: string, what: string, now = Date.now()): string {
+  if (isDuration(text)) return new Date(now - parseDurationMs(text)).toISOString();
+  // Date() also accepts "7" or "June", which are almost certainly mistakes here.
+  const t = /^\d{4}-\d{2}-\d{2}/.test(text.trim()) ? new Date(text.trim()) : new Date(NaN);
+  if (Number.isNaN(t.getTime())) {
+    throw invalidArgument(`${what} ${JSON.stringify(text)} is neither a duration (7d, 26h, 30m, 2w) nor a date or RFC 3339 time (2026-11-01, 2026-11-01T12:00:00Z)`);
+  }
+  return t.toISOString();
+}
