@@ -193,10 +193,7 @@ export class S3Store implements ObjectStore {
     let answerLost = false;
     const outcome = await this.retrying('putIfAbsent', key, async (): Promise<'written' | 'ours' | 'theirs'> => {
       if (answerLost) {
-        const current = await this.getFull(Key, key).catch((err) => {
-          if (err instanceof CairnError && err.code === Code.NOT_FOUND) return undefined;
-          throw err;
-        });
+        const current = await this.getIfExists(key);
         if (current !== undefined) return current.equals(data) ? 'ours' : 'theirs';
       }
       try {
@@ -210,24 +207,25 @@ export class S3Store implements ObjectStore {
       }
     });
     if (outcome !== 'written') return outcome === 'ours';
-    try {
-      return (await this.get(key)).equals(data);
-    } catch (err) {
-      if (err instanceof CairnError && err.code === Code.NOT_FOUND) return false;
-      throw err;
-    }
+    return (await this.getIfExists(key))?.equals(data) ?? false;
   }
 
   async get(key: string): Promise<Buffer> {
-    return this.getFull(this.fullKey(key), key);
-  }
-
-  private async getFull(Key: string, key: string): Promise<Buffer> {
+    const Key = this.fullKey(key);
     return this.retrying('get', key, async () => {
       this.count('get');
       const res = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key }));
       return this.readBody(res.Body as Readable | undefined, res.ContentLength);
     });
+  }
+
+  private async getIfExists(key: string): Promise<Buffer | undefined> {
+    try {
+      return await this.get(key);
+    } catch (err) {
+      if (err instanceof CairnError && err.code === Code.NOT_FOUND) return undefined;
+      throw err;
+    }
   }
 
   async getRange(key: string, offset: number, length: number): Promise<Buffer> {
@@ -250,7 +248,7 @@ export class S3Store implements ObjectStore {
         this.count('get');
         res = await this.client.send(new GetObjectCommand({ Bucket: this.bucket, Key, Range: `bytes=${offset}-${offset + length - 1}` }));
       } catch (err) {
-        if (httpStatus(err) === 416) throw shortObject('or before the start');
+        if (httpStatus(err) === 416) throw shortObject(`or before byte ${offset}`);
         throw err;
       }
       const data = await this.readBody(res.Body as Readable | undefined, res.ContentLength);
@@ -318,7 +316,7 @@ export class S3Store implements ObjectStore {
         if (permanent.length > 0) {
           const first = permanent[0]!;
           throw this.toCairnError(
-            { Code: first.Code, message: `${first.Message ?? first.Code} (and ${permanent.length - 1} more keys)` },
+            { Code: first.Code, message: `${first.Message ?? ''}${permanent.length > 1 ? ` (and ${permanent.length - 1} more keys)` : ''}` },
             'delete',
             (first.Key ?? '').slice(this.root.length),
           );
@@ -367,7 +365,7 @@ export class S3Store implements ObjectStore {
         if (n >= this.maxAttempts || !isRetryable(err)) throw this.toCairnError(err, op, key, n);
         const delayMs = Math.round(Math.random() * Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** (n - 1)));
         this.stats.retries++;
-        this.log('s3 request failed, retrying', { store: this.description, op, key, attempt: n, delayMs, error: describe(err) });
+        this.log('s3 request failed, retrying', { store: this.description, op, key, attempt: n, delayMs, error: errorSummary(err) });
         await sleep(delayMs);
       }
     }
@@ -382,16 +380,16 @@ export class S3Store implements ObjectStore {
     }
     if (code === 'NoSuchKey' || status === 404) return notFound(`object ${key} does not exist in ${this.description}`);
     if (DENIED_S3_CODES.has(code) || status === 403) {
-      return permissionDenied(`${this.description} refused ${op} ${key}: ${describe(err)}; check the access key, secret key and bucket policy`);
+      return permissionDenied(`${this.description} refused ${op} ${key}: ${errorSummary(err)}; check the access key, secret key and bucket policy`);
     }
     if (isRetryable(err)) {
-      return unavailable(`${this.description} failed ${op} ${key} ${attempts} times; last error: ${describe(err)}`);
+      return unavailable(`${this.description} failed ${op} ${key} ${attempts} times; last error: ${errorSummary(err)}`);
     }
-    return new CairnError(Code.INTERNAL, `${op} ${key} on ${this.description} failed: ${describe(err)}`);
+    return new CairnError(Code.INTERNAL, `${op} ${key} on ${this.description} failed: ${errorSummary(err)}`);
   }
 }
 
-function describe(err: unknown): string {
+function errorSummary(err: unknown): string {
   const e = err as SdkError;
   const status = httpStatus(err);
   const code = e?.Code ?? e?.code ?? e?.name;

@@ -41,8 +41,8 @@ export function objectStoreContract(name: string, make: StoreFactory): void {
       let cleanup: () => Promise<void>;
       beforeEach(async () => ({ store, cleanup } = await make()));
       afterEach(async () => {
-        await store.close();
-        await cleanup();
+        await store?.close();
+        await cleanup?.();
       });
 
       it('round-trips binary data of 0 bytes, every byte value, and 5 MiB', async () => {

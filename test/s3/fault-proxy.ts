@@ -12,6 +12,8 @@ export interface FaultProxyOptions {
   /** Which faults to draw from, equally likely; all by default. */
   faults?: Fault[];
   delayMs?: number;
+  /** Answers a request itself when it returns a status, e.g. to make HEADs lie. */
+  override?: (method: string, url: string) => number | undefined;
 }
 
 export interface FaultProxy {
@@ -78,6 +80,12 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
 
   const server = http.createServer(async (req, res) => {
     counters.requests++;
+    const status = opts.override?.(req.method ?? '', req.url ?? '');
+    if (status !== undefined) {
+      req.resume();
+      res.writeHead(status, { 'content-length': 0 }).end();
+      return;
+    }
     const fault = random() < opts.faultRate ? faults[Math.floor(random() * faults.length)]! : undefined;
     if (fault === 'dropBeforeForward') {
       counters[fault]++;

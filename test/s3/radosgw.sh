@@ -27,6 +27,10 @@ free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+port_is_free() {
+  python3 -c 'import socket, sys; socket.socket().bind(("127.0.0.1", int(sys.argv[1])))' "$1" 2>/dev/null
+}
+
 # Waits until "$@" succeeds, for at most $1 seconds.
 wait_for() {
   local limit=$1; shift
@@ -45,8 +49,11 @@ start() {
   if [[ -e $dir/ceph.conf ]]; then
     die "$dir already holds a cluster; run '$0 stop $dir' and remove it first"
   fi
+  port_is_free "$port" || die "port $port on 127.0.0.1 is in use; pick another PORT"
   mkdir -p "$dir"/{mon,osd,rgw,run,log,crash}
   dir=$(cd "$dir" && pwd)
+  # A half-started cluster is worse than none: stop whatever came up if any step fails.
+  trap 'stop "$dir" >/dev/null 2>&1 || true' EXIT
   local conf=$dir/ceph.conf fsid mon_port
   fsid=$(cat /proc/sys/kernel/random/uuid)
   mon_port=$(free_port)
@@ -63,6 +70,9 @@ ms bind ipv6 = false
 auth cluster required = none
 auth service required = none
 auth client required = none
+# Daemons default to 'secure' mode towards the monitor, which needs cephx: without this,
+# radosgw retries get_initial_auth_request -13 forever.
+ms mon client mode = crc
 mon allow pool size one = true
 mon warn on pool no redundancy = false
 mon max pg per osd = 1000
@@ -116,9 +126,12 @@ EOF
 
   radosgw-admin -c "$conf" user create --uid test --display-name test \
     --access-key "$ACCESS_KEY" --secret-key "$SECRET_KEY" >/dev/null
+  # curl 7.x signs but does not send the payload hash S3 requires; this is sha256 of nothing.
   curl -sf -X PUT --aws-sigv4 "aws:amz:$REGION:s3" --user "$ACCESS_KEY:$SECRET_KEY" \
+    -H 'x-amz-content-sha256: e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855' \
     "http://127.0.0.1:$port/$BUCKET" >/dev/null || die "could not create bucket $BUCKET; see $dir/log/client.rgw.log"
 
+  trap - EXIT
   echo "export CAIRN_TEST_S3_ENDPOINT=http://127.0.0.1:$port"
   echo "export CAIRN_TEST_S3_BUCKET=$BUCKET"
   echo "export CAIRN_TEST_S3_ACCESS_KEY=$ACCESS_KEY"
