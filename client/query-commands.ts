@@ -11,8 +11,21 @@ import { connect, EXIT } from './cli-common.js';
 import type { Connection } from './connection.js';
 import { localTime, relativeTime, table } from './format.js';
 
+/**
+ * `cairn cat ... | head` closes the pipe early; like cat(1), stop quietly instead of
+ * reporting EPIPE as a failure.
+ */
+function quietOnClosedStdout(): void {
+  if (process.stdout.listenerCount('error') > 0) return;
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(EXIT.OK);
+    throw err;
+  });
+}
+
 /** Lines go out at the pace stdout takes them: a listing of a million entries must not pile up in memory. */
 async function emit(line: string): Promise<void> {
+  quietOnClosedStdout();
   if (!process.stdout.write(line + '\n')) await once(process.stdout, 'drain');
 }
 
@@ -140,6 +153,10 @@ function failing(r: StatusRow): boolean {
 function extendHistory(program: Command): void {
   const history = program.commands.find((c) => c.name() === 'history');
   if (!history) return;
+  for (const opt of history.options) {
+    if (opt.long === '--since') opt.description = 'only snapshots at or after this time: 7d, 26h, 2026-11-01 or RFC 3339';
+    if (opt.long === '--until') opt.description = 'only snapshots before this time: 2d, 2026-11-01 or RFC 3339';
+  }
   history.option('--page <n>', 'with --limit N: show the n-th page of N snapshots (1 = newest)');
   history.hook('preAction', async (cmd) => {
     const o = cmd.opts<{ since?: string; until?: string; limit?: string; page?: string; dataset?: string; host?: string; tag?: string }>();
@@ -207,6 +224,7 @@ export function registerQueryCommands(program: Command): void {
       if (node.type === 'DIR') throw invalidArgument(`${path || '/'} is a directory in snapshot ${shortId(snap.id)}; use cairn ls`);
       if (node.type === 'SYMLINK') throw invalidArgument(`${path} is a symlink to ${JSON.stringify(node.target)} in snapshot ${shortId(snap.id)}; cat its target`);
       const avg = node.chunks.length > 0 ? Math.max(1, Math.ceil(Number(node.size) / node.chunks.length)) : 1;
+      quietOnClosedStdout();
       let written = 0;
       for await (const chunk of new ChunkFetcher(conn).chunks(node.chunks, `file ${path}`, avg)) {
         written += chunk.length;

@@ -60,7 +60,7 @@ async function* diffNodes(readTree: ReadTree, l: Node, r: Node, path: string): A
     return;
   }
   const sameMeta = l.mode === r.mode && l.mtimeNs === r.mtimeNs;
-  const meta: TreeChange = { path, change: 'metadata', type: l.type, oldSize: l.size, newSize: r.size };
+  const meta: TreeChange = { path, change: 'metadata', type: l.type, oldSize: sizeOf(l), newSize: sizeOf(r) };
   if (l.type === 'DIR') {
     const sameTree = l.subtree.equals(r.subtree);
     if (l.mode !== r.mode || (sameTree && !sameMeta)) yield meta;
@@ -72,13 +72,16 @@ async function* diffNodes(readTree: ReadTree, l: Node, r: Node, path: string): A
   else if (!sameMeta) yield meta;
 }
 
+/** Sizes are content bytes: a symlink's or directory's own size means nothing to a reader of the diff. */
+const sizeOf = (n: Node) => (n.type === 'FILE' ? n.size : '0');
+
 function sameChunks(a: Buffer[], b: Buffer[]): boolean {
   return a.length === b.length && a.every((id, k) => id.equals(b[k]));
 }
 
 /** An entry present on one side only, and for a directory everything beneath it. */
 async function* whole(readTree: ReadTree, node: Node, path: string, change: 'added' | 'removed'): AsyncGenerator<TreeChange> {
-  const size = node.type === 'FILE' ? node.size : '0';
+  const size = sizeOf(node);
   yield { path, change, type: node.type, oldSize: change === 'removed' ? size : '0', newSize: change === 'added' ? size : '0' };
   if (node.type !== 'DIR') return;
   for (const child of await readTree(node.subtree)) yield* whole(readTree, child, joinPath(path, child.name), change);
