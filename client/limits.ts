@@ -5,6 +5,4 @@ export const UPLOAD_MESSAGE_BYTES = 1024 * 1024;
 /** Ids per FindMissing call. */
 export const FIND_MISSING_BATCH = 512;
 /** Chunk bytes between reading and acknowledged upload: the snapshot's memory bound. */
-export const SNAPSHOT_WINDOW_BYTES = 64 * 1024 * 1024;
-/** Chunk bytes requested but not yet written during restore. */
-export const RESTORE_WINDOW_BYTES = 64 * 1024 * 1024;
+export const SNAPSHOT_WINDOW_BYTES = 16 * 1024 * 1024;

@@ -38,7 +38,7 @@ export class Uploader {
   private windowWaiters: Array<() => void> = [];
   private readonly tasks = new Set<Promise<void>>();
   private failure: unknown;
-  private readonly streams: Array<{ call: grpc.ClientWritableStream<unknown>; result: Promise<UploadReply>; batch: Blob[]; batchBytes: number }>;
+  private readonly streams: Array<{ call: grpc.ClientWritableStream<unknown>; result: Promise<UploadReply>; batch: Blob[]; batchBytes: number; drained?: Promise<void> }>;
   private nextStream = 0;
 
   constructor(
@@ -147,10 +147,16 @@ export class Uploader {
 
   private async writeBatch(s: (typeof this.streams)[number]): Promise<void> {
     if (s.batch.length === 0) return;
+    // One shared wait per stream: concurrent senders queue behind it instead of each piling
+    // more bytes into a stream that already said stop.
+    while (s.drained) await s.drained;
     const msg = { sessionId: this.sessionId, blobs: s.batch };
     s.batch = [];
     s.batchBytes = 0;
-    if (!s.call.write(msg)) await Promise.race([once(s.call, 'drain'), s.result.then(() => undefined)]);
+    if (!s.call.write(msg)) {
+      s.drained = Promise.race([once(s.call, 'drain').then(() => undefined), s.result.then(() => undefined)]).finally(() => (s.drained = undefined));
+      await s.drained;
+    }
   }
 
   /** Waits for every offered blob to be decided and sent, closes the streams, returns the server's totals. */

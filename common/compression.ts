@@ -1,4 +1,3 @@
-import { Compressor } from 'zstd-napi';
 import binding from 'zstd-napi/binding.js';
 import { CairnError, Code } from './errors.js';
 
@@ -11,18 +10,25 @@ export interface Packed {
   compressed: boolean;
 }
 
-/** Holds one zstd context: per-call allocation halves the speed on incompressible data. */
+/**
+ * Holds one zstd context and one output buffer for its whole life: per-call allocation
+ * halves the speed on incompressible data, and garbage output buffers pile up in memory
+ * faster than the garbage collector returns them.
+ */
 export class BlobCompressor {
-  private readonly zc = new Compressor();
+  private readonly cctx = new binding.CCtx();
+  private out = Buffer.alloc(0);
 
-  constructor(level = DEFAULT_LEVEL) {
-    this.zc.setParameters({ compressionLevel: level });
-  }
+  constructor(private readonly level = DEFAULT_LEVEL) {}
 
   compress(raw: Buffer): Packed {
-    const out = this.zc.compress(raw);
-    if (out.length <= raw.length * (1 - MIN_SAVING)) return { data: out, compressed: true };
-    return { data: raw, compressed: false };
+    const bound = binding.compressBound(raw.length);
+    if (this.out.length < bound) this.out = Buffer.allocUnsafeSlow(bound);
+    const n = this.cctx.compress(this.out, raw, this.level);
+    if (n > raw.length * (1 - MIN_SAVING)) return { data: raw, compressed: false };
+    const data = Buffer.allocUnsafeSlow(n);
+    this.out.copy(data, 0, 0, n);
+    return { data, compressed: true };
   }
 }
 
