@@ -9,6 +9,7 @@ import { collect, connect, EXIT, out, snapshotRow } from './cli-common.js';
 import { ExcludeMatcher } from './excludes.js';
 import { localTime, table } from './format.js';
 import { Progress } from './progress.js';
+import { registerAdminCommands } from './admin-commands.js';
 import { registerQueryCommands } from './query-commands.js';
 import { parseOverwrite, Restorer } from './restorer.js';
 
@@ -140,6 +141,7 @@ export function buildProgram(): Command {
     });
 
   registerQueryCommands(program);
+  registerAdminCommands(program);
   return program;
 }
 

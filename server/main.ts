@@ -3,7 +3,8 @@ import path from 'node:path';
 import { createLogger } from '../common/log.js';
 import { toCairnError, codeName } from '../common/errors.js';
 import { SERVER_VERSION } from '../common/version.js';
-import { CairnServer, openStore } from './server.js';
+import { rebuildIndex } from './rebuild-index.js';
+import { CairnServer, DEFAULT_REPOSITORY, openStore } from './server.js';
 import { parseSize } from '../common/units.js';
 
 function defaultIndexDir(store: string): string {
@@ -37,6 +38,21 @@ const program = new Command('cairn-server')
   .addOption(new Option('--pack-size <size>', 'target pack size').default('16MiB'))
   .addOption(new Option('--log-level <level>', 'pino log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default('info'))
   .action(serve);
+
+program
+  .command('rebuild-index')
+  .description('recreate the LevelDB index from the object store (index segments, else pack trailers); stop the server first')
+  .option('--repository <name>', 'repository to rebuild', DEFAULT_REPOSITORY)
+  .action(async (o: { repository: string }, cmd: Command) => {
+    const g = cmd.optsWithGlobals<{ store: string; index?: string; logLevel: string }>();
+    const store = openStore(g.store);
+    try {
+      const r = await rebuildIndex({ store, indexDir: g.index ?? defaultIndexDir(g.store), repository: o.repository, log: createLogger(g.logLevel, 'cairn-server') });
+      process.stdout.write(`${JSON.stringify(r)}\n`);
+    } finally {
+      await store.close();
+    }
+  });
 
 program.parseAsync(process.argv).catch((err) => {
   const e = toCairnError(err);

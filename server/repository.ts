@@ -12,6 +12,7 @@ import { decodeSegment } from './index-segment.js';
 import type { ObjectStore } from './object-store.js';
 import { PackWriter, type VerifiedBlob } from './pack-writer.js';
 import { readBlobsByPack } from './blob-reader.js';
+import { GcLock } from './gc-lock.js';
 
 export const REPO_FORMAT_VERSION = 1;
 /** Tree blobs are not cut by the chunker; this bounds what one directory may cost the server. */
@@ -69,6 +70,8 @@ export function snapshotIndexKeys(s: Snapshot): string[] {
 export class Repository {
   readonly decompressor = new BlobDecompressor();
   readonly writer: PackWriter;
+  /** Backups hold it shared from lookup to pin, prune exclusive while it unindexes (prune.ts). */
+  readonly gcLock = new GcLock();
 
   private constructor(
     readonly name: string,
@@ -339,6 +342,13 @@ export class Repository {
     const protectedIds: string[] = [];
     for await (const o of this.store.list('protected/')) protectedIds.push(protectKey(o.key.slice('protected/'.length)));
     await this.index.putMarkers(protectedIds);
+    for await (const o of this.store.list('policies/')) {
+      try {
+        await this.index.putJson(`policy/${o.key.slice('policies/'.length)}`, JSON.parse((await this.store.get(o.key)).toString('utf8')));
+      } catch (err) {
+        this.log.error({ policy: o.key, err: (err as Error).message }, 'unreadable retention policy skipped during rebuild');
+      }
+    }
     await this.index.putJson('meta/repository', { repositoryId: this.config.id });
     this.log.info({ repository: this.name, segments, packsFromTrailers, snapshots }, 'index rebuilt');
     return { segments, packsFromTrailers, snapshots };

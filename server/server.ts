@@ -3,6 +3,7 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { cairnServiceDefinition } from '../common/proto.js';
 import { CairnError, Code, invalidArgument } from '../common/errors.js';
+import { adminHandlers } from './admin-service.js';
 import type { ObjectStore } from './object-store.js';
 import { FileStore } from './file-store.js';
 import { PrefixedStore } from './prefixed-store.js';
@@ -43,7 +44,7 @@ export class CairnServer {
     await server.openRepository(DEFAULT_REPOSITORY);
     const auth: Authorizer = async () => ({ repo: server.repos.get(DEFAULT_REPOSITORY)!, principal: 'local' });
     const deps: ServiceDeps = { sessions: server.sessions, auth, log: opts.log };
-    server.grpc.addService(cairnServiceDefinition, { ...coreHandlers(deps), ...queryHandlers(deps) });
+    server.grpc.addService(cairnServiceDefinition, { ...coreHandlers(deps), ...queryHandlers(deps), ...adminHandlers(deps) });
     server.port = await new Promise<number>((resolve, reject) =>
       server.grpc.bindAsync(opts.listen, grpc.ServerCredentials.createInsecure(), (err, port) => (err ? reject(new CairnError(Code.UNAVAILABLE, `cannot listen on ${opts.listen}: ${err.message}`)) : resolve(port))),
     );

@@ -5,6 +5,7 @@ import { ID_BYTES, toHex } from '../common/hash.js';
 import type { BeginBackupRequest, CommitBackupRequest, FindMissingRequest, GetSnapshotRequest, HelloReply, ListSnapshotsRequest, Node, UploadRequest } from '../common/messages.js';
 import { emptySummary } from '../common/messages.js';
 import { SERVER_VERSION } from '../common/version.js';
+import { applyPolicyAfterCommit } from './forget.js';
 import { MAX_TREE_BLOB_BYTES, validateName, type Repository } from './repository.js';
 import type { SessionManager } from './sessions.js';
 
@@ -104,12 +105,14 @@ export function coreHandlers(deps: ServiceDeps): grpc.UntypedServiceImplementati
     const session = sessions.get(req.sessionId, principal);
     if (req.ids.length > MAX_IDS_PER_CALL) throw invalidArgument(`FindMissing takes at most ${MAX_IDS_PER_CALL} ids per call, got ${req.ids.length}`);
     req.ids.forEach((id) => requireId(id, 'chunk id'));
-    const present = await session.repo.present(req.ids);
-    const missing: Buffer[] = [];
-    const pins: string[] = [];
-    present.forEach((p, i) => (p ? pins.push(toHex(req.ids[i])) : missing.push(req.ids[i])));
-    await sessions.pin(session, pins);
-    return { missing };
+    return session.repo.gcLock.shared(async () => {
+      const present = await session.repo.present(req.ids);
+      const missing: Buffer[] = [];
+      const pins: string[] = [];
+      present.forEach((p, i) => (p ? pins.push(toHex(req.ids[i])) : missing.push(req.ids[i])));
+      await sessions.pin(session, pins);
+      return { missing };
+    });
   };
 
   const upload: grpc.handleClientStreamingCall<UploadRequest, unknown> = (call, callback) => {
@@ -137,17 +140,19 @@ export function coreHandlers(deps: ServiceDeps): grpc.UntypedServiceImplementati
           const session = sessions.get(sessionId, principal);
           const repo = session.repo;
           const blobs = req.blobs.map((b) => repo.verifyBlob(b));
-          const present = await repo.present(blobs.map((b) => b.id));
-          for (let i = 0; i < blobs.length; i++) {
-            received++;
-            if (present[i]) continue;
-            stored++;
-            storedBytes += blobs[i].data.length;
-            session.newChunks++;
-            session.newBytes += blobs[i].data.length;
-            await repo.writer.add(blobs[i]);
-          }
-          await sessions.pin(session, blobs.map((b) => toHex(b.id)));
+          await repo.gcLock.shared(async () => {
+            const present = await repo.present(blobs.map((b) => b.id));
+            for (let i = 0; i < blobs.length; i++) {
+              received++;
+              if (present[i]) continue;
+              stored++;
+              storedBytes += blobs[i].data.length;
+              session.newChunks++;
+              session.newBytes += blobs[i].data.length;
+              await repo.writer.add(blobs[i]);
+            }
+            await sessions.pin(session, blobs.map((b) => toHex(b.id)));
+          });
         })
         .then(() => void call.resume(), fail);
     });
@@ -180,6 +185,7 @@ export function coreHandlers(deps: ServiceDeps): grpc.UntypedServiceImplementati
     });
     await sessions.end(session);
     log.info({ snapshot: snapshot.id, dataset: snapshot.dataset, host: snapshot.host, newBytes: session.newBytes, requests: repo.store.counts() }, 'snapshot committed');
+    await applyPolicyAfterCommit(repo, snapshot.dataset, log);
     return snapshot;
   };
 

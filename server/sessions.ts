@@ -47,7 +47,8 @@ export class SessionManager {
       throw resourceExhausted(`${init.principal} has ${mine} backup sessions open, the limit is ${this.limits.maxSessionsPerPrincipal} per token`);
     }
     const session: Session = { ...init, id: randomBytes(16).toString('hex'), lastUsed: Date.now(), newBytes: 0, newChunks: 0 };
-    if (session.parent) await session.repo.index.putMarkers([pinKey(session.id, session.parent.rootTree)]);
+    // Under the GC lock like FindMissing's pins: prune must see this pin or have unindexed the tree before the client reads it.
+    if (session.parent) await session.repo.gcLock.shared(() => session.repo.index.putMarkers([pinKey(session.id, session.parent!.rootTree)]));
     this.sessions.set(session.id, session);
     return session;
   }

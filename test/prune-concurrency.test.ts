@@ -1,0 +1,159 @@
+import path from 'node:path';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import type { CheckReply, PruneReply } from '../common/admin-messages.js';
+import { toHex } from '../common/hash.js';
+import { setPruneCheckpointHook } from '../server/prune.js';
+import { backupFiles, begin, commit, findMissing, flatTree, rawBlob, restoredContents, sha256, startInProcess, upload, type InProcess } from './admin-helpers.js';
+import { cleanupTmp, runCli, tmpDir } from './harness.js';
+import { describeTree, randomBytes, writeFile } from './tree-gen.js';
+
+/**
+ * Backups running while prune runs, driven step by step through the gRPC API at prune's
+ * dangerous points (checkpoint hooks of the in-process server): a chunk a session was told
+ * exists must survive until the session commits, whenever the telling happened.
+ */
+
+const KiB = 1024;
+const X = randomBytes(40 * KiB, 11); // the chunk a late session reuses
+const Z = randomBytes(40 * KiB, 12); // garbage nobody asks for: proves the prune did remove things
+const Y = randomBytes(40 * KiB, 13); // live in a kept snapshot
+const NEW = randomBytes(10 * KiB, 14);
+
+let srv: InProcess;
+
+afterEach(async () => {
+  setPruneCheckpointHook(undefined);
+  await srv?.stop();
+});
+afterAll(() => cleanupTmp());
+
+/** A repository where X and Z are referenced only by a forgotten snapshot. */
+async function withGarbage(): Promise<InProcess> {
+  srv = await startInProcess();
+  await backupFiles(srv.conn, 'keep', { 'y.bin': Y });
+  const old = await backupFiles(srv.conn, 'old', { 'x.bin': X, 'z.bin': Z });
+  await srv.conn.unary('Forget', { snapshotIds: [old.id] });
+  return srv;
+}
+
+const prune = () => srv.conn.unary<PruneReply>('Prune', { dryRun: false, maxUnused: Number.MIN_VALUE });
+
+async function expectZRemoved(): Promise<void> {
+  const { sessionId } = await begin(srv.conn, 'probe');
+  expect(await findMissing(srv.conn, sessionId, [rawBlob(Z).id])).toEqual([toHex(rawBlob(Z).id)]);
+  await srv.conn.unary('AbortBackup', { sessionId });
+}
+
+async function expectCheckClean(): Promise<void> {
+  const r = await srv.conn.unary<CheckReply>('Check', { readData: true, readDataSubset: 0, readDataPart: '' });
+  expect(r.problems).toEqual([]);
+}
+
+/** Commits a root that references X (asked about, not uploaded) and a new file; restores it. */
+async function finishAndRestore(sessionId: string): Promise<void> {
+  const root = flatTree({ 'x.bin': X, 'new.bin': NEW });
+  await upload(srv.conn, sessionId, [rawBlob(NEW), root]);
+  const snap = await commit(srv.conn, sessionId, root);
+  expect(await restoredContents(srv.addr, snap.id)).toEqual({ 'new.bin': sha256(NEW), 'x.bin': sha256(X) });
+}
+
+describe('prune while backups run', () => {
+  it('a chunk FindMissing reported present before the prune started survives it', async () => {
+    await withGarbage();
+    const { sessionId } = await begin(srv.conn, 'late');
+    expect(await findMissing(srv.conn, sessionId, [rawBlob(X).id])).toEqual([]);
+    const r = await prune();
+    // Z and the forgotten snapshot's tree go; X is pinned.
+    expect(Number(r.chunksRemoved)).toBe(2);
+    await expectZRemoved();
+    await finishAndRestore(sessionId);
+    await expectCheckClean();
+  });
+
+  it('a chunk FindMissing reported present after the mark, before the sweep, is rescued', async () => {
+    await withGarbage();
+    let sessionId = '';
+    setPruneCheckpointHook(async (point) => {
+      if (point !== 'prune:after-mark' || sessionId) return;
+      // The mark has passed without any pin on X: only the re-read under the lock can save it.
+      sessionId = (await begin(srv.conn, 'late')).sessionId;
+      expect(await findMissing(srv.conn, sessionId, [rawBlob(X).id])).toEqual([]);
+    });
+    const r = await prune();
+    expect(sessionId).not.toBe('');
+    expect(Number(r.chunksRemoved)).toBe(2);
+    await expectZRemoved();
+    await finishAndRestore(sessionId);
+    await expectCheckClean();
+  });
+
+  it('an Upload of a condemned chunk after the mark pins it instead of storing a copy', async () => {
+    await withGarbage();
+    let sessionId = '';
+    setPruneCheckpointHook(async (point) => {
+      if (point !== 'prune:after-mark' || sessionId) return;
+      sessionId = (await begin(srv.conn, 'late')).sessionId;
+      await upload(srv.conn, sessionId, [rawBlob(X)]);
+    });
+    await prune();
+    await expectZRemoved();
+    await finishAndRestore(sessionId);
+    await expectCheckClean();
+  });
+
+  it('after the condemned chunks are unindexed, FindMissing says missing and the client uploads again', async () => {
+    await withGarbage();
+    let sessionId = '';
+    setPruneCheckpointHook(async (point) => {
+      if (point !== 'prune:after-unindex' || sessionId) return;
+      sessionId = (await begin(srv.conn, 'late')).sessionId;
+      expect(await findMissing(srv.conn, sessionId, [rawBlob(X).id])).toEqual([toHex(rawBlob(X).id)]);
+      // Uploaded while the old copy's pack is still waiting to be deleted: the new copy is what stays.
+      await upload(srv.conn, sessionId, [rawBlob(X)]);
+    });
+    await prune();
+    await expectZRemoved();
+    await finishAndRestore(sessionId);
+    await expectCheckClean();
+  });
+
+  it("a session reusing its parent's chunk lists keeps them although the parent was forgotten", async () => {
+    srv = await startInProcess();
+    const parent = await backupFiles(srv.conn, 'p', { 'x.bin': X, 'z.bin': Z });
+    const reply = await begin(srv.conn, 'p');
+    expect(reply.parent?.id).toBe(parent.id);
+    await srv.conn.unary('Forget', { snapshotIds: [parent.id] });
+    const r = await prune();
+    // Nothing may go: every blob is reachable from the session's parent root, which is pinned.
+    expect(Number(r.chunksRemoved)).toBe(0);
+    // x.bin unchanged: its chunk list comes from the parent tree, never asked about.
+    const root = flatTree({ 'x.bin': X, 'new.bin': NEW });
+    await upload(srv.conn, reply.sessionId, [rawBlob(NEW), root]);
+    const snap = await commit(srv.conn, reply.sessionId, root);
+    expect(await restoredContents(srv.addr, snap.id)).toEqual({ 'new.bin': sha256(NEW), 'x.bin': sha256(X) });
+    await expectCheckClean();
+  });
+
+  it('real snapshots taken while prune runs over and over all restore byte-identical', async () => {
+    await withGarbage();
+    const base = tmpDir();
+    const data = path.join(base, 'data');
+    for (let i = 0; i < 24; i++) await writeFile(path.join(data, `d${i % 3}`, `f${i}.bin`), randomBytes(150 * KiB + i * 1000, 100 + i));
+    const client = runCli(['--json', 'snapshot', data, '--dataset', 'busy', '--host', 'h'], { server: srv.addr });
+    let done = false;
+    void client.then(() => (done = true));
+    let prunes = 0;
+    while (!done || prunes === 0) {
+      await prune();
+      prunes++;
+    }
+    const r = await client;
+    expect(r.code, r.stderr).toBe(0);
+    const id = (JSON.parse(r.stdout) as { snapshot: { id: string } }).snapshot.id;
+    const target = path.join(base, 'out');
+    const rr = await runCli(['restore', '--snapshot', id, target], { server: srv.addr });
+    expect(rr.code, rr.stderr).toBe(0);
+    expect(await describeTree(target)).toEqual(await describeTree(data));
+    await expectCheckClean();
+  });
+});
