@@ -14,6 +14,8 @@ import os from 'node:os';
 import path from 'node:path';
 
 export const TIME_BIN = '/usr/bin/time';
+/** USER_HZ: 100 on every Linux architecture Node runs on. */
+const CLOCK_TICKS = 100;
 
 export interface RunOptions {
   cwd?: string;
@@ -33,6 +35,8 @@ export interface RunResult {
   seconds: number;
   /** Peak RSS of the process, bytes. */
   peakRss: number;
+  /** User + system CPU seconds of the process (0 when unknown). */
+  cpuSeconds: number;
 }
 
 export class CommandError extends Error {
@@ -66,7 +70,7 @@ export async function run(cmd: string, args: string[], opts: RunOptions = {}): P
   const tmp = await mkdtemp(path.join(os.tmpdir(), 'cairn-bench-time-'));
   const timeFile = path.join(tmp, 'rss');
   const useTime = hasTimeBinary();
-  const [bin, argv] = useTime ? [TIME_BIN, ['-f', '%M', '-o', timeFile, cmd, ...args]] : [cmd, args];
+  const [bin, argv] = useTime ? [TIME_BIN, ['-f', '%M %U %S', '-o', timeFile, cmd, ...args]] : [cmd, args];
   const started = process.hrtime.bigint();
   const child = spawn(bin, argv, { cwd: opts.cwd, env: opts.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
@@ -98,17 +102,20 @@ export async function run(cmd: string, args: string[], opts: RunOptions = {}): P
   if (poll) clearInterval(poll);
   if (timer) clearTimeout(timer);
   let peakRss = polled;
+  let cpuSeconds = 0;
   if (useTime) {
     try {
-      // GNU time writes "Command exited with non-zero status N" before the value on failures.
+      // GNU time writes "Command exited with non-zero status N" before the values on failures.
       const lines = (await readFile(timeFile, 'utf8')).trim().split('\n');
-      peakRss = Number(lines[lines.length - 1]) * 1024;
+      const [kb, user, sys] = lines[lines.length - 1].split(' ').map(Number);
+      peakRss = kb * 1024;
+      cpuSeconds = user + sys;
     } catch {
       peakRss = 0;
     }
   }
   await rm(tmp, { recursive: true, force: true });
-  const result: RunResult = { code, stdout, stderr, seconds, peakRss };
+  const result: RunResult = { code, stdout, stderr, seconds, peakRss, cpuSeconds };
   if (timedOut) throw new CommandError(`${cmd} ${args.join(' ')}: timed out after ${opts.timeoutMs} ms`, result);
   if (code !== 0 && !(opts.okCodes ?? []).includes(code)) {
     throw new CommandError(`${path.basename(cmd)} ${args.join(' ')} exited with ${code}:\n${stderr.slice(-4000)}`, result);
@@ -146,6 +153,18 @@ export class Watched {
     const rss = procStatusBytes(this.pid, 'VmRSS') ?? 0;
     const hwm = this.canReset ? procStatusBytes(this.pid, 'VmHWM') ?? 0 : 0;
     return Math.max(hwm, this.polled, rss);
+  }
+
+  /** User + system CPU seconds the process has used so far (from /proc/<pid>/stat). */
+  cpuSeconds(): number {
+    try {
+      const stat = readFileSync(`/proc/${this.pid}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      // After the command name: state is field 3, utime 14, stime 15 (1-based in proc(5)).
+      return (Number(f[11]) + Number(f[12])) / CLOCK_TICKS;
+    } catch {
+      return 0;
+    }
   }
 
   /** Current RSS, bytes. */

@@ -131,7 +131,7 @@ async function mainComparison(o: Options, out: Record<string, unknown>): Promise
     log(`${t.tool.name}: ${STEP_LABEL[s]} ...`);
     const m = await fn();
     t.result.steps[s] = { ...m, bytes, mbps: bytes / 1e6 / m.seconds };
-    log(`${t.tool.name}: ${STEP_LABEL[s]}: ${m.seconds.toFixed(2)} s, ${fmt(bytes / 1e6 / m.seconds)} MB/s, peak RSS ${fmt(mib(m.peakRss))} MiB, repo ${fmt(mib(m.repoBytes))} MiB`);
+    log(`${t.tool.name}: ${STEP_LABEL[s]}: ${m.seconds.toFixed(2)} s, ${fmt(bytes / 1e6 / m.seconds)} MB/s, CPU ${m.cpuSeconds.toFixed(1)} s, peak RSS ${fmt(mib(m.peakRss))} MiB, repo ${fmt(mib(m.repoBytes))} MiB`);
   };
 
   for (const t of live) {
@@ -168,7 +168,7 @@ async function mainComparison(o: Options, out: Record<string, unknown>): Promise
   const { table, ratios, targets } = report(results);
   out.ratios = ratios;
   out.targets = targets;
-  console.log(`\nDataset: ${summary.files} files, ${fmt(mib(bytesBefore))} MiB before / ${fmt(mib(bytesAfter))} MiB after the day of changes (${ds.small} small JSON files; node_modules/ and __pycache__/ excluded by every tool). MB = 10^6 bytes of source data per second.`);
+  console.log(`\nDataset: ${summary.files} files, ${fmt(mib(bytesBefore))} MiB before / ${fmt(mib(bytesAfter))} MiB after the day of changes (${ds.small} small JSON files; node_modules/ and __pycache__/ excluded by every tool). MB = 10^6 bytes of source data per second; CPU s = user + system seconds of all the tool's processes.`);
   console.log(table);
   for (const r of results) if (!r.available) console.log(`note: ${r.name} not available: ${r.reason}`);
   for (const r of results) for (const n of r.notes) console.log(`note: ${n}`);
@@ -188,16 +188,16 @@ async function mainComparison(o: Options, out: Record<string, unknown>): Promise
 }
 
 function report(results: ToolResult[]): { table: string; ratios: Record<string, Record<string, number | null>>; targets: Target[] } {
-  const header = ['tool', 'step', 'wall s', 'MB/s', 'peak RSS MiB', 'repo MiB'];
+  const header = ['tool', 'step', 'wall s', 'MB/s', 'CPU s', 'peak RSS MiB', 'repo MiB'];
   const rows: string[][] = [];
   for (const r of results) {
     if (!r.available) {
-      rows.push([r.name, 'TODO: not available (see note)', '-', '-', '-', '-']);
+      rows.push([r.name, 'TODO: not available (see note)', '-', '-', '-', '-', '-']);
       continue;
     }
     for (const s of STEPS) {
       const m = r.steps[s];
-      rows.push([r.name, STEP_LABEL[s], fmt(m?.seconds, 2), fmt(m?.mbps, 0), fmt(m ? mib(m.peakRss) : undefined, 0), fmt(m ? mib(m.repoBytes) : undefined, 1)]);
+      rows.push([r.name, STEP_LABEL[s], fmt(m?.seconds, 2), fmt(m?.mbps, 0), fmt(m?.cpuSeconds, 1), fmt(m ? mib(m.peakRss) : undefined, 0), fmt(m ? mib(m.repoBytes) : undefined, 1)]);
     }
   }
   const cairn = results.find((r) => r.name === 'cairn' && r.available);
@@ -208,7 +208,7 @@ function report(results: ToolResult[]): { table: string; ratios: Record<string, 
     return xs.length > 0 ? pick(xs) : undefined;
   };
   if (cairn && others.length > 0) {
-    rows.push(['---', '', '', '', '', '']);
+    rows.push(['---', '', '', '', '', '', '']);
     for (const s of STEPS) {
       const m = cairn.steps[s];
       if (!m) continue;
@@ -216,11 +216,12 @@ function report(results: ToolResult[]): { table: string; ratios: Record<string, 
       ratios[s] = {
         seconds: ratio(m.seconds, best(s, (x) => x.seconds, (xs) => Math.min(...xs))),
         mbps: ratio(m.mbps, best(s, (x) => x.mbps, (xs) => Math.max(...xs))),
+        cpuSeconds: ratio(m.cpuSeconds, best(s, (x) => x.cpuSeconds, (xs) => Math.min(...xs))),
         peakRss: ratio(m.peakRss, best(s, (x) => x.peakRss, (xs) => Math.min(...xs))),
         repoBytes: ratio(m.repoBytes, best(s, (x) => x.repoBytes, (xs) => Math.min(...xs))),
       };
       const q = ratios[s];
-      rows.push(['cairn ÷ best other', STEP_LABEL[s], `${fmt(q.seconds ?? undefined, 2)}x`, `${fmt(q.mbps ?? undefined, 2)}x`, `${fmt(q.peakRss ?? undefined, 2)}x`, `${fmt(q.repoBytes ?? undefined, 2)}x`]);
+      rows.push(['cairn ÷ best other', STEP_LABEL[s], `${fmt(q.seconds ?? undefined, 2)}x`, `${fmt(q.mbps ?? undefined, 2)}x`, `${fmt(q.cpuSeconds ?? undefined, 2)}x`, `${fmt(q.peakRss ?? undefined, 2)}x`, `${fmt(q.repoBytes ?? undefined, 2)}x`]);
     }
   }
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
@@ -258,7 +259,7 @@ async function scaling(o: Options, counts: number[], out: Record<string, unknown
         await tool.init();
         const first = await tool.backup(path.join(dir, 'data'));
         const noChange = await tool.backup(path.join(dir, 'data'));
-        Object.assign(row, { firstSeconds: first.seconds, firstPeakRss: first.peakRss, noChangeSeconds: noChange.seconds, noChangePeakRss: noChange.peakRss, repoBytes: noChange.repoBytes, processes: noChange.processes });
+        Object.assign(row, { firstSeconds: first.seconds, firstCpuSeconds: first.cpuSeconds, firstPeakRss: first.peakRss, noChangeSeconds: noChange.seconds, noChangeCpuSeconds: noChange.cpuSeconds, noChangePeakRss: noChange.peakRss, repoBytes: noChange.repoBytes, processes: noChange.processes });
         log(`scaling: ${name} @ ${count}: first ${first.seconds.toFixed(2)} s, no-change ${noChange.seconds.toFixed(2)} s, peak RSS ${fmt(mib(noChange.peakRss))} MiB`);
       } catch (err) {
         row.error = (err as Error).message.slice(0, 500);
@@ -273,8 +274,8 @@ async function scaling(o: Options, counts: number[], out: Record<string, unknown
   }
   out.scaling = rows;
   console.log('\nScaling: snapshot time against the number of small files (~400 B each)');
-  console.log('| files | tool | first s | no-change s | no-change peak RSS MiB |\n|---:|---|---:|---:|---:|');
-  for (const r of rows) console.log(`| ${r.files} | ${r.tool} | ${r.error ? 'failed' : fmt(r.firstSeconds as number, 2)} | ${r.error ? '-' : fmt(r.noChangeSeconds as number, 2)} | ${r.error ? '-' : fmt(mib(r.noChangePeakRss as number), 0)} |`);
+  console.log('| files | tool | first s | no-change s | no-change CPU s | no-change peak RSS MiB |\n|---:|---|---:|---:|---:|---:|');
+  for (const r of rows) console.log(`| ${r.files} | ${r.tool} | ${r.error ? 'failed' : fmt(r.firstSeconds as number, 2)} | ${r.error ? '-' : fmt(r.noChangeSeconds as number, 2)} | ${r.error ? '-' : fmt(r.noChangeCpuSeconds as number, 2)} | ${r.error ? '-' : fmt(mib(r.noChangePeakRss as number), 0)} |`);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -28,6 +28,8 @@ export interface StepMeasure {
   /** Sum of the peak RSS of every process of the tool (client + server for cairn), bytes. */
   peakRss: number;
   processes: Record<string, number>;
+  /** User + system CPU seconds of the tool's processes during the step (client + server for cairn). */
+  cpuSeconds: number;
   repoBytes: number;
   /** What the tool itself reported (its JSON summary), for the results file. */
   report?: unknown;
@@ -51,7 +53,7 @@ export interface ToolOptions {
   timeoutMs: number;
   /** cairn: parallel connections. */
   channels?: number;
-  /** cairn: write CPU profiles of the client and server of the first backup here. */
+  /** cairn: write CPU profiles of client and server during the first snapshot and the restore here. */
   profileDir?: string;
   log?: (msg: string) => void;
 }
@@ -129,7 +131,27 @@ export class CairnTool implements Tool {
   async init(): Promise<void> {
     await rm(this.dir, { recursive: true, force: true });
     await mkdir(this.dir, { recursive: true });
-    await this.startServer(this.opts.profileDir ? ['--cpu-prof', '--cpu-prof-dir', this.opts.profileDir, '--cpu-prof-name', `${this.name}-server.cpuprofile`] : []);
+    await this.startServer();
+  }
+
+  private profArgs(what: string): string[] {
+    return ['--cpu-prof', '--cpu-prof-dir', this.opts.profileDir!, '--cpu-prof-name', `${this.name}-${what}.cpuprofile`];
+  }
+
+  /**
+   * Runs one step with the client and a freshly started server under `node --cpu-prof`; the
+   * server's profile is written when it exits, so it is restarted unprofiled afterwards.
+   * Profiling slows both sides: the numbers of a profiled step are not comparable.
+   */
+  private async profiled<T>(what: string, fn: (clientNodeArgs: string[]) => Promise<T>): Promise<T> {
+    await stopCairnServer(this.server!);
+    await this.startServer(this.profArgs(`${what}-server`));
+    try {
+      return await fn(this.profArgs(`${what}-client`));
+    } finally {
+      await stopCairnServer(this.server!);
+      await this.startServer();
+    }
   }
 
   protected async startServer(nodeArgs: string[] = []): Promise<void> {
@@ -140,34 +162,31 @@ export class CairnTool implements Tool {
     return { ...process.env, CAIRN_SERVER: this.server!.addr };
   }
 
-  private async measured(args: string[], nodeArgs: string[] = []): Promise<{ r: RunResult; serverPeak: number }> {
+  private async measured(args: string[], nodeArgs: string[] = []): Promise<{ r: RunResult; serverPeak: number; cpuSeconds: number }> {
     const s = this.server!;
     if (s.child.exitCode !== null) throw new Error(`${this.name}: server has exited:\n${s.logs.slice(-20).join('\n')}`);
     s.watched.resetPeak();
+    const cpu0 = s.watched.cpuSeconds();
     const channels = this.opts.channels ? ['--channels', String(this.opts.channels)] : [];
     const r = await run(process.execPath, [...nodeArgs, CLI_JS, ...channels, '--json', ...args], { env: this.clientEnv(), timeoutMs: this.opts.timeoutMs });
-    return { r, serverPeak: s.watched.peak() };
+    return { r, serverPeak: s.watched.peak(), cpuSeconds: r.cpuSeconds + s.watched.cpuSeconds() - cpu0 };
   }
 
   async backup(src: string): Promise<StepMeasure> {
     const first = this.backups++ === 0;
-    const prof = first && this.opts.profileDir ? ['--cpu-prof', '--cpu-prof-dir', this.opts.profileDir, '--cpu-prof-name', `${this.name}-client.cpuprofile`] : [];
-    const { r, serverPeak } = await this.measured(['snapshot', src, '--dataset', 'exp', '--host', 'bench'], prof);
-    if (prof.length > 0) {
-      // The server's profile is written when it exits: restart it so it covers the first backup only.
-      await stopCairnServer(this.server!);
-      await this.startServer();
-    }
+    const args = ['snapshot', src, '--dataset', 'exp', '--host', 'bench'];
+    const { r, serverPeak, cpuSeconds } = first && this.opts.profileDir ? await this.profiled('snapshot', (p) => this.measured(args, p)) : await this.measured(args);
     const report = lastJsonLine(r.stdout) as { problems?: unknown[] } | undefined;
     if (!report) throw new Error(`${this.name}: snapshot printed no JSON:\n${r.stdout}\n${r.stderr}`);
     if (report.problems && report.problems.length > 0) throw new Error(`${this.name}: snapshot reported problems: ${JSON.stringify(report.problems.slice(0, 5))}`);
-    return { seconds: r.seconds, peakRss: r.peakRss + serverPeak, processes: { client: r.peakRss, server: serverPeak }, repoBytes: await this.repoBytes(), report: report };
+    return { seconds: r.seconds, peakRss: r.peakRss + serverPeak, processes: { client: r.peakRss, server: serverPeak }, cpuSeconds, repoBytes: await this.repoBytes(), report: report };
   }
 
   async restore(target: string): Promise<StepMeasure & { root: string }> {
     await rm(target, { recursive: true, force: true });
-    const { r, serverPeak } = await this.measured(['restore', '--snapshot', 'latest', '--dataset', 'exp', '--host', 'bench', target]);
-    return { seconds: r.seconds, peakRss: r.peakRss + serverPeak, processes: { client: r.peakRss, server: serverPeak }, repoBytes: await this.repoBytes(), report: lastJsonLine(r.stdout), root: target };
+    const args = ['restore', '--snapshot', 'latest', '--dataset', 'exp', '--host', 'bench', target];
+    const { r, serverPeak, cpuSeconds } = this.opts.profileDir ? await this.profiled('restore', (p) => this.measured(args, p)) : await this.measured(args);
+    return { seconds: r.seconds, peakRss: r.peakRss + serverPeak, processes: { client: r.peakRss, server: serverPeak }, cpuSeconds, repoBytes: await this.repoBytes(), report: lastJsonLine(r.stdout), root: target };
   }
 
   async repoBytes(): Promise<number> {
@@ -310,13 +329,13 @@ export class ResticTool implements Tool {
   async backup(src: string): Promise<StepMeasure> {
     const excludes = EXCLUDED_DIRS.flatMap((d) => ['--exclude', d]);
     const r = await run('restic', ['backup', '--compression', 'auto', '--host', 'bench', '--json', ...excludes, '.'], { cwd: src, env: this.env(), timeoutMs: this.opts.timeoutMs });
-    return { seconds: r.seconds, peakRss: r.peakRss, processes: { restic: r.peakRss }, repoBytes: await this.repoBytes(), report: lastJsonLine(r.stdout) };
+    return { seconds: r.seconds, peakRss: r.peakRss, processes: { restic: r.peakRss }, cpuSeconds: r.cpuSeconds, repoBytes: await this.repoBytes(), report: lastJsonLine(r.stdout) };
   }
 
   async restore(target: string): Promise<StepMeasure & { root: string }> {
     await rm(target, { recursive: true, force: true });
     const r = await run('restic', ['restore', 'latest', '--host', 'bench', '--target', target], { env: this.env(), timeoutMs: this.opts.timeoutMs });
-    return { seconds: r.seconds, peakRss: r.peakRss, processes: { restic: r.peakRss }, repoBytes: await this.repoBytes(), root: target };
+    return { seconds: r.seconds, peakRss: r.peakRss, processes: { restic: r.peakRss }, cpuSeconds: r.cpuSeconds, repoBytes: await this.repoBytes(), root: target };
   }
 
   repoBytes(): Promise<number> {
@@ -368,14 +387,14 @@ export class BorgTool implements Tool {
     // Exit code 1 is borg's "warning" (e.g. a file changed while read): allowed, kept in the report.
     const r = await run('borg', ['create', '--json', '--compression', 'zstd,3', ...excludes, `::${name}`, '.'], { cwd: src, env: this.env(), timeoutMs: this.opts.timeoutMs, okCodes: [1] });
     const report = tryJson(r.stdout);
-    return { seconds: r.seconds, peakRss: r.peakRss, processes: { borg: r.peakRss }, repoBytes: await this.repoBytes(), report: { borg: report, exitCode: r.code, warnings: r.code === 1 ? r.stderr.slice(-2000) : undefined } };
+    return { seconds: r.seconds, peakRss: r.peakRss, processes: { borg: r.peakRss }, cpuSeconds: r.cpuSeconds, repoBytes: await this.repoBytes(), report: { borg: report, exitCode: r.code, warnings: r.code === 1 ? r.stderr.slice(-2000) : undefined } };
   }
 
   async restore(target: string): Promise<StepMeasure & { root: string }> {
     await rm(target, { recursive: true, force: true });
     await mkdir(target, { recursive: true });
     const r = await run('borg', ['extract', `::snap-${this.archives}`], { cwd: target, env: this.env(), timeoutMs: this.opts.timeoutMs });
-    return { seconds: r.seconds, peakRss: r.peakRss, processes: { borg: r.peakRss }, repoBytes: await this.repoBytes(), root: target };
+    return { seconds: r.seconds, peakRss: r.peakRss, processes: { borg: r.peakRss }, cpuSeconds: r.cpuSeconds, repoBytes: await this.repoBytes(), root: target };
   }
 
   repoBytes(): Promise<number> {
