@@ -13,6 +13,11 @@ import { registerAdminCommands } from './admin-commands.js';
 import { registerQueryCommands } from './query-commands.js';
 import { parseOverwrite, Restorer } from './restorer.js';
 
+/** Peak resident memory of this process, reported so memory bounds can be checked from outside. */
+function peakRss(): number {
+  return process.resourceUsage().maxRSS * 1024;
+}
+
 export function buildProgram(): Command {
   const program = new Command('cairn')
     .description('Cairn backup client: deduplicated, compressed snapshots of data directories')
@@ -64,7 +69,7 @@ export function buildProgram(): Command {
         progress.done();
         for (const p of r.problems) process.stderr.write(`warning: ${p.path}: ${p.message}\n`);
         if (g.json) {
-          out(JSON.stringify({ snapshot: r.snapshot, stats: r.stats, problems: r.problems, uploadedBytes: r.uploadedBytes, seconds: r.seconds }));
+          out(JSON.stringify({ snapshot: r.snapshot, stats: r.stats, problems: r.problems, uploadedBytes: r.uploadedBytes, seconds: r.seconds, peakRssBytes: peakRss() }));
         } else {
           const s = r.stats;
           out(`snapshot ${r.snapshot.id.slice(0, 8)} saved (${r.snapshot.dataset}@${r.snapshot.host})`);
@@ -103,7 +108,7 @@ export function buildProgram(): Command {
         progress.done();
         const seconds = (Date.now() - started) / 1000;
         if (g.json) {
-          out(JSON.stringify({ snapshot: snapshot.id, target, stats, conflicts: restorer.conflicts, seconds, dryRun: o.dryRun }));
+          out(JSON.stringify({ snapshot: snapshot.id, target, stats, conflicts: restorer.conflicts, seconds, dryRun: o.dryRun, peakRssBytes: peakRss() }));
         } else {
           for (const c of restorer.conflicts) process.stderr.write(`kept local: ${c.path}: ${c.reason} (use --overwrite to replace)\n`);
           out(`${o.dryRun ? 'would restore' : 'restored'} snapshot ${snapshot.id.slice(0, 8)} (${snapshot.dataset}@${snapshot.host}, ${localTime(snapshot.time)}) to ${target}`);

@@ -80,7 +80,7 @@ export class Repository {
     readonly config: RepoConfig,
     readonly log: Logger,
   ) {
-    this.writer = new PackWriter(store, index, { packSize: config.packSize, uploadConcurrency: 4, maxQueuedPacks: 6, segmentEvery: 64 });
+    this.writer = new PackWriter(store, index, { packSize: config.packSize, uploadConcurrency: 2, maxQueuedPacks: 2, segmentEvery: 64 });
   }
 
   static async open(opts: RepositoryOptions): Promise<Repository> {
@@ -138,7 +138,9 @@ export class Repository {
     }
     if (!hash(raw).equals(blob.id)) throw invalidArgument(`blob ${hex}: content does not hash to its id; nothing stored`);
     if (blob.kind === 'TREE') decodeTree(raw, `tree ${hex}`, Code.INVALID_ARGUMENT);
-    return { id: blob.id, kind: blob.kind, compressed: blob.compression === 'ZSTD', rawLength: blob.rawLength, data: blob.data };
+    // The id is a view into the whole received message: copy it, or every indexed-but-not-yet-
+    // segmented entry would pin its megabyte message in memory.
+    return { id: Buffer.from(blob.id), kind: blob.kind, compressed: blob.compression === 'ZSTD', rawLength: blob.rawLength, data: blob.data };
   }
 
   async locateOrThrow(id: Buffer, what: string): Promise<Location> {

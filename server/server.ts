@@ -9,6 +9,8 @@ import { FileStore } from './file-store.js';
 import { PrefixedStore } from './prefixed-store.js';
 import { queryHandlers } from './query-service.js';
 import { Repository } from './repository.js';
+import { parseS3Url, S3Store } from './s3-store.js';
+import { WriterLease } from './writer-lease.js';
 import { SessionManager } from './sessions.js';
 import { coreHandlers, MAX_MESSAGE_BYTES, type Authorizer, type ServiceDeps } from './service.js';
 import type { ChunkerParams } from '../common/chunker.js';
@@ -21,6 +23,10 @@ export interface ServerOptions {
   packSize?: number;
   chunker?: ChunkerParams;
   sessionIdleMs?: number;
+  /** How long a writer lease lives without a refresh; a second server waits this long to take over. */
+  leaseTtlMs?: number;
+  /** Called when this server has lost its writer lease and must stop writing. */
+  onFatal?: (err: CairnError) => void;
 }
 
 export const DEFAULT_REPOSITORY = 'default';
@@ -32,6 +38,7 @@ export class CairnServer {
     'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
   });
   readonly repos = new Map<string, Repository>();
+  private readonly leases: WriterLease[] = [];
   readonly sessions: SessionManager;
   port = 0;
 
@@ -53,9 +60,16 @@ export class CairnServer {
   }
 
   async openRepository(name: string): Promise<Repository> {
+    const store = new PrefixedStore(this.opts.store, `repos/${name}/`);
+    const lease = new WriterLease(store, this.opts.leaseTtlMs ?? 60_000, this.opts.log, (err) => {
+      this.opts.log.fatal({ repository: name, err: err.message }, 'writer lease lost');
+      (this.opts.onFatal ?? (() => process.exit(1)))(err);
+    });
+    await lease.acquire();
+    this.leases.push(lease);
     const repo = await Repository.open({
       name,
-      store: new PrefixedStore(this.opts.store, `repos/${name}/`),
+      store,
       indexDir: path.join(this.opts.indexDir, name),
       log: this.opts.log,
       packSize: this.opts.packSize,
@@ -69,13 +83,24 @@ export class CairnServer {
     await new Promise<void>((resolve) => this.grpc.tryShutdown(() => resolve()));
     await this.sessions.close();
     for (const repo of this.repos.values()) await repo.close();
+    for (const lease of this.leases) await lease.release();
     await this.opts.store.close();
   }
 }
 
-/** `file:DIR` (or a bare path) for the embedded default; other schemes come from their backends. */
-export function openStore(spec: string): ObjectStore {
+export interface S3Flags {
+  endpoint?: string;
+  region?: string;
+  s3PathStyle?: boolean;
+}
+
+/** `file:DIR` (or a bare path) for the embedded default, `s3://bucket/prefix` for S3-compatible stores. */
+export function openStore(spec: string, s3: S3Flags = {}, log?: Logger): ObjectStore {
   if (spec.startsWith('file:')) return new FileStore(path.resolve(spec.slice('file:'.length)));
+  if (spec.startsWith('s3://')) {
+    const { bucket, prefix } = parseS3Url(spec);
+    return new S3Store({ bucket, prefix, endpoint: s3.endpoint, region: s3.region, pathStyle: s3.s3PathStyle, log: log && ((msg, fields) => log.warn(fields ?? {}, msg)) });
+  }
   if (!spec.includes(':')) return new FileStore(path.resolve(spec));
   throw invalidArgument(`unsupported store ${JSON.stringify(spec)}: use file:DIR or s3://bucket/prefix`);
 }

@@ -1,0 +1,100 @@
+import { randomBytes } from 'node:crypto';
+import os from 'node:os';
+import type { Logger } from 'pino';
+import { CairnError, Code, failedPrecondition } from '../common/errors.js';
+import type { ObjectStore } from './object-store.js';
+
+export const LEASE_KEY = 'locks/writer';
+
+interface LeaseRecord {
+  holder: string;
+  host: string;
+  pid: number;
+  expires: string;
+}
+
+/**
+ * One writer per repository. The lease is an object under locks/ written with the store's
+ * conditional put (If-None-Match: * on S3, link(2) on the folder store) and refreshed well
+ * before it expires. A lease past its expiry, or held by a process on this host that no
+ * longer exists, belongs to a writer that is gone: it is deleted and raced for again, and each refresh reads the object back, so a writer that
+ * lost its lease finds out within one refresh and stops instead of writing beside another.
+ */
+export class WriterLease {
+  private readonly me: LeaseRecord;
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(
+    private readonly store: ObjectStore,
+    private readonly ttlMs: number,
+    private readonly log: Logger,
+    private readonly onLost: (err: CairnError) => void,
+  ) {
+    this.me = { holder: randomBytes(8).toString('hex'), host: os.hostname(), pid: process.pid, expires: '' };
+  }
+
+  private record(): Buffer {
+    this.me.expires = new Date(Date.now() + this.ttlMs).toISOString();
+    return Buffer.from(JSON.stringify(this.me));
+  }
+
+  private async current(): Promise<LeaseRecord | undefined> {
+    try {
+      return JSON.parse((await this.store.get(LEASE_KEY)).toString('utf8')) as LeaseRecord;
+    } catch (err) {
+      if (err instanceof CairnError && err.code === Code.NOT_FOUND) return undefined;
+      throw err;
+    }
+  }
+
+  async acquire(): Promise<void> {
+    for (let attempt = 0; attempt < 3; attempt++) {
+      if (await this.store.putIfAbsent(LEASE_KEY, this.record())) {
+        this.timer = setInterval(() => void this.refresh(), Math.max(500, this.ttlMs / 3)).unref();
+        this.log.info({ holder: this.me.holder, ttlMs: this.ttlMs }, 'writer lease acquired');
+        return;
+      }
+      const other = await this.current();
+      if (!other) continue;
+      if (new Date(other.expires).getTime() > Date.now() && !this.deadOnThisHost(other)) {
+        throw failedPrecondition(
+          `repository ${this.store.description} is held by another writer: ${other.host} pid ${other.pid} (lease ${other.holder}, expires ${other.expires}); stop it, or wait for its lease to expire if it is gone`,
+        );
+      }
+      this.log.warn({ stale: other }, 'taking over the writer lease of a writer that is gone');
+      await this.store.delete([LEASE_KEY]);
+    }
+    throw failedPrecondition(`could not acquire the writer lease of ${this.store.description}: another writer keeps taking it`);
+  }
+
+  /** A holder on this machine whose process no longer exists (a kill -9 and restart) need not be waited for. */
+  private deadOnThisHost(other: LeaseRecord): boolean {
+    if (other.host !== this.me.host || other.pid === process.pid) return false;
+    try {
+      process.kill(other.pid, 0);
+      return false;
+    } catch (err) {
+      return (err as NodeJS.ErrnoException).code === 'ESRCH';
+    }
+  }
+
+  private async refresh(): Promise<void> {
+    try {
+      const cur = await this.current();
+      if (cur?.holder !== this.me.holder) {
+        clearInterval(this.timer);
+        this.onLost(failedPrecondition(`writer lease of ${this.store.description} was taken by ${cur ? `${cur.host} pid ${cur.pid}` : 'nobody (deleted)'}; stopping writes`));
+        return;
+      }
+      await this.store.put(LEASE_KEY, this.record());
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'writer lease refresh failed; retrying');
+    }
+  }
+
+  async release(): Promise<void> {
+    clearInterval(this.timer);
+    const cur = await this.current().catch(() => undefined);
+    if (cur?.holder === this.me.holder) await this.store.delete([LEASE_KEY]);
+  }
+}

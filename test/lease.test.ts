@@ -1,0 +1,49 @@
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { cleanupTmp, runCli, startServer, tmpDir } from './harness.js';
+import { inspectStore, storeBackends } from './backends.js';
+import { LEASE_KEY } from '../server/writer-lease.js';
+import { writeFile } from './tree-gen.js';
+
+afterAll(() => cleanupTmp());
+
+describe.each(storeBackends())('one writer per repository on the $name store', (backend) => {
+  afterAll(async () => backend.cleanup?.());
+
+  async function sharedOptions() {
+    const given = await backend.serverOptions();
+    const base = tmpDir();
+    return { ...given, store: given.store ?? `file:${path.join(base, 'store')}`, indexDir: path.join(base, 'index-a'), args: [...(given.args ?? []), '--lease-ttl', '3s'] };
+  }
+
+  it('a second server refuses while the first lives, and takes over once the first is killed', async () => {
+    const opts = await sharedOptions();
+    const first = await startServer(opts);
+    const second = { ...opts, indexDir: path.join(tmpDir(), 'index-b') };
+    await expect(startServer(second)).rejects.toThrow(new RegExp(`FAILED_PRECONDITION: repository .* is held by another writer: ${os.hostname()} pid ${first.proc.pid}`));
+    await first.kill9();
+    const taker = await startServer(second);
+    const dir = path.join(tmpDir(), 'd');
+    await writeFile(path.join(dir, 'f'), 'after takeover');
+    expect((await runCli(['snapshot', dir, '--dataset', 'lease', '--host', 'h'], { server: taker.addr })).code).toBe(0);
+    await taker.stop();
+  });
+
+  it('a lease from another host is honoured until it expires, then taken over', async () => {
+    const opts = await sharedOptions();
+    const store = inspectStore(opts);
+    const key = `repos/default/${LEASE_KEY}`;
+    const foreign = (expires: Date) => Buffer.from(JSON.stringify({ holder: 'elsewhere', host: 'other-host', pid: 1, expires: expires.toISOString() }));
+    await store.put(key, foreign(new Date(Date.now() + 60_000)));
+    await expect(startServer(opts)).rejects.toThrow(/held by another writer: other-host pid 1 \(lease elsewhere/);
+    await store.put(key, foreign(new Date(Date.now() - 1000)));
+    const server = await startServer(opts);
+    expect(server.logs.some((l) => l.includes('taking over the writer lease'))).toBe(true);
+    const held = JSON.parse((await store.get(key)).toString('utf8')) as { host: string; pid: number };
+    expect(held).toMatchObject({ host: os.hostname(), pid: server.proc.pid });
+    await server.stop();
+    // A clean stop releases the lease for the next writer at once.
+    await expect(store.head(key)).resolves.toBeUndefined();
+  });
+});
