@@ -428,26 +428,26 @@ describe('history, browsing, diff, find, stats and status over real gRPC', () =>
     };
     const unknown = 'f'.repeat(63) + '0';
     expect(ids).not.toContain(unknown);
-    await expectFail(['ls', unknown], 'NOT_FOUND', new RegExp(`snapshot ${unknown} does not exist`));
-    await expectFail(['diff', snapA.id, unknown], 'NOT_FOUND', /does not exist/);
-
     const absent = ['0123456789', 'abcdef0123', 'fedcba9876'].find((p) => !ids.some((id) => id.startsWith(p)))!;
-    await expectFail(['cat', absent, 'notes.txt'], 'NOT_FOUND', new RegExp(`no snapshot id starts with ${absent}`));
-
     // Over 2,000 snapshots every first hex digit is shared; take one that is.
     const digit = [...'0123456789abcdef'].find((d) => ids.filter((id) => id.startsWith(d)).length >= 2)!;
-    const r = await cli(['ls', digit]);
-    expect(r.code).toBe(1);
-    expect(r.stderr).toMatch(new RegExp(`INVALID_ARGUMENT: snapshot prefix ${digit} is ambiguous: it matches `));
-    const listed = r.stderr.match(/[0-9a-f]{64}/g) ?? [];
+
+    const [ambiguous] = await Promise.all([
+      cli(['ls', digit]),
+      expectFail(['ls', unknown], 'NOT_FOUND', new RegExp(`snapshot ${unknown} does not exist`)),
+      expectFail(['diff', snapA.id, unknown], 'NOT_FOUND', /does not exist/),
+      expectFail(['cat', absent, 'notes.txt'], 'NOT_FOUND', new RegExp(`no snapshot id starts with ${absent}`)),
+      expectFail(['ls', 'latest', '--dataset', 'tree', 'reports/nope.csv'], 'NOT_FOUND', /path reports\/nope\.csv does not exist in snapshot/),
+      expectFail(['cat', snapB.id, 'reports/q2.csv'], 'NOT_FOUND', /path reports\/q2\.csv does not exist in snapshot/),
+      expectFail(['cat', snapB.id, 'notes.txt/inside'], 'NOT_FOUND', /notes\.txt is a file, not a directory/),
+      expectFail(['ls', 'latest', '--dataset', 'nosuch'], 'NOT_FOUND', /no snapshot for dataset nosuch/),
+      expectFail(['ls', 'zz'], 'INVALID_ARGUMENT', /"zz" is not an id, an id prefix or "latest"/),
+      expectFail(['ls', 'latest', '../etc'], 'INVALID_ARGUMENT', /contains "\.\."/),
+    ]);
+    expect(ambiguous.code).toBe(1);
+    expect(ambiguous.stderr).toMatch(new RegExp(`INVALID_ARGUMENT: snapshot prefix ${digit} is ambiguous: it matches `));
+    const listed = ambiguous.stderr.match(/[0-9a-f]{64}/g) ?? [];
     expect(listed.length).toBeGreaterThanOrEqual(2);
     expect(listed.every((id) => id.startsWith(digit) && ids.includes(id))).toBe(true);
-
-    await expectFail(['ls', 'latest', '--dataset', 'tree', 'reports/nope.csv'], 'NOT_FOUND', /path reports\/nope\.csv does not exist in snapshot/);
-    await expectFail(['cat', snapB.id, 'reports/q2.csv'], 'NOT_FOUND', /path reports\/q2\.csv does not exist in snapshot/);
-    await expectFail(['cat', snapB.id, 'notes.txt/inside'], 'NOT_FOUND', /notes\.txt is a file, not a directory/);
-    await expectFail(['ls', 'latest', '--dataset', 'nosuch'], 'NOT_FOUND', /no snapshot for dataset nosuch/);
-    await expectFail(['ls', 'zz'], 'INVALID_ARGUMENT', /"zz" is not an id, an id prefix or "latest"/);
-    await expectFail(['ls', 'latest', '../etc'], 'INVALID_ARGUMENT', /contains "\.\."/);
   });
 });
