@@ -262,15 +262,33 @@ export class Repository {
     const gte = f.since ? prefix + f.since : undefined;
     const lt = f.until ? prefix + f.until : undefined;
     let n = 0;
+    let ids: string[] = [];
+    const emit = async function* (this: Repository): AsyncGenerator<Snapshot> {
+      // One getMany per batch: awaited single gets are ~10x slower than batched ones.
+      const [snaps, marks] = await Promise.all([this.index.db.getMany(ids.map(snapKey)), this.index.db.getMany(ids.map(protectKey))]);
+      ids = [];
+      for (let i = 0; i < snaps.length; i++) {
+        const raw = snaps[i];
+        if (!raw) continue;
+        const s = JSON.parse(raw.toString('utf8')) as Snapshot;
+        s.protected = marks[i] !== undefined;
+        if (f.host && s.host !== f.host) continue;
+        if (f.tag && !s.tags.includes(f.tag)) continue;
+        yield s;
+        if (f.limit && ++n >= f.limit) return;
+      }
+    };
+    // A small first batch keeps "latest" (limit 1) to one read.
+    let batch = f.limit && f.limit < 64 ? f.limit : 64;
     for await (const key of this.index.keys(prefix, { reverse: true, gte, lt })) {
-      const id = key.slice(key.lastIndexOf('/') + 1);
-      const s = await this.snapshotById(id);
-      if (!s) continue;
-      if (f.host && s.host !== f.host) continue;
-      if (f.tag && !s.tags.includes(f.tag)) continue;
-      yield s;
-      if (f.limit && ++n >= f.limit) return;
+      ids.push(key.slice(key.lastIndexOf('/') + 1));
+      if (ids.length >= batch) {
+        yield* emit.call(this);
+        if (f.limit && n >= f.limit) return;
+        batch = 256;
+      }
     }
+    if (ids.length > 0) yield* emit.call(this);
   }
 
   /**
