@@ -55,7 +55,7 @@ export function hasTimeBinary(): boolean {
 }
 
 /** Reads one `Vm*:` field of /proc/<pid>/status in bytes, or undefined when the process is gone. */
-export function procStatusBytes(pid: number, field: 'VmHWM' | 'VmRSS'): number | undefined {
+export function procStatusBytes(pid: number, field: 'VmHWM' | 'VmRSS' | 'RssAnon' | 'RssFile'): number | undefined {
   try {
     const s = readFileSync(`/proc/${pid}/status`, 'utf8');
     const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(s);
@@ -129,6 +129,7 @@ export async function run(cmd: string, args: string[], opts: RunOptions = {}): P
  */
 export class Watched {
   private polled = 0;
+  private polledAnon = 0;
   private timer: NodeJS.Timeout | undefined;
   private canReset = true;
 
@@ -141,9 +142,12 @@ export class Watched {
       this.canReset = false;
     }
     this.polled = procStatusBytes(this.pid, 'VmRSS') ?? 0;
+    this.polledAnon = procStatusBytes(this.pid, 'RssAnon') ?? 0;
     this.timer ??= setInterval(() => {
       const v = procStatusBytes(this.pid, 'VmRSS');
       if (v !== undefined && v > this.polled) this.polled = v;
+      const a = procStatusBytes(this.pid, 'RssAnon');
+      if (a !== undefined && a > this.polledAnon) this.polledAnon = a;
     }, 25);
     this.timer.unref();
   }
@@ -165,6 +169,14 @@ export class Watched {
     } catch {
       return 0;
     }
+  }
+
+  /**
+   * Peak anonymous RSS since the last reset (polled every 25 ms), bytes: RSS less file-backed
+   * pages such as LevelDB's memory-mapped tables, which the kernel can drop under pressure.
+   */
+  peakAnon(): number {
+    return Math.max(this.polledAnon, procStatusBytes(this.pid, 'RssAnon') ?? 0);
   }
 
   /** Current RSS, bytes. */

@@ -337,6 +337,7 @@ async function indexFill(o: Options, target: number, out: Record<string, unknown
       row.snapshotSeconds = r.seconds;
       row.snapshotClientPeakRss = r.peakRss;
       row.snapshotServerPeakRss = server.watched.peak();
+      row.snapshotServerPeakAnon = server.watched.peakAnon();
 
       // FindMissing-heavy load: 200 calls of 10k ids, half present (random blocks), 4 in flight.
       server.watched.resetPeak();
@@ -366,6 +367,7 @@ async function indexFill(o: Options, target: number, out: Record<string, unknown
       row.findMissingReportedMissing = missingTotal;
       row.findMissingIdsPerSecond = (calls * 10_000) / loadSeconds;
       row.findMissingServerPeakRss = server.watched.peak();
+      row.findMissingServerPeakAnon = server.watched.peakAnon();
       row.afterLoadRss = server.watched.rss();
       log(`index-fill: ${checkpoint}: start ${startSeconds.toFixed(1)} s, idle ${fmt(mib(idleRss))} MiB, snapshot server peak ${fmt(mib(row.snapshotServerPeakRss as number))} MiB, FindMissing ${fmt(row.findMissingIdsPerSecond as number, 0)} ids/s, server peak ${fmt(mib(row.findMissingServerPeakRss as number))} MiB`);
     } catch (err) {
@@ -378,9 +380,11 @@ async function indexFill(o: Options, target: number, out: Record<string, unknown
   }
   out.indexFill = rows;
   console.log('\nServer memory as the index grows (synthetic chunk/ keys in LevelDB)');
-  console.log('| chunks in index | LevelDB MiB | server start s | idle RSS MiB | snapshot (64 MiB new) server peak MiB | FindMissing 2M ids: ids/s | server peak MiB |\n|---:|---:|---:|---:|---:|---:|---:|');
+  console.log('RSS = all resident pages; anon = RSS less file-backed pages (LevelDB memory-maps its tables).');
+  console.log('| chunks in index | LevelDB MiB | server start s | idle RSS MiB | snapshot (64 MiB new): server peak RSS / anon MiB | FindMissing 2M ids: ids/s | server peak RSS / anon MiB |\n|---:|---:|---:|---:|---:|---:|---:|');
   for (const r of rows) {
-    console.log(`| ${r.chunks} | ${fmt(mib(r.indexBytes as number), 0)} | ${fmt(r.startSeconds as number, 1)} | ${fmt(mib(r.idleRss as number), 0)} | ${r.error ? 'failed' : fmt(mib(r.snapshotServerPeakRss as number), 0)} | ${r.error ? '-' : fmt(r.findMissingIdsPerSecond as number, 0)} | ${r.error ? '-' : fmt(mib(r.findMissingServerPeakRss as number), 0)} |`);
+    const pair = (a: unknown, b: unknown) => `${fmt(mib(a as number), 0)} / ${fmt(mib(b as number), 0)}`;
+    console.log(`| ${r.chunks} | ${fmt(mib(r.indexBytes as number), 0)} | ${fmt(r.startSeconds as number, 1)} | ${fmt(mib(r.idleRss as number), 0)} | ${r.error ? 'failed' : pair(r.snapshotServerPeakRss, r.snapshotServerPeakAnon)} | ${r.error ? '-' : fmt(r.findMissingIdsPerSecond as number, 0)} | ${r.error ? '-' : pair(r.findMissingServerPeakRss, r.findMissingServerPeakAnon)} |`);
   }
   if (!o.keep) await rm(dir, { recursive: true, force: true });
 }

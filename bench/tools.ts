@@ -162,31 +162,31 @@ export class CairnTool implements Tool {
     return { ...process.env, CAIRN_SERVER: this.server!.addr };
   }
 
-  private async measured(args: string[], nodeArgs: string[] = []): Promise<{ r: RunResult; serverPeak: number; cpuSeconds: number }> {
+  private async measured(args: string[], nodeArgs: string[] = []): Promise<{ r: RunResult; serverPeak: number; serverPeakAnon: number; cpuSeconds: number }> {
     const s = this.server!;
     if (s.child.exitCode !== null) throw new Error(`${this.name}: server has exited:\n${s.logs.slice(-20).join('\n')}`);
     s.watched.resetPeak();
     const cpu0 = s.watched.cpuSeconds();
     const channels = this.opts.channels ? ['--channels', String(this.opts.channels)] : [];
     const r = await run(process.execPath, [...nodeArgs, CLI_JS, ...channels, '--json', ...args], { env: this.clientEnv(), timeoutMs: this.opts.timeoutMs });
-    return { r, serverPeak: s.watched.peak(), cpuSeconds: r.cpuSeconds + s.watched.cpuSeconds() - cpu0 };
+    return { r, serverPeak: s.watched.peak(), serverPeakAnon: s.watched.peakAnon(), cpuSeconds: r.cpuSeconds + s.watched.cpuSeconds() - cpu0 };
   }
 
   async backup(src: string): Promise<StepMeasure> {
     const first = this.backups++ === 0;
     const args = ['snapshot', src, '--dataset', 'exp', '--host', 'bench'];
-    const { r, serverPeak, cpuSeconds } = first && this.opts.profileDir ? await this.profiled('snapshot', (p) => this.measured(args, p)) : await this.measured(args);
+    const { r, serverPeak, serverPeakAnon, cpuSeconds } = first && this.opts.profileDir ? await this.profiled('snapshot', (p) => this.measured(args, p)) : await this.measured(args);
     const report = lastJsonLine(r.stdout) as { problems?: unknown[] } | undefined;
     if (!report) throw new Error(`${this.name}: snapshot printed no JSON:\n${r.stdout}\n${r.stderr}`);
     if (report.problems && report.problems.length > 0) throw new Error(`${this.name}: snapshot reported problems: ${JSON.stringify(report.problems.slice(0, 5))}`);
-    return { seconds: r.seconds, peakRss: r.peakRss + serverPeak, processes: { client: r.peakRss, server: serverPeak }, cpuSeconds, repoBytes: await this.repoBytes(), report: report };
+    return { seconds: r.seconds, peakRss: r.peakRss + serverPeak, processes: { client: r.peakRss, server: serverPeak, serverAnon: serverPeakAnon }, cpuSeconds, repoBytes: await this.repoBytes(), report: report };
   }
 
   async restore(target: string): Promise<StepMeasure & { root: string }> {
     await rm(target, { recursive: true, force: true });
     const args = ['restore', '--snapshot', 'latest', '--dataset', 'exp', '--host', 'bench', target];
-    const { r, serverPeak, cpuSeconds } = this.opts.profileDir ? await this.profiled('restore', (p) => this.measured(args, p)) : await this.measured(args);
-    return { seconds: r.seconds, peakRss: r.peakRss + serverPeak, processes: { client: r.peakRss, server: serverPeak }, cpuSeconds, repoBytes: await this.repoBytes(), report: lastJsonLine(r.stdout), root: target };
+    const { r, serverPeak, serverPeakAnon, cpuSeconds } = this.opts.profileDir ? await this.profiled('restore', (p) => this.measured(args, p)) : await this.measured(args);
+    return { seconds: r.seconds, peakRss: r.peakRss + serverPeak, processes: { client: r.peakRss, server: serverPeak, serverAnon: serverPeakAnon }, cpuSeconds, repoBytes: await this.repoBytes(), report: lastJsonLine(r.stdout), root: target };
   }
 
   async repoBytes(): Promise<number> {
