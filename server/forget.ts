@@ -3,7 +3,8 @@ import { failedPrecondition, invalidArgument, notFound } from '../common/errors.
 import type { Snapshot } from '../common/messages.js';
 import { Mutex } from './gc-lock.js';
 import { protectKey, snapKey, type Batch } from './index-db.js';
-import { applyPolicy, isEmptyPolicy, policyFromProto, policyToProto, type PolicyProto, type RetentionPolicy } from './retention.js';
+import { applyPolicy, isEmptyPolicy, policyFromProto, policyToProto, type RetentionPolicy } from './retention.js';
+import type { Policy } from '../common/admin-messages.js';
 import { snapshotIndexKeys, validateName, type Repository } from './repository.js';
 
 export interface ForgetDecision {
@@ -107,7 +108,7 @@ export async function setProtected(repo: Repository, ref: string, on: boolean): 
  * Stores a dataset's policy as `policies/<dataset>` (what rebuild-index reads) and
  * `policy/<dataset>` in the index; an empty policy removes both.
  */
-export async function setPolicy(repo: Repository, proto: Partial<PolicyProto>): Promise<PolicyProto> {
+export async function setPolicy(repo: Repository, proto: Partial<Policy>): Promise<Policy> {
   const dataset = validateName('dataset', proto.dataset ?? '');
   const policy = policyFromProto(proto);
   // Checks the counts the way forget will, so a bad policy is refused now, not after a commit.
@@ -126,8 +127,8 @@ export async function setPolicy(repo: Repository, proto: Partial<PolicyProto>): 
   });
 }
 
-export async function getPolicy(repo: Repository, dataset: string): Promise<PolicyProto> {
-  const p = await repo.index.getJson<PolicyProto>(policyKey(validateName('dataset', dataset)));
+export async function getPolicy(repo: Repository, dataset: string): Promise<Policy> {
+  const p = await repo.index.getJson<Policy>(policyKey(validateName('dataset', dataset)));
   if (!p) throw notFound(`no retention policy is stored for dataset ${dataset}`);
   return p;
 }
@@ -138,7 +139,7 @@ export async function getPolicy(repo: Repository, dataset: string): Promise<Poli
  */
 export async function applyPolicyAfterCommit(repo: Repository, dataset: string, log: Logger): Promise<void> {
   try {
-    const p = await repo.index.getJson<PolicyProto>(policyKey(dataset));
+    const p = await repo.index.getJson<Policy>(policyKey(dataset));
     if (!p) return;
     const decisions = await forget(repo, { policy: policyFromProto(p), dataset });
     const removed = decisions.filter((d) => !d.keep).map((d) => d.snapshot.id);

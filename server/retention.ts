@@ -1,4 +1,5 @@
 import { invalidArgument } from '../common/errors.js';
+import type { Policy } from '../common/admin-messages.js';
 
 /** restic's calendar duration ("1y2m3d4h"); a component may be negative. */
 export interface Duration {
@@ -41,23 +42,6 @@ export interface RetentionDecision<S extends RetentionSnapshot> {
   reasons: string[];
 }
 
-/** The proto `Policy` message as @grpc/proto-loader hands it over: camelCase, '' = duration unset. */
-export interface PolicyProto {
-  dataset: string;
-  keepLast: number;
-  keepHourly: number;
-  keepDaily: number;
-  keepWeekly: number;
-  keepMonthly: number;
-  keepYearly: number;
-  keepWithin: string;
-  keepWithinHourly: string;
-  keepWithinDaily: string;
-  keepWithinWeekly: string;
-  keepWithinMonthly: string;
-  keepWithinYearly: string;
-  keepTags: string[];
-}
 
 const UNITS = [
   ['y', 'years'],
@@ -301,7 +285,7 @@ function pastTime(latest: number | undefined, d: Duration): number {
   return d.years * 8766 + d.months * 730 + d.days * 24 + d.hours > 0 ? -Infinity : Infinity;
 }
 
-export function policyFromProto(p: Partial<PolicyProto>): RetentionPolicy {
+export function policyFromProto(p: Partial<Policy>): RetentionPolicy {
   return {
     last: p.keepLast ?? 0,
     hourly: p.keepHourly ?? 0,
@@ -328,7 +312,7 @@ function durationField(field: string, text: string | undefined): Duration | unde
   }
 }
 
-export function policyToProto(policy: RetentionPolicy, dataset = ''): PolicyProto {
+export function policyToProto(policy: RetentionPolicy, dataset = ''): Policy {
   const text = (d: Duration | undefined) => (d ? formatDuration(d) : '');
   return {
     dataset,
