@@ -22,6 +22,7 @@ export interface HelloReply {
   maxBlobRawBytes: number;
   compressionLevel: number;
   repository: string;
+  storeRequests: string;
 }
 
 export interface Node {

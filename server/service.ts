@@ -82,6 +82,7 @@ export function coreHandlers(deps: ServiceDeps): grpc.UntypedServiceImplementati
     maxBlobRawBytes: repo.maxBlobRaw,
     compressionLevel: repo.config.compressionLevel,
     repository: repo.name,
+    storeRequests: JSON.stringify(repo.store.counts()),
   });
 
   const beginBackup: Unary<BeginBackupRequest, unknown> = async (req, { repo, principal }) => {
