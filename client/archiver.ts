@@ -1,4 +1,4 @@
-import { promises as fs, type BigIntStats, type Dirent } from 'node:fs';
+import { promises as fs, type BigIntStats } from 'node:fs';
 import path from 'node:path';
 import { Chunker } from '../common/chunker.js';
 import { readChunks } from '../common/chunk-reader.js';
@@ -7,6 +7,7 @@ import type { Node } from '../common/messages.js';
 import { compareNames, emptyNode, encodeTree } from '../common/tree.js';
 import { ownedBuffer } from '../common/compression.js';
 import type { ExcludeMatcher } from './excludes.js';
+import { DirReader, rootRel } from './scan.js';
 
 export interface ArchiveStats {
   files: number;
@@ -15,6 +16,8 @@ export interface ArchiveStats {
   bytes: number;
   bytesRead: number;
   filesReused: number;
+  /** Bytes of the files reused from the parent: neither opened nor read. */
+  bytesReused: number;
   errors: number;
   skipped: number;
 }
@@ -24,14 +27,12 @@ export interface ArchiveProblem {
   message: string;
 }
 
-/** Where chunks and trees go: the uploader in a real run, a no-op sink in a dry run. */
+/** Where chunks and trees go: the uploader in a real run, a FindMissing counter in a dry run. */
 export interface BlobSink {
   offer(id: Buffer, raw: Buffer, kind: 'DATA' | 'TREE'): Promise<void>;
 }
 
 export type ParentTreeReader = (id: Buffer) => Promise<Node[]>;
-
-const STAT_CONCURRENCY = 32;
 
 /**
  * Walks directories depth first, turns each into a tree blob (entries sorted by name), and
@@ -40,16 +41,20 @@ const STAT_CONCURRENCY = 32;
  * same tree id.
  */
 export class Archiver {
-  readonly stats: ArchiveStats = { files: 0, dirs: 0, symlinks: 0, bytes: 0, bytesRead: 0, filesReused: 0, errors: 0, skipped: 0 };
+  readonly stats: ArchiveStats = { files: 0, dirs: 0, symlinks: 0, bytes: 0, bytesRead: 0, filesReused: 0, bytesReused: 0, errors: 0, skipped: 0 };
   readonly problems: ArchiveProblem[] = [];
+  private readonly reader: DirReader;
 
   constructor(
     private readonly chunker: Chunker,
     private readonly sink: BlobSink,
-    private readonly excludes: ExcludeMatcher,
+    excludes: ExcludeMatcher,
     private readonly readParentTree: ParentTreeReader,
     private readonly onProgress: (stats: ArchiveStats) => void = () => undefined,
-  ) {}
+    signal?: AbortSignal,
+  ) {
+    this.reader = new DirReader(excludes, { problem: (p, err) => this.problem(p, err), skipped: () => this.stats.skipped++ }, signal);
+  }
 
   private problem(p: string, err: unknown): void {
     this.stats.errors++;
@@ -62,14 +67,14 @@ export class Archiver {
    * tree holds one directory per root, named by its base name.
    */
   async archive(roots: string[], parentRoot: Buffer | undefined): Promise<Buffer> {
-    if (roots.length === 1) return this.archiveDir(roots[0], '', parentRoot);
+    if (roots.length === 1) return this.archiveDir(roots[0], '', parentRoot, true);
     const parentNodes = parentRoot ? await this.parentMap(parentRoot) : new Map<string, Node>();
     const nodes: Node[] = [];
     for (const root of [...roots].sort((a, b) => compareNames(path.basename(a), path.basename(b)))) {
-      const name = path.basename(root);
+      const name = rootRel(roots, root);
       const st = await fs.stat(root, { bigint: true });
       const prev = parentNodes.get(name);
-      const subtree = await this.archiveDir(root, name, prev?.type === 'DIR' ? prev.subtree : undefined);
+      const subtree = await this.archiveDir(root, name, prev?.type === 'DIR' ? prev.subtree : undefined, true);
       nodes.push(dirNode(name, st, subtree));
     }
     return this.storeTree(nodes);
@@ -84,67 +89,30 @@ export class Archiver {
     }
   }
 
-  private async archiveDir(abs: string, rel: string, parentTree: Buffer | undefined): Promise<Buffer> {
+  private async archiveDir(abs: string, rel: string, parentTree: Buffer | undefined, isRoot: boolean): Promise<Buffer> {
     this.stats.dirs++;
     const parentNodes = parentTree ? await this.parentMap(parentTree) : new Map<string, Node>();
-    let entries: Dirent[];
-    try {
-      entries = await fs.readdir(abs, { withFileTypes: true });
-    } catch (err) {
-      if (rel === '') throw err;
-      this.problem(abs, err);
-      entries = [];
-    }
-    entries.sort((a, b) => compareNames(a.name, b.name));
-    const nodes: Array<Node | undefined> = new Array(entries.length);
-    // Stat concurrently (the libuv pool overlaps the syscalls); descend and read sequentially
-    // so memory and open files stay bounded.
-    const stats: Array<BigIntStats | undefined> = new Array(entries.length);
-    for (let i = 0; i < entries.length; i += STAT_CONCURRENCY) {
-      await Promise.all(
-        entries.slice(i, i + STAT_CONCURRENCY).map(async (e, j) => {
-          try {
-            stats[i + j] = await fs.lstat(path.join(abs, e.name), { bigint: true });
-          } catch (err) {
-            this.problem(path.join(abs, e.name), err);
-          }
-        }),
-      );
-    }
-    for (let i = 0; i < entries.length; i++) {
-      const st = stats[i];
-      if (!st) continue;
-      const name = entries[i].name;
-      const childAbs = path.join(abs, name);
-      const childRel = rel === '' ? name : `${rel}/${name}`;
-      if (st.isDirectory()) {
-        if (this.excludes.excludesDir(childRel) || (await this.excludes.excludesCacheDir(childAbs))) {
-          this.stats.skipped++;
-          continue;
-        }
-        const prev = parentNodes.get(name);
-        const subtree = await this.archiveDir(childAbs, childRel, prev?.type === 'DIR' ? prev.subtree : undefined);
-        nodes[i] = dirNode(name, st, subtree);
-      } else if (st.isSymbolicLink()) {
+    const nodes: Node[] = [];
+    for (const e of await this.reader.entries(abs, rel, isRoot)) {
+      const prev = parentNodes.get(e.name);
+      if (e.type === 'DIR') {
+        const subtree = await this.archiveDir(e.abs, e.rel, prev?.type === 'DIR' ? prev.subtree : undefined, false);
+        nodes.push(dirNode(e.name, e.st, subtree));
+      } else if (e.type === 'SYMLINK') {
         try {
-          const node = metaNode(name, 'SYMLINK', st);
-          node.target = await fs.readlink(childAbs);
-          nodes[i] = node;
+          const node = metaNode(e.name, 'SYMLINK', e.st);
+          node.target = await fs.readlink(e.abs);
+          nodes.push(node);
           this.stats.symlinks++;
         } catch (err) {
-          this.problem(childAbs, err);
+          this.problem(e.abs, err);
         }
-      } else if (st.isFile()) {
-        if (this.excludes.excludesFile(childRel, Number(st.size))) {
-          this.stats.skipped++;
-          continue;
-        }
-        nodes[i] = await this.archiveFile(childAbs, name, st, parentNodes.get(name));
       } else {
-        this.stats.skipped++;
+        const node = await this.archiveFile(e.abs, e.name, e.st, prev);
+        if (node) nodes.push(node);
       }
     }
-    return this.storeTree(nodes.filter((n): n is Node => n !== undefined));
+    return this.storeTree(nodes);
   }
 
   private async archiveFile(abs: string, name: string, st: BigIntStats, prev: Node | undefined): Promise<Node | undefined> {
@@ -154,6 +122,7 @@ export class Archiver {
       this.stats.files++;
       this.stats.filesReused++;
       this.stats.bytes += Number(st.size);
+      this.stats.bytesReused += Number(st.size);
       this.onProgress(this.stats);
       return node;
     }

@@ -1,14 +1,21 @@
 import { promises as fs } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { Chunker } from '../common/chunker.js';
-import { CairnError, Code, invalidArgument } from '../common/errors.js';
-import type { BeginBackupReply, HelloReply, Node, Snapshot } from '../common/messages.js';
+import { CairnError, Code, failedPrecondition, invalidArgument } from '../common/errors.js';
+import { shortId, toHex } from '../common/hash.js';
+import type { BeginBackupReply, BlobKind, HelloReply, Node, Snapshot } from '../common/messages.js';
+import { formatBytes } from '../common/units.js';
 import { CLIENT_VERSION } from '../common/version.js';
-import { Archiver, type ArchiveProblem, type ArchiveStats } from './archiver.js';
+import { Archiver, type ArchiveProblem, type ArchiveStats, type BlobSink } from './archiver.js';
 import { CompressPool } from './compress-pool.js';
 import type { Connection } from './connection.js';
 import type { ExcludeMatcher } from './excludes.js';
+import { FIND_MISSING_BATCH } from './limits.js';
+import { describeLargest, prescan, type ScanSummary } from './scan.js';
 import { Uploader } from './uploader.js';
+
+export const DEFAULT_MAX_SHRINK = 0.5;
 
 export interface BackupOptions {
   paths: string[];
@@ -20,14 +27,46 @@ export interface BackupOptions {
   onProgress?: (stats: ArchiveStats) => void;
   /** Aborts the session cleanly (the server releases its pins) when signalled. */
   signal?: AbortSignal;
+  /** Refuse, before a session is opened, when the pre-scan measures more bytes than this. */
+  maxSize?: number;
+  /** Largest share (0..1) of its files or bytes a dataset may lose since its parent snapshot. */
+  maxShrink?: number;
+  /** Record the snapshot even when a root is empty or the dataset shrank past maxShrink. */
+  allowShrink?: boolean;
 }
 
 export interface BackupResult {
   snapshot: Snapshot;
+  scan: ScanSummary;
   stats: ArchiveStats;
   problems: ArchiveProblem[];
   uploadedBytes: number;
   seconds: number;
+}
+
+export interface DryRunResult {
+  dataset: string;
+  host: string;
+  parent: Snapshot | null;
+  scan: ScanSummary;
+  stats: ArchiveStats;
+  problems: ArchiveProblem[];
+  /** What the server lacks, before compression: what a real run would upload. */
+  upload: { chunks: number; bytes: number; trees: number; treeBytes: number };
+  seconds: number;
+}
+
+/** The host name a snapshot records by default: the machine's, without its domain. */
+export function defaultHost(): string {
+  return os.hostname().split('.')[0] || 'localhost';
+}
+
+/** A share from a percentage such as "50%"; `what` names the flag or field in the error. */
+export function parseShare(text: string, what: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*%$/.exec(text.trim());
+  const pct = Number(m?.[1]);
+  if (!m || pct > 100) throw invalidArgument(`${what} ${JSON.stringify(text)} must be a percentage from 0% to 100%, such as 50%`);
+  return pct / 100;
 }
 
 export async function readWholeTree(conn: Connection, id: Buffer): Promise<Node[]> {
@@ -54,16 +93,79 @@ async function resolveRoots(paths: string[]): Promise<string[]> {
   return roots;
 }
 
-/** One snapshot, end to end: Begin, walk + upload, Commit; any failure aborts the session. */
+const percent = (share: number) => `${Math.round(share * 1000) / 10}%`;
+
+function checkSize(scan: ScanSummary, maxSize: number, dataset: string): void {
+  if (scan.bytes <= maxSize) return;
+  const where =
+    scan.largest.length > 0
+      ? `Largest directories: ${describeLargest(scan.largest)}. Exclude what should not be backed up (for example --exclude '${scan.largest[0].path}') or raise the limit.`
+      : 'The bytes are in files directly under the root; exclude some of them or raise the limit.';
+  throw failedPrecondition(`dataset ${dataset}: ${formatBytes(scan.bytes)} in ${scan.files} files is over its size limit of ${formatBytes(maxSize)} (--max-size, max_size); nothing was uploaded. ${where}`);
+}
+
+/** An empty root is most often a volume that did not mount: it must never become the newest snapshot. */
+function checkNotEmpty(scan: ScanSummary, dataset: string): void {
+  const empty = scan.roots.find((r) => r.files === 0);
+  if (!empty) return;
+  const excluded = scan.skipped > 0 ? ` (${scan.skipped} entries excluded)` : '';
+  throw failedPrecondition(
+    `dataset ${dataset}: ${empty.path} holds no files to back up${excluded}; an empty directory is often a volume that did not mount, so it is not recorded and nothing was uploaded. If it really is empty, run cairn snapshot once with --allow-shrink.`,
+  );
+}
+
+function checkShrink(scan: ScanSummary, parent: Snapshot, maxShrink: number): void {
+  const [files, bytes] = [Number(parent.summary.files), Number(parent.summary.bytes)];
+  const lostFiles = files > 0 ? Math.max(0, files - scan.files) / files : 0;
+  const lostBytes = bytes > 0 ? Math.max(0, bytes - scan.bytes) / bytes : 0;
+  if (lostFiles <= maxShrink && lostBytes <= maxShrink) return;
+  throw failedPrecondition(
+    `dataset ${parent.dataset}@${parent.host} shrank since its last snapshot ${shortId(parent.id)} (${parent.time}): ` +
+      `${scan.files} files, ${formatBytes(scan.bytes)} now against ${files} files, ${formatBytes(bytes)} then; ` +
+      `${percent(lostFiles)} of the files and ${percent(lostBytes)} of the bytes are gone, more than the ${percent(maxShrink)} the shrink guard allows (--max-shrink, max_shrink). ` +
+      'Nothing was uploaded. Check that the path is mounted and complete; if the data really was removed, run cairn snapshot once with --allow-shrink.',
+  );
+}
+
+interface Started {
+  roots: string[];
+  hello: HelloReply;
+  begin: BeginBackupReply;
+  scan: ScanSummary;
+}
+
+async function abortSession(conn: Connection, sessionId: string): Promise<void> {
+  await conn.unary('AbortBackup', { sessionId }).catch(() => undefined);
+}
+
+/**
+ * What every snapshot, real or dry run, passes before reading a byte: the pre-scan and size
+ * limit (before any session exists), then the session and the shrink guard against the
+ * parent it names (the session is aborted when the guard refuses).
+ */
+async function startSession(conn: Connection, opts: BackupOptions): Promise<Started> {
+  const roots = await resolveRoots(opts.paths);
+  const scan = await prescan(roots, opts.excludes, opts.signal);
+  if (opts.maxSize !== undefined) checkSize(scan, opts.maxSize, opts.dataset);
+  if (!opts.allowShrink) checkNotEmpty(scan, opts.dataset);
+  const hello = await conn.unary<HelloReply>('Hello', {});
+  const begin = await conn.unary<BeginBackupReply>('BeginBackup', { dataset: opts.dataset, host: opts.host, paths: roots, tags: opts.tags, time: opts.time ?? '' });
+  try {
+    if (begin.parent && !opts.allowShrink) checkShrink(scan, begin.parent, opts.maxShrink ?? DEFAULT_MAX_SHRINK);
+  } catch (err) {
+    await abortSession(conn, begin.sessionId);
+    throw err;
+  }
+  return { roots, hello, begin, scan };
+}
+
+/** One snapshot, end to end: guards, Begin, walk + upload, Commit; any failure aborts the session. */
 export async function runBackup(conn: Connection, opts: BackupOptions): Promise<BackupResult> {
   const started = Date.now();
-  const roots = await resolveRoots(opts.paths);
-  const hello = await conn.unary<HelloReply>('Hello', {});
-  const chunker = new Chunker(hello.chunker);
-  const begin = await conn.unary<BeginBackupReply>('BeginBackup', { dataset: opts.dataset, host: opts.host, paths: roots, tags: opts.tags, time: opts.time ?? '' });
+  const { roots, hello, begin, scan } = await startSession(conn, opts);
   const pool = new CompressPool(hello.compressionLevel);
   const uploader = new Uploader(conn, begin.sessionId, pool);
-  const archiver = new Archiver(chunker, uploader, opts.excludes, (id) => readWholeTree(conn, id), opts.onProgress);
+  const archiver = new Archiver(new Chunker(hello.chunker), uploader, opts.excludes, (id) => readWholeTree(conn, id), opts.onProgress, opts.signal);
   const onAbort = () => uploader.abort();
   opts.signal?.addEventListener('abort', onAbort);
   try {
@@ -88,10 +190,10 @@ export async function runBackup(conn: Connection, opts: BackupOptions): Promise<
         newChunks: '0',
       },
     });
-    return { snapshot, stats: archiver.stats, problems: archiver.problems, uploadedBytes: uploader.stats.bytesUploaded, seconds: (Date.now() - started) / 1000 };
+    return { snapshot, scan, stats: archiver.stats, problems: archiver.problems, uploadedBytes: uploader.stats.bytesUploaded, seconds: (Date.now() - started) / 1000 };
   } catch (err) {
     uploader.abort();
-    await conn.unary('AbortBackup', { sessionId: begin.sessionId }).catch(() => undefined);
+    await abortSession(conn, begin.sessionId);
     if (opts.signal?.aborted) throw new CairnError(Code.CANCELLED, `snapshot interrupted; session ${begin.sessionId} aborted, nothing recorded`);
     throw err;
   } finally {
@@ -100,3 +202,65 @@ export async function runBackup(conn: Connection, opts: BackupOptions): Promise<
   }
 }
 
+/** Ids beyond this many are forgotten and may be counted twice: a dry run's memory stays bounded. */
+const MAX_REMEMBERED_IDS = 1_000_000;
+
+/** The dry run's sink: asks FindMissing in batches and adds up what the server lacks; uploads nothing. */
+class MissingCounter implements BlobSink {
+  readonly upload = { chunks: 0, bytes: 0, trees: 0, treeBytes: 0 };
+  private readonly seen = new Set<string>();
+  private batch: Array<{ id: Buffer; length: number; kind: BlobKind }> = [];
+
+  constructor(
+    private readonly conn: Connection,
+    private readonly sessionId: string,
+    private readonly signal?: AbortSignal,
+  ) {}
+
+  async offer(id: Buffer, raw: Buffer, kind: BlobKind): Promise<void> {
+    if (this.signal?.aborted) throw new CairnError(Code.CANCELLED, 'dry run interrupted');
+    const hex = toHex(id);
+    if (this.seen.has(hex)) return;
+    if (this.seen.size >= MAX_REMEMBERED_IDS) this.seen.clear();
+    this.seen.add(hex);
+    this.batch.push({ id, length: raw.length, kind });
+    if (this.batch.length >= FIND_MISSING_BATCH) await this.flush();
+  }
+
+  async flush(): Promise<void> {
+    const batch = this.batch;
+    this.batch = [];
+    if (batch.length === 0) return;
+    const reply = await this.conn.unary<{ missing: Buffer[] }>('FindMissing', { sessionId: this.sessionId, ids: batch.map((b) => b.id) });
+    const missing = new Set(reply.missing.map(toHex));
+    for (const b of batch) {
+      if (!missing.has(toHex(b.id))) continue;
+      if (b.kind === 'TREE') {
+        this.upload.trees++;
+        this.upload.treeBytes += b.length;
+      } else {
+        this.upload.chunks++;
+        this.upload.bytes += b.length;
+      }
+    }
+  }
+}
+
+/**
+ * Everything a snapshot would do short of uploading: the same guards, the same walk and
+ * change detection against the parent, changed files chunked and hashed so FindMissing can
+ * say what the server lacks; then the session is aborted, so nothing is recorded.
+ */
+export async function dryRunBackup(conn: Connection, opts: BackupOptions): Promise<DryRunResult> {
+  const started = Date.now();
+  const { roots, hello, begin, scan } = await startSession(conn, opts);
+  try {
+    const counter = new MissingCounter(conn, begin.sessionId, opts.signal);
+    const archiver = new Archiver(new Chunker(hello.chunker), counter, opts.excludes, (id) => readWholeTree(conn, id), opts.onProgress, opts.signal);
+    await archiver.archive(roots, begin.parent ? Buffer.from(begin.parent.rootTree, 'hex') : undefined);
+    await counter.flush();
+    return { dataset: opts.dataset, host: opts.host, parent: begin.parent, scan, stats: archiver.stats, problems: archiver.problems, upload: counter.upload, seconds: (Date.now() - started) / 1000 };
+  } finally {
+    await abortSession(conn, begin.sessionId);
+  }
+}

@@ -1,16 +1,18 @@
 import { Command, CommanderError, Option } from 'commander';
-import os from 'node:os';
-import { codeName, toCairnError } from '../common/errors.js';
+import { codeName, resourceExhausted, toCairnError } from '../common/errors.js';
 import type { HelloReply, Snapshot } from '../common/messages.js';
 import { formatBytes, parseSize } from '../common/units.js';
 import { CLIENT_VERSION } from '../common/version.js';
-import { runBackup } from './backup.js';
+import type { ArchiveStats } from './archiver.js';
+import { defaultHost, dryRunBackup, parseShare, runBackup, type BackupOptions } from './backup.js';
 import { collect, connect, EXIT, out, snapshotRow } from './cli-common.js';
 import { ExcludeMatcher } from './excludes.js';
 import { localTime, table } from './format.js';
 import { Progress } from './progress.js';
 import { registerAdminCommands } from './admin-commands.js';
+import { registerAgentCommand } from './agent.js';
 import { registerQueryCommands } from './query-commands.js';
+import { describePlan, freeSpace, printDryRun, restorePlan } from './plans.js';
 import { parseOverwrite, Restorer } from './restorer.js';
 
 /** Peak resident memory of this process, reported so memory bounds can be checked from outside. */
@@ -34,38 +36,52 @@ export function buildProgram(): Command {
     .description('back up directories as a new snapshot of a dataset')
     .argument('<dir...>', 'directories to back up')
     .requiredOption('--dataset <name>', 'dataset name')
-    .option('--host <name>', 'host name recorded in the snapshot', os.hostname().split('.')[0] || 'localhost')
+    .option('--host <name>', 'host name recorded in the snapshot', defaultHost())
     .option('--tag <tag>', 'tag the snapshot (repeatable)', collect, [])
     .option('--time <rfc3339>', 'record this snapshot time instead of now')
     .option('--exclude <pattern>', 'gitignore-style exclude pattern (repeatable)', collect, [])
     .option('--exclude-file <file>', 'read exclude patterns from a file (repeatable)', collect, [])
+    .option('--include <pattern>', 'gitignore-style pattern of files to keep (repeatable); every other file is left out', collect, [])
     .option('--exclude-larger-than <size>', 'skip files larger than this, e.g. 2GiB')
     .option('--no-default-excludes', 'do not skip .git/, node_modules/, __pycache__/, *.pyc, .venv/, venv/, .DS_Store, .cache/ and CACHEDIR.TAG dirs')
+    .option('--max-size <size>', 'refuse, before uploading anything, when the directories hold more than this, e.g. 50GiB')
+    .option('--max-shrink <percent>', 'refuse when the dataset lost more than this share of its files or bytes since its last snapshot', '50%')
+    .option('--allow-shrink', 'record the snapshot even if a directory is empty or shrank past --max-shrink', false)
+    .option('--dry-run', 'show what would be read, skipped and uploaded; upload and record nothing', false)
     .action(async (dirs: string[], o, cmd: Command) => {
       const { conn, g } = connect(cmd);
-      const excludes = await ExcludeMatcher.create({
-        excludes: o.exclude,
-        excludeFiles: o.excludeFile,
-        defaultExcludes: o.defaultExcludes,
-        excludeCaches: o.defaultExcludes,
-        excludeLargerThan: o.excludeLargerThan ? parseSize(o.excludeLargerThan) : undefined,
-      });
+      const opts: BackupOptions = {
+        paths: dirs,
+        dataset: o.dataset,
+        host: o.host,
+        tags: o.tag,
+        time: o.time,
+        excludes: await ExcludeMatcher.create({
+          excludes: o.exclude,
+          includes: o.include,
+          excludeFiles: o.excludeFile,
+          defaultExcludes: o.defaultExcludes,
+          excludeCaches: o.defaultExcludes,
+          excludeLargerThan: o.excludeLargerThan ? parseSize(o.excludeLargerThan) : undefined,
+        }),
+        maxSize: o.maxSize ? parseSize(o.maxSize) : undefined,
+        maxShrink: parseShare(o.maxShrink, '--max-shrink'),
+        allowShrink: o.allowShrink,
+      };
       const progress = new Progress();
       const abort = new AbortController();
       const onSignal = () => abort.abort();
       process.once('SIGINT', onSignal);
       process.once('SIGTERM', onSignal);
       try {
-        const r = await runBackup(conn, {
-          paths: dirs,
-          dataset: o.dataset,
-          host: o.host,
-          tags: o.tag,
-          time: o.time,
-          excludes,
-          signal: abort.signal,
-          onProgress: (s) => progress.update(s.files, s.bytesRead, 'snapshot'),
-        });
+        const run = { ...opts, signal: abort.signal, onProgress: (s: ArchiveStats) => progress.update(s.files, s.bytesRead, o.dryRun ? 'dry run' : 'snapshot') };
+        if (o.dryRun) {
+          const r = await dryRunBackup(conn, run);
+          progress.done();
+          printDryRun(r, g.json);
+          return;
+        }
+        const r = await runBackup(conn, run);
         progress.done();
         for (const p of r.problems) process.stderr.write(`warning: ${p.path}: ${p.message}\n`);
         if (g.json) {
@@ -94,24 +110,43 @@ export function buildProgram(): Command {
     .option('--host <name>', 'host, for latest')
     .option('--include <glob>', 'restore only paths matching (repeatable), e.g. reports/**', collect, [])
     .option('--overwrite <mode>', 'existing files that differ: never, if-newer, always', 'never')
-    .option('--dry-run', 'print what would be written, write nothing', false)
+    .option('--dry-run', 'print the plan (files to write, local files kept, files already identical) and write nothing', false)
     .action(async (target: string, o, cmd: Command) => {
       const { conn, g } = connect(cmd);
       try {
         const overwrite = parseOverwrite(o.overwrite);
         const hello = await conn.unary<HelloReply>('Hello', {});
         const snapshot = await conn.unary<Snapshot>('GetSnapshot', { ref: o.snapshot, dataset: o.dataset ?? '', host: o.host ?? '', tag: '' });
+        // The plan is a dry run of this very restore, so it decides each file exactly as the restore will.
+        const planner = new Restorer(conn, hello, { target, overwrite, includes: o.include, dryRun: true });
+        const plan = restorePlan(await planner.restore(snapshot), await freeSpace(target));
+        if (o.dryRun) {
+          if (g.json) out(JSON.stringify({ snapshot: snapshot.id, target, dryRun: true, plan, stats: planner.stats, conflicts: planner.conflicts }));
+          else {
+            for (const c of planner.conflicts) process.stderr.write(`would keep local: ${c.path}: ${c.reason} (use --overwrite to replace)\n`);
+            out(`restore of snapshot ${snapshot.id.slice(0, 8)} (${snapshot.dataset}@${snapshot.host}, ${localTime(snapshot.time)}) to ${target} would:`);
+            out(describePlan(plan));
+          }
+          return;
+        }
+        if (plan.bytesToWrite > plan.freeBytes) {
+          throw resourceExhausted(
+            `restore needs ${formatBytes(plan.bytesToWrite)} for ${plan.filesToWrite} files in ${plan.filesystem} but only ${formatBytes(plan.freeBytes)} is free there; nothing was written. Free some space, restore elsewhere, or restore part of the snapshot with --include.`,
+          );
+        }
+        // A fresh target gets everything: the plan is worth a line when local files are at stake, or someone is watching.
+        if (process.stderr.isTTY || plan.filesKeptLocal + plan.filesIdentical + plan.filesReplaced > 0) process.stderr.write(`plan:\n${describePlan(plan)}\n`);
         const progress = new Progress();
         const started = Date.now();
-        const restorer = new Restorer(conn, hello, { target, overwrite, includes: o.include, dryRun: o.dryRun, onProgress: (s) => progress.update(s.files, s.bytes, 'restore') });
+        const restorer = new Restorer(conn, hello, { target, overwrite, includes: o.include, dryRun: false, onProgress: (s) => progress.update(s.files, s.bytes, 'restore') });
         const stats = await restorer.restore(snapshot);
         progress.done();
         const seconds = (Date.now() - started) / 1000;
         if (g.json) {
-          out(JSON.stringify({ snapshot: snapshot.id, target, stats, conflicts: restorer.conflicts, seconds, dryRun: o.dryRun, peakRssBytes: peakRss() }));
+          out(JSON.stringify({ snapshot: snapshot.id, target, plan, stats, conflicts: restorer.conflicts, seconds, dryRun: false, peakRssBytes: peakRss() }));
         } else {
           for (const c of restorer.conflicts) process.stderr.write(`kept local: ${c.path}: ${c.reason} (use --overwrite to replace)\n`);
-          out(`${o.dryRun ? 'would restore' : 'restored'} snapshot ${snapshot.id.slice(0, 8)} (${snapshot.dataset}@${snapshot.host}, ${localTime(snapshot.time)}) to ${target}`);
+          out(`restored snapshot ${snapshot.id.slice(0, 8)} (${snapshot.dataset}@${snapshot.host}, ${localTime(snapshot.time)}) to ${target}`);
           out(`  files ${stats.files} (${stats.filesSkippedSame} already present), dirs ${stats.dirs}, symlinks ${stats.symlinks}, ${formatBytes(stats.bytes)} written, ${stats.filesKeptLocal} local files kept`);
           out(`  ${seconds.toFixed(2)}s, ${formatBytes(stats.bytes / Math.max(seconds, 0.001))}/s`);
         }
@@ -147,6 +182,7 @@ export function buildProgram(): Command {
 
   registerQueryCommands(program);
   registerAdminCommands(program);
+  registerAgentCommand(program);
   return program;
 }
 

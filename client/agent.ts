@@ -1,0 +1,189 @@
+import type { Command } from 'commander';
+import { codeName, Code, invalidArgument, toCairnError } from '../common/errors.js';
+import { createLogger, type Logger } from '../common/log.js';
+import type { HeartbeatRequest } from '../common/query-messages.js';
+import { loadAgentConfig, type AgentConfig, type DatasetConfig } from './agent-config.js';
+import { runBackup } from './backup.js';
+import { EXIT, type GlobalOpts } from './cli-common.js';
+import { Connection } from './connection.js';
+import { ExcludeMatcher } from './excludes.js';
+import { backoffMs, describeSchedule, nextDue, Semaphore, sleepUntil } from './scheduler.js';
+
+/**
+ * Failures that may pass if tried again soon: the server unreachable or overloaded, a
+ * stream cut. A refusal (a guard, a bad name, a missing path) is reported at once instead:
+ * retrying it only delays the alarm.
+ */
+const RETRYABLE = new Set<Code>([Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED, Code.RESOURCE_EXHAUSTED, Code.ABORTED, Code.INTERNAL, Code.UNKNOWN, Code.CANCELLED]);
+
+/**
+ * The node agent: snapshots each configured dataset on its schedule, each in its own loop
+ * so one dataset's failure or slowness never holds up another; retries transient failures
+ * with backoff; reports every run to the server (Heartbeat) so `cairn status` shows a
+ * failing or silent node; and on SIGTERM aborts running sessions and exits 0.
+ */
+export class Agent {
+  private readonly log: Logger;
+  private readonly conn: Connection;
+  private readonly stop = new AbortController();
+  private readonly slots: Semaphore;
+  /** Datasets whose keep_* policy is not stored on the server yet. */
+  private readonly policyPending = new Set<DatasetConfig>();
+
+  constructor(
+    private readonly config: AgentConfig,
+    connection: { server: string; token?: string },
+  ) {
+    this.log = createLogger(config.logLevel, 'cairn-agent');
+    this.conn = new Connection({ server: connection.server, token: connection.token, channels: config.channels });
+    this.slots = new Semaphore(config.maxConcurrent);
+    for (const d of config.datasets) if (d.policy) this.policyPending.add(d);
+  }
+
+  /** Runs until stopped (or, with `once`, until every dataset ran once); resolves to the exit code. */
+  async run(once: boolean): Promise<number> {
+    const onSignal = (signal: NodeJS.Signals) => {
+      if (this.stop.signal.aborted) {
+        this.log.warn({ signal }, 'second signal: exiting without waiting for sessions to abort');
+        process.exit(EXIT.ERROR);
+      }
+      this.log.info({ signal }, 'stopping: aborting running snapshots');
+      this.stop.abort();
+    };
+    process.on('SIGTERM', onSignal);
+    process.on('SIGINT', onSignal);
+    const { config } = this;
+    this.log.info(
+      { config: config.file, server: this.conn.opts.server, host: config.host, once, datasets: config.datasets.map((d) => ({ name: d.name, paths: d.paths, schedule: describeSchedule(d.schedule) })) },
+      'agent started',
+    );
+    try {
+      await this.storePolicies(true);
+      if (once) {
+        const results = await Promise.all(config.datasets.map((d) => this.runDataset(d)));
+        const failed = config.datasets.filter((_d, i) => !results[i]).map((d) => d.name);
+        if (this.stop.signal.aborted) return EXIT.OK;
+        if (failed.length > 0) this.log.error({ failed }, `${failed.length} of ${config.datasets.length} datasets failed`);
+        return failed.length > 0 ? EXIT.ERROR : EXIT.OK;
+      }
+      await Promise.all(config.datasets.map((d) => this.loop(d)));
+      return EXIT.OK;
+    } finally {
+      process.off('SIGTERM', onSignal);
+      process.off('SIGINT', onSignal);
+      this.conn.close();
+      this.log.info('agent stopped');
+    }
+  }
+
+  private async loop(d: DatasetConfig): Promise<void> {
+    let lastStart: number | undefined;
+    for (;;) {
+      const due = nextDue(d.schedule, lastStart, Date.now());
+      if (lastStart !== undefined && due < Date.now()) {
+        this.log.warn({ dataset: d.name, schedule: describeSchedule(d.schedule) }, 'the last run overran its schedule; starting the next now (missed runs are not made up)');
+      }
+      if (!(await sleepUntil(due, this.stop.signal))) return;
+      lastStart = Date.now();
+      await this.runDataset(d);
+      if (this.stop.signal.aborted) return;
+    }
+  }
+
+  /**
+   * A keep_* policy from the config is stored on the server, where it applies after each
+   * commit. At startup a policy the server calls invalid stops the agent (it is a config
+   * error); any other failure is logged and tried again before the dataset's next run.
+   */
+  private async storePolicies(startup: boolean): Promise<void> {
+    for (const d of [...this.policyPending]) {
+      try {
+        await this.conn.unary('SetPolicy', { policy: d.policy });
+        this.policyPending.delete(d);
+        this.log.info({ dataset: d.name, policy: d.policy }, 'retention policy stored');
+      } catch (err) {
+        const e = toCairnError(err);
+        if (startup && e.code === Code.INVALID_ARGUMENT) throw invalidArgument(`${this.config.file}: datasets.${d.name}: the server refused its keep_* policy: ${e.message}`);
+        this.log.error({ dataset: d.name, code: codeName(e.code), err: e.message }, 'retention policy not stored; trying again before the next run');
+      }
+    }
+  }
+
+  /** One scheduled run, retries included; true when a snapshot was recorded. */
+  private async runDataset(d: DatasetConfig): Promise<boolean> {
+    const signal = this.stop.signal;
+    if (!(await this.slots.acquire(signal))) return false;
+    const started = Date.now();
+    try {
+      if (this.policyPending.has(d)) await this.storePolicies(false);
+      for (let attempt = 1; ; attempt++) {
+        this.log.info({ dataset: d.name, attempt }, 'snapshot started');
+        try {
+          const r = await runBackup(this.conn, {
+            paths: d.paths,
+            dataset: d.name,
+            host: this.config.host,
+            tags: d.tags,
+            excludes: await ExcludeMatcher.create(d.excludes),
+            maxSize: d.maxSize,
+            maxShrink: d.maxShrink,
+            signal,
+          });
+          const s = r.stats;
+          this.log.info(
+            { dataset: d.name, snapshot: r.snapshot.id, files: s.files, filesUnchanged: s.filesReused, bytes: s.bytes, bytesRead: s.bytesRead, skipped: s.skipped, newBytes: Number(r.snapshot.summary.newBytes), seconds: r.seconds },
+            'snapshot saved',
+          );
+          if (r.problems.length > 0) this.log.warn({ dataset: d.name, unreadable: r.problems.length, first: r.problems.slice(0, 5) }, 'snapshot saved without some unreadable entries');
+          await this.heartbeat(d, started, { ok: true, error: '', snapshot: r.snapshot.id });
+          return true;
+        } catch (err) {
+          const e = toCairnError(err);
+          if (signal.aborted) {
+            this.log.info({ dataset: d.name }, 'snapshot interrupted by shutdown; session aborted, nothing recorded');
+            return false;
+          }
+          const error = `${codeName(e.code)}: ${e.message}`;
+          // A local filesystem error (an unreadable root, say) will be there in a minute too.
+          const local = typeof (err as NodeJS.ErrnoException).syscall === 'string';
+          if (RETRYABLE.has(e.code) && !local && attempt < this.config.retry.attempts) {
+            const delay = backoffMs(attempt, this.config.retry.initialDelayMs, this.config.retry.maxDelayMs);
+            this.log.warn({ dataset: d.name, attempt, err: error, retryInSeconds: delay / 1000 }, 'snapshot failed; retrying');
+            if (!(await sleepUntil(Date.now() + delay, signal))) return false;
+            continue;
+          }
+          this.log.error({ dataset: d.name, attempts: attempt, err: error }, 'snapshot failed');
+          await this.heartbeat(d, started, { ok: false, error, snapshot: '' });
+          return false;
+        }
+      }
+    } finally {
+      this.slots.release();
+    }
+  }
+
+  private async heartbeat(d: DatasetConfig, started: number, result: Pick<HeartbeatRequest, 'ok' | 'error' | 'snapshot'>): Promise<void> {
+    const req: HeartbeatRequest = { dataset: d.name, host: this.config.host, durationSeconds: (Date.now() - started) / 1000, ...result };
+    try {
+      await this.conn.unary('Heartbeat', req);
+    } catch (err) {
+      const e = toCairnError(err);
+      // The server is the one place failures become visible; when it cannot be told, the log must say so.
+      this.log.error({ dataset: d.name, code: codeName(e.code), err: e.message, report: req }, 'heartbeat not delivered: cairn status will show this dataset as stale');
+    }
+  }
+}
+
+export function registerAgentCommand(program: Command): void {
+  program
+    .command('agent')
+    .description('snapshot the datasets of a config file on their schedules, until stopped; logs JSON lines on stderr')
+    .requiredOption('--config <file>', 'agent config (YAML), e.g. /etc/cairn/agent.yaml')
+    .option('--once', 'snapshot every dataset once, then exit (for cron); exit 1 if any failed', false)
+    .action(async (o: { config: string; once: boolean }, cmd: Command) => {
+      const g = cmd.optsWithGlobals<GlobalOpts>();
+      const config = await loadAgentConfig(o.config);
+      const agent = new Agent(config, { server: config.server ?? g.server, token: config.token ?? g.token });
+      process.exitCode = await agent.run(o.once);
+    });
+}

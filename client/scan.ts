@@ -1,0 +1,171 @@
+import { promises as fs, type BigIntStats, type Dirent } from 'node:fs';
+import path from 'node:path';
+import { CairnError, Code } from '../common/errors.js';
+import { formatBytes } from '../common/units.js';
+import { compareNames } from '../common/tree.js';
+import type { ExcludeMatcher } from './excludes.js';
+
+export interface ScanEntry {
+  name: string;
+  abs: string;
+  /** '/'-separated path inside the snapshot, as exclude patterns see it. */
+  rel: string;
+  st: BigIntStats;
+  type: 'FILE' | 'DIR' | 'SYMLINK';
+}
+
+export interface ScanHooks {
+  /** An entry that could not be read; the walk goes on without it. */
+  problem(path: string, err: unknown): void;
+  /** An entry left out: excluded by a rule, a cache directory, or not a file, dir or symlink. */
+  skipped(): void;
+}
+
+const STAT_CONCURRENCY = 32;
+
+/**
+ * What one directory contributes to a snapshot: its entries sorted by name, lstat'ed, with
+ * everything the exclusion rules leave out already dropped. The archiver and the pre-scan
+ * both walk through this, so the size a pre-scan measures is the size the snapshot reads.
+ */
+export class DirReader {
+  constructor(
+    private readonly excludes: ExcludeMatcher,
+    private readonly hooks: ScanHooks,
+    private readonly signal?: AbortSignal,
+  ) {}
+
+  /** `isRoot`: a directory named on the command line, whose unreadability fails the snapshot. */
+  async entries(abs: string, rel: string, isRoot: boolean): Promise<ScanEntry[]> {
+    if (this.signal?.aborted) throw new CairnError(Code.CANCELLED, 'snapshot interrupted');
+    let dirents: Dirent[];
+    try {
+      dirents = await fs.readdir(abs, { withFileTypes: true });
+    } catch (err) {
+      if (isRoot) throw err;
+      this.hooks.problem(abs, err);
+      return [];
+    }
+    dirents.sort((a, b) => compareNames(a.name, b.name));
+    // Stat concurrently (the libuv pool overlaps the syscalls); callers descend sequentially
+    // so memory and open files stay bounded.
+    const stats: Array<BigIntStats | undefined> = new Array(dirents.length);
+    for (let i = 0; i < dirents.length; i += STAT_CONCURRENCY) {
+      await Promise.all(
+        dirents.slice(i, i + STAT_CONCURRENCY).map(async (e, j) => {
+          try {
+            stats[i + j] = await fs.lstat(path.join(abs, e.name), { bigint: true });
+          } catch (err) {
+            this.hooks.problem(path.join(abs, e.name), err);
+          }
+        }),
+      );
+    }
+    const out: ScanEntry[] = [];
+    for (let i = 0; i < dirents.length; i++) {
+      const st = stats[i];
+      if (!st) continue;
+      const name = dirents[i].name;
+      const entry = { name, abs: path.join(abs, name), rel: rel === '' ? name : `${rel}/${name}`, st };
+      if (st.isDirectory()) {
+        if (this.excludes.excludesDir(entry.rel) || (await this.excludes.excludesCacheDir(entry.abs))) this.hooks.skipped();
+        else out.push({ ...entry, type: 'DIR' });
+      } else if (st.isSymbolicLink()) {
+        out.push({ ...entry, type: 'SYMLINK' });
+      } else if (st.isFile() && !this.excludes.excludesFile(entry.rel, Number(st.size))) {
+        out.push({ ...entry, type: 'FILE' });
+      } else {
+        this.hooks.skipped();
+      }
+    }
+    return out;
+  }
+}
+
+/** The path inside the snapshot of each root: '' for a single root, else its base name. */
+export function rootRel(roots: string[], root: string): string {
+  return roots.length === 1 ? '' : path.basename(root);
+}
+
+export interface DirSize {
+  /** Path inside the snapshot with a trailing '/', ready to use as an exclude pattern. */
+  path: string;
+  bytes: number;
+  files: number;
+}
+
+export interface ScanSummary {
+  files: number;
+  dirs: number;
+  symlinks: number;
+  bytes: number;
+  skipped: number;
+  errors: number;
+  roots: Array<{ path: string; files: number; bytes: number }>;
+  /** The directories below the roots that hold the most bytes, largest first. */
+  largest: DirSize[];
+}
+
+/** How many of the largest directories a pre-scan keeps; enough that the report's five survive collapsing. */
+const LARGEST_CANDIDATES = 64;
+export const LARGEST_SHOWN = 5;
+
+/**
+ * Walk + lstat with the snapshot's exclusion rules, opening no file: what a snapshot would
+ * read, in a fraction of the time, so limits can refuse before anything is uploaded.
+ */
+export async function prescan(roots: string[], excludes: ExcludeMatcher, signal?: AbortSignal): Promise<ScanSummary> {
+  const summary: ScanSummary = { files: 0, dirs: 0, symlinks: 0, bytes: 0, skipped: 0, errors: 0, roots: [], largest: [] };
+  const reader = new DirReader(excludes, { problem: () => summary.errors++, skipped: () => summary.skipped++ }, signal);
+  // Sorted largest first; a directory's total is known once its walk is done.
+  const candidates: DirSize[] = [];
+  const consider = (d: DirSize) => {
+    if (candidates.length === LARGEST_CANDIDATES && d.bytes <= candidates[candidates.length - 1].bytes) return;
+    let i = candidates.findIndex((c) => c.bytes < d.bytes);
+    if (i < 0) i = candidates.length;
+    candidates.splice(i, 0, d);
+    if (candidates.length > LARGEST_CANDIDATES) candidates.pop();
+  };
+  const walk = async (abs: string, rel: string, isRoot: boolean): Promise<{ bytes: number; files: number }> => {
+    summary.dirs++;
+    let bytes = 0;
+    let files = 0;
+    for (const e of await reader.entries(abs, rel, isRoot)) {
+      if (e.type === 'FILE') {
+        files++;
+        bytes += Number(e.st.size);
+      } else if (e.type === 'SYMLINK') {
+        summary.symlinks++;
+      } else {
+        const sub = await walk(e.abs, e.rel, false);
+        consider({ path: `${e.rel}/`, ...sub });
+        bytes += sub.bytes;
+        files += sub.files;
+      }
+    }
+    return { bytes, files };
+  };
+  for (const root of roots) {
+    const rel = rootRel(roots, root);
+    const r = await walk(root, rel, true);
+    summary.roots.push({ path: root, ...r });
+    summary.files += r.files;
+    summary.bytes += r.bytes;
+  }
+  summary.largest = largestDirs(candidates, LARGEST_SHOWN);
+  return summary;
+}
+
+/**
+ * The `n` largest directories. One whose bytes are nearly all in one subdirectory is left
+ * out for that subdirectory: the deeper path names both and points at what to exclude
+ * (`proj/data/` rather than `proj/`).
+ */
+export function largestDirs(bySizeDesc: DirSize[], n: number): DirSize[] {
+  const named = bySizeDesc.filter((d) => !bySizeDesc.some((c) => c !== d && c.path.startsWith(d.path) && c.bytes >= 0.9 * d.bytes));
+  return named.slice(0, n);
+}
+
+export function describeLargest(dirs: DirSize[]): string {
+  return dirs.map((d) => `${d.path} ${formatBytes(d.bytes)} (${d.files} files)`).join(', ');
+}

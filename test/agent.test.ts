@@ -1,0 +1,256 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { parseAgentConfig } from '../client/agent-config.js';
+import { backoffMs, nextDue } from '../client/scheduler.js';
+import { cleanupTmp, ROOT, runCli, startServer, tmpDir, type ServerHandle } from './harness.js';
+import { randomBytes, writeFile } from './tree-gen.js';
+
+const CLI_JS = path.join(ROOT, 'dist/client/cli.js');
+const MiB = 1024 * 1024;
+
+describe('agent config validation', () => {
+  const parse = (yaml: string) => parseAgentConfig(yaml, '/etc/cairn/agent.yaml');
+  const error = (yaml: string) => {
+    try {
+      parse(yaml);
+    } catch (err) {
+      return (err as Error).message;
+    }
+    throw new Error('config was accepted');
+  };
+
+  it('reads a full config: schedules, sizes, shares, patterns, paths relative to the file, keep-* as a policy', () => {
+    const c = parse(`
+server: backup.internal:7420
+token_file: token
+host: gpu-7
+max_concurrent: 1
+retry: { attempts: 5, initial_delay: 10s, max_delay: 5m }
+datasets:
+  experiments:
+    paths: [/data/experiments, runs]
+    every: 1h
+    exclude: ['*/data/', '*/reports/', '!extraction/*/activations/']
+    include: ['*.json']
+    max_size: 50GiB
+    max_shrink: 30%
+    keep-last: 24
+    keep_within_daily: 30d
+  self-play:
+    paths: /data/games
+    cron: "0 * * * *"
+    default_excludes: false
+`);
+    expect(c).toMatchObject({ server: 'backup.internal:7420', tokenFile: '/etc/cairn/token', host: 'gpu-7', maxConcurrent: 1, retry: { attempts: 5, initialDelayMs: 10_000, maxDelayMs: 300_000 } });
+    const [exp, games] = c.datasets;
+    expect(exp).toMatchObject({ name: 'experiments', paths: ['/data/experiments', '/etc/cairn/runs'], schedule: { every: 3_600_000 }, maxSize: 50 * 1024 ** 3, maxShrink: 0.3 });
+    expect(exp.excludes).toMatchObject({ excludes: ['*/data/', '*/reports/', '!extraction/*/activations/'], includes: ['*.json'], defaultExcludes: true });
+    expect(exp.policy).toMatchObject({ dataset: 'experiments', keepLast: 24, keepWithinDaily: '30d', keepDaily: 0 });
+    expect(games).toMatchObject({ name: 'self-play', paths: ['/data/games'], schedule: { cron: '0 * * * *' }, maxShrink: 0.5, policy: undefined });
+    expect(games.excludes).toMatchObject({ defaultExcludes: false, excludeCaches: false });
+  });
+
+  it('accepts the shipped example deploy/agent.yaml', async () => {
+    const file = path.join(ROOT, 'deploy/agent.yaml');
+    const c = parseAgentConfig(await fs.readFile(file, 'utf8'), file);
+    expect(c.datasets.map((d) => d.name)).toEqual(['experiments', 'self-play']);
+    expect(c.datasets[0].policy).toMatchObject({ keepLast: 48, keepDaily: 14, keepWeekly: 8 });
+  });
+
+  it('names the file and the field in every error', () => {
+    const ds = (fields: string) => `datasets:\n  ws:\n    paths: [/ws]\n${fields}`;
+    expect(error(ds('    every: 1h\n    max_sise: 5GiB\n'))).toBe('/etc/cairn/agent.yaml: datasets.ws.max_sise: unknown field (check its spelling; see docs/agent.md for the fields an agent config takes)');
+    expect(error(ds('    every: 1h\n    cron: "0 * * * *"\n'))).toContain('datasets.ws.cron: give one schedule, every or cron, not both');
+    expect(error(ds(''))).toContain('datasets.ws.every: give a schedule');
+    expect(error(ds('    every: soon\n'))).toContain('datasets.ws.every: invalid duration "soon"');
+    expect(error(ds('    cron: "0 * * *x *"\n'))).toContain('datasets.ws.cron "0 * * *x *" is not a cron expression');
+    expect(error(ds('    every: 1h\n    max_size: lots\n'))).toContain('datasets.ws.max_size: invalid size "lots"');
+    expect(error(ds('    every: 1h\n    max_shrink: 150%\n'))).toContain('datasets.ws.max_shrink: max_shrink "150%" must be a percentage from 0% to 100%');
+    expect(error(ds('    every: 1h\n    keep_last: -1\n'))).toContain('datasets.ws.keep_last: must be a whole number of at least 0');
+    expect(error(ds("    every: 1h\n    exclude: ['*.tmp', '']\n"))).toContain('datasets.ws.exclude[1]: must be a non-empty string');
+    expect(error('datasets:\n  ws:\n    every: 1h\n')).toContain('datasets.ws.paths: name at least one directory');
+    expect(error('datasets:\n  "../etc":\n    paths: [/x]\n    every: 1h\n')).toContain('datasets.../etc: dataset name "../etc" is not valid');
+    expect(error('server: x:1\n')).toContain('agent.yaml: datasets: name at least one dataset');
+    expect(error(`token: abc\ntoken_file: /t\n${ds('    every: 1h\n')}`)).toContain('token_file: give token or token_file, not both');
+    expect(error(`log_level: loud\n${ds('    every: 1h\n')}`)).toContain('log_level: must be one of trace, debug, info, warn, error, fatal');
+    expect(error('datasets: [a, b\n')).toMatch(/^\/etc\/cairn\/agent\.yaml: not valid YAML/);
+  });
+});
+
+describe('agent schedule', () => {
+  it('runs an every-schedule at once, then at a fixed rate from each start; a missed slot is one run, not many', () => {
+    expect(nextDue({ every: 60_000 }, undefined, 1_000)).toBe(1_000);
+    expect(nextDue({ every: 60_000 }, 1_000, 5_000)).toBe(61_000);
+    // A run that took three intervals: due in the past means "now", once.
+    expect(nextDue({ every: 60_000 }, 1_000, 200_000)).toBeLessThan(200_000);
+    const start = new Date(2026, 10, 22, 10, 15, 0).getTime();
+    expect(new Date(nextDue({ cron: '0 * * * *' }, undefined, start))).toEqual(new Date(2026, 10, 22, 11, 0, 0));
+    expect(new Date(nextDue({ cron: '0 * * * *' }, new Date(2026, 10, 22, 11, 0, 0).getTime(), start))).toEqual(new Date(2026, 10, 22, 12, 0, 0));
+  });
+
+  it('backs off exponentially with jitter, capped', () => {
+    expect(backoffMs(1, 1000, 60_000, () => 0)).toBe(500);
+    expect(backoffMs(1, 1000, 60_000, () => 1)).toBe(1000);
+    expect(backoffMs(4, 1000, 60_000, () => 1)).toBe(8000);
+    expect(backoffMs(20, 1000, 60_000, () => 1)).toBe(60_000);
+    expect(backoffMs(20, 1000, 60_000, () => 0)).toBe(30_000);
+  });
+});
+
+interface AgentHandle {
+  proc: ChildProcess;
+  lines: Array<Record<string, unknown>>;
+  exited: Promise<number | null>;
+  waitFor(pred: (lines: Array<Record<string, unknown>>) => boolean, what: string, timeoutMs?: number): Promise<void>;
+}
+
+function startAgent(args: string[], server: string): AgentHandle {
+  const proc = spawn(process.execPath, [CLI_JS, 'agent', ...args], { env: { ...process.env, CAIRN_SERVER: server }, stdio: ['ignore', 'ignore', 'pipe'] });
+  const lines: Array<Record<string, unknown>> = [];
+  let buf = '';
+  proc.stderr!.setEncoding('utf8').on('data', (d: string) => {
+    buf += d;
+    for (let nl = buf.indexOf('\n'); nl >= 0; nl = buf.indexOf('\n')) {
+      const line = buf.slice(0, nl);
+      buf = buf.slice(nl + 1);
+      // Every line an agent writes is a JSON log record: anything else fails the parse, and the test.
+      lines.push(JSON.parse(line) as Record<string, unknown>);
+    }
+  });
+  const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
+  return {
+    proc,
+    lines,
+    exited,
+    async waitFor(pred, what, timeoutMs = 30_000) {
+      const deadline = Date.now() + timeoutMs;
+      while (!pred(lines)) {
+        if (Date.now() > deadline || proc.exitCode !== null) throw new Error(`agent: no ${what}; log:\n${lines.map((l) => JSON.stringify(l)).join('\n')}`);
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    },
+  };
+}
+
+const count = (lines: Array<Record<string, unknown>>, msg: string, dataset?: string) => lines.filter((l) => l.msg === msg && (!dataset || l.dataset === dataset)).length;
+
+interface StatusJson {
+  dataset: string;
+  host: string;
+  lastSnapshot: string;
+  lastError: string;
+  lastSuccessTime: string;
+  failing: boolean;
+}
+
+describe('agent daemon over real gRPC', () => {
+  let server: ServerHandle;
+  let dir: string;
+  const cli = (args: string[]) => runCli(args, { server: server.addr });
+
+  async function status(): Promise<StatusJson[]> {
+    const r = await cli(['--json', 'status']);
+    return r.stdout
+      .trim()
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as StatusJson);
+  }
+
+  async function history(dataset: string): Promise<string[]> {
+    const r = await cli(['--json', 'history', '--dataset', dataset]);
+    return r.stdout.trim().split('\n').filter(Boolean);
+  }
+
+  beforeAll(async () => {
+    server = await startServer();
+    dir = tmpDir('cairn-agent-');
+  });
+  afterAll(async () => {
+    await server?.stop();
+    cleanupTmp();
+  });
+
+  it('keeps snapshotting a healthy dataset while another fails, reports both to cairn status, applies keep-*, and exits 0 on SIGTERM', async () => {
+    await writeFile(path.join(dir, 'healthy/run1/metrics.json'), '{"loss":0.1}');
+    await writeFile(path.join(dir, 'healthy/run1/scratch.tmp'), 'rebuildable');
+    await fs.writeFile(
+      path.join(dir, 'two.yaml'),
+      `host: node-a
+retry: { attempts: 2, initial_delay: 1s }
+datasets:
+  healthy:
+    paths: [healthy]
+    every: 1s
+    exclude: ['*.tmp']
+    keep_last: 2
+  unmounted:
+    paths: [not-mounted]
+    every: 1s
+`,
+    );
+    const agent = startAgent(['--config', path.join(dir, 'two.yaml')], server.addr);
+    await agent.waitFor((l) => count(l, 'snapshot saved', 'healthy') >= 3 && count(l, 'snapshot failed', 'unmounted') >= 2, 'three snapshots of healthy and two failures of unmounted');
+    agent.proc.kill('SIGTERM');
+    expect(await agent.exited).toBe(0);
+    expect(count(agent.lines, 'agent stopped')).toBe(1);
+
+    const rows = await status();
+    const bad = rows.find((r) => r.dataset === 'unmounted' && r.host === 'node-a')!;
+    expect(bad.failing).toBe(true);
+    expect(bad.lastSnapshot).toBe('');
+    expect(bad.lastError).toBe(`NOT_FOUND: ${path.join(dir, 'not-mounted')} does not exist (is the volume mounted?)`);
+    const good = rows.find((r) => r.dataset === 'healthy' && r.host === 'node-a')!;
+    expect(good.failing).toBe(false);
+    expect(good.lastError).toBe('');
+    expect(good.lastSuccessTime).not.toBe('');
+    const table = await cli(['status']);
+    expect(table.stdout).toMatch(/unmounted\s+node-a\s+never .*NEVER\s+failing since \d+s ago: NOT_FOUND: .*not-mounted does not exist/);
+
+    // keep_last: 2 was stored on the server and applied after each commit.
+    expect(count(agent.lines, 'retention policy stored', 'healthy')).toBe(1);
+    expect((await history('healthy')).length).toBe(2);
+    const ls = await cli(['ls', '-R', 'latest', '--dataset', 'healthy']);
+    expect(ls.stdout.split('\n').sort()).toEqual(['', 'run1/', 'run1/metrics.json']);
+  });
+
+  it('--once runs every dataset once and exits 1 when one failed', async () => {
+    await writeFile(path.join(dir, 'ok/a.txt'), 'a');
+    await fs.writeFile(
+      path.join(dir, 'once.yaml'),
+      `host: cron-node
+datasets:
+  ok: { paths: [ok], every: 1h }
+  empty: { paths: [empty], every: 1h }
+`,
+    );
+    await fs.mkdir(path.join(dir, 'empty'));
+    const agent = startAgent(['--config', path.join(dir, 'once.yaml'), '--once'], server.addr);
+    expect(await agent.exited).toBe(1);
+    expect(count(agent.lines, 'snapshot saved', 'ok')).toBe(1);
+    expect(agent.lines.find((l) => l.msg === 'snapshot failed' && l.dataset === 'empty')?.err).toContain('FAILED_PRECONDITION: dataset empty:');
+    const rows = await status();
+    expect(rows.find((r) => r.dataset === 'empty' && r.host === 'cron-node')?.lastError).toContain('holds no files to back up');
+    expect(rows.find((r) => r.dataset === 'ok' && r.host === 'cron-node')?.failing).toBe(false);
+  });
+
+  it('SIGTERM mid-snapshot aborts the session, records nothing and exits 0', async () => {
+    for (let i = 0; i < 6; i++) await writeFile(path.join(dir, `large/shard${i}.bin`), randomBytes(40 * MiB, 500 + i));
+    await fs.writeFile(path.join(dir, 'large.yaml'), 'host: node-b\ndatasets:\n  large: { paths: [large], every: 1h }\n');
+    const agent = startAgent(['--config', path.join(dir, 'large.yaml')], server.addr);
+    const started = () => server.logs.find((l) => l.includes('"backup started"') && l.includes('"dataset":"large"'));
+    await agent.waitFor(() => started() !== undefined, 'backup session on the server');
+    await new Promise((r) => setTimeout(r, 300));
+    agent.proc.kill('SIGTERM');
+    expect(await agent.exited).toBe(0);
+    expect(count(agent.lines, 'snapshot saved')).toBe(0);
+    expect(count(agent.lines, 'snapshot interrupted by shutdown; session aborted, nothing recorded', 'large')).toBe(1);
+    const session = (JSON.parse(started()!) as { session: string }).session;
+    expect(server.logs.some((l) => l.includes('"backup aborted"') && l.includes(session))).toBe(true);
+    expect(await history('large')).toEqual([]);
+    // An interruption by the operator is not a failure: no error reaches cairn status.
+    expect((await status()).find((r) => r.dataset === 'large')).toBeUndefined();
+  });
+});

@@ -1,0 +1,119 @@
+import { spawn, spawnSync } from 'node:child_process';
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { cleanupTmp, cliJson, ROOT, runCli, startServer, tmpDir, type ServerHandle } from './harness.js';
+import { describeTree, randomBytes, writeFile } from './tree-gen.js';
+
+const MiB = 1024 * 1024;
+const CLI_JS = path.join(ROOT, 'dist/client/cli.js');
+
+interface Plan {
+  filesToWrite: number;
+  bytesToWrite: number;
+  filesReplaced: number;
+  filesKeptLocal: number;
+  filesIdentical: number;
+}
+
+interface RestoreOut {
+  plan: Plan;
+  stats: { files: number; filesSkippedSame: number; filesKeptLocal: number };
+}
+
+/** A restore killed mid-file leaves its temporary `.name.cairn-xxxxxxxx`; only finished files count. */
+const isTemp = (name: string) => /\.cairn-[0-9a-f]{8}$/.test(name);
+
+/** Mount namespaces let an unprivileged test mount a small tmpfs; where they are off, the disk test cannot run. */
+const canMountTmpfs = spawnSync('unshare', ['-rm', 'sh', '-c', 'mount -t tmpfs -o size=1m tmpfs "$1"', 'sh', os.tmpdir()], { stdio: 'ignore' }).status === 0;
+
+describe('restore safety through the CLI', () => {
+  let server: ServerHandle;
+  const cli = (args: string[]) => runCli(args, { server: server.addr });
+  const json = <T>(args: string[]) => cliJson<T>(args, { server: server.addr });
+
+  beforeAll(async () => {
+    server = await startServer();
+  });
+  afterAll(async () => {
+    await server?.stop();
+    cleanupTmp();
+  });
+
+  it('keeps newer local edits by default, prints the plan first, and replaces them only with --overwrite always', async () => {
+    const src = path.join(tmpDir(), 'exp');
+    await writeFile(path.join(src, 'results.csv'), 'epoch,loss\n1,0.9\n');
+    await writeFile(path.join(src, 'notes.md'), 'from the snapshot');
+    await writeFile(path.join(src, 'config.yaml'), 'lr: 0.1');
+    await cli(['snapshot', src, '--dataset', 'exp', '--host', 'h']);
+    const target = path.join(tmpDir(), 'exp-new-instance');
+    expect((await cli(['restore', '--dataset', 'exp', target])).code).toBe(0);
+    // New work on the instance, written after the snapshot, and a file deleted locally.
+    await fs.writeFile(path.join(target, 'results.csv'), 'epoch,loss\n1,0.9\n2,0.5\n');
+    await fs.rm(path.join(target, 'config.yaml'));
+
+    const dry = await json<RestoreOut>(['restore', '--dataset', 'exp', '--dry-run', target]);
+    expect(dry.plan).toMatchObject({ filesToWrite: 1, filesKeptLocal: 1, filesIdentical: 1, filesReplaced: 0 });
+    await expect(fs.stat(path.join(target, 'config.yaml'))).rejects.toThrow();
+    const dryText = await cli(['restore', '--dataset', 'exp', '--dry-run', target]);
+    expect(dryText.code).toBe(0);
+    expect(dryText.stdout).toContain('write      1 files, 7 B');
+
+    const kept = await cli(['restore', '--dataset', 'exp', target]);
+    expect(kept.code).toBe(3);
+    const plan = kept.stderr.indexOf('plan:');
+    expect(plan).toBeGreaterThanOrEqual(0);
+    expect(kept.stderr).toContain('keep       1 local files that are newer or differ');
+    expect(kept.stderr.indexOf('kept local:')).toBeGreaterThan(plan);
+    expect(await fs.readFile(path.join(target, 'results.csv'), 'utf8')).toBe('epoch,loss\n1,0.9\n2,0.5\n');
+    expect(await fs.readFile(path.join(target, 'config.yaml'), 'utf8')).toBe('lr: 0.1');
+
+    // The local edit is newer than the snapshot's copy, so if-newer keeps it too.
+    expect((await cli(['restore', '--dataset', 'exp', '--overwrite', 'if-newer', target])).code).toBe(3);
+    expect(await fs.readFile(path.join(target, 'results.csv'), 'utf8')).toContain('2,0.5');
+
+    const replaced = await json<RestoreOut>(['restore', '--dataset', 'exp', '--overwrite', 'always', target]);
+    expect(replaced.plan).toMatchObject({ filesToWrite: 1, filesReplaced: 1, filesKeptLocal: 0, filesIdentical: 2 });
+    expect(await fs.readFile(path.join(target, 'results.csv'), 'utf8')).toBe('epoch,loss\n1,0.9\n');
+  });
+
+  it('a restore killed with SIGKILL mid-way resumes, skipping every file it had finished', async () => {
+    const src = path.join(tmpDir(), 'many');
+    const FILES = 40;
+    for (let i = 0; i < FILES; i++) await writeFile(path.join(src, `shard-${String(i).padStart(2, '0')}.bin`), randomBytes(3 * MiB, 1000 + i));
+    await json(['snapshot', src, '--dataset', 'many', '--host', 'h']);
+    const target = path.join(tmpDir(), 'many-restore');
+
+    const proc = spawn(process.execPath, [CLI_JS, 'restore', '--dataset', 'many', target], { env: { ...process.env, CAIRN_SERVER: server.addr }, stdio: 'ignore' });
+    const exited = new Promise<NodeJS.Signals | null>((resolve) => proc.once('exit', (_code, signal) => resolve(signal)));
+    const finished = async () => (await fs.readdir(target).catch(() => [] as string[])).filter((n) => !isTemp(n));
+    while ((await finished()).length < 5 && proc.exitCode === null) await new Promise((r) => setTimeout(r, 5));
+    proc.kill('SIGKILL');
+    expect(await exited).toBe('SIGKILL');
+    const done = (await finished()).length;
+    expect(done).toBeGreaterThanOrEqual(5);
+    expect(done).toBeLessThan(FILES);
+
+    const resumed = await json<RestoreOut>(['restore', '--dataset', 'many', target]);
+    expect(resumed.plan.filesIdentical).toBe(done);
+    expect(resumed.stats.filesSkippedSame).toBe(done);
+    expect(resumed.stats.files).toBe(FILES);
+    const restored = (await describeTree(target)).filter((e) => !isTemp(e.path));
+    expect(restored).toEqual(await describeTree(src));
+  });
+
+  it.skipIf(!canMountTmpfs)('refuses with RESOURCE_EXHAUSTED, before writing anything, a restore larger than the free space', async () => {
+    const src = path.join(tmpDir(), 'too-big');
+    await writeFile(path.join(src, 'a.bin'), randomBytes(3 * MiB, 7));
+    await writeFile(path.join(src, 'b.bin'), randomBytes(3 * MiB, 8));
+    await cli(['snapshot', src, '--dataset', 'too-big', '--host', 'h']);
+    const mnt = tmpDir('cairn-small-disk-');
+    // A 4 MiB tmpfs seen only by this restore (its own mount namespace); `ls` shows what it left there.
+    const script = `mount -t tmpfs -o size=4m tmpfs "$1" && "$2" "$3" restore --dataset too-big "$1/restored"; rc=$?; echo "left: $(ls -A "$1")"; exit $rc`;
+    const r = spawnSync('unshare', ['-rm', 'sh', '-c', script, 'sh', mnt, process.execPath, CLI_JS], { env: { ...process.env, CAIRN_SERVER: server.addr }, encoding: 'utf8' });
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/RESOURCE_EXHAUSTED: restore needs 6\.00 MiB for 2 files in .* but only 4\.00 MiB is free there; nothing was written/);
+    expect(r.stdout.trim()).toBe('left:');
+  });
+});
