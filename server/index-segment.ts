@@ -72,3 +72,63 @@ export function decodeSegment(data: Buffer, what: string): SegmentPack[] {
   if (o !== data.length) throw new CairnError(Code.DATA_LOSS, `${what}: trailing bytes after the last pack`);
   return packs;
 }
+
+/**
+ * One pack's record in a segment kept as its bytes (header, trailer, footer), so prune can
+ * carry packs from old segments into new ones without decoding every entry into objects.
+ */
+export interface SegmentRecord {
+  id: Buffer;
+  entries: number;
+  bytes: Buffer;
+}
+
+/** Splits an untrusted segment into records; each trailer is checked against its footer's hash. */
+export function splitSegment(data: Buffer, what: string): SegmentRecord[] {
+  if (data.length < 16 || !data.subarray(0, 8).equals(SEGMENT_MAGIC)) throw new CairnError(Code.DATA_LOSS, `${what}: not an index segment`);
+  if (data.readUInt32BE(8) !== SEGMENT_VERSION) throw new CairnError(Code.DATA_LOSS, `${what}: unsupported segment version`);
+  const count = data.readUInt32BE(12);
+  const records: SegmentRecord[] = [];
+  let o = 16;
+  for (let i = 0; i < count; i++) {
+    if (o + PACK_HEADER_BYTES > data.length) throw new CairnError(Code.DATA_LOSS, `${what}: truncated at pack ${i}`);
+    const id = Buffer.from(data.subarray(o, o + ID_BYTES));
+    const size = Number(data.readBigUInt64BE(o + ID_BYTES));
+    const n = data.readUInt32BE(o + ID_BYTES + 9);
+    const end = o + PACK_HEADER_BYTES + n * ENTRY_BYTES + FOOTER_BYTES;
+    if (end > data.length) throw new CairnError(Code.DATA_LOSS, `${what}: truncated trailer of pack ${toHex(id)}`);
+    checkTail(data.subarray(o + PACK_HEADER_BYTES, end), n, size, `${what} pack ${toHex(id)}`);
+    records.push({ id, entries: n, bytes: Buffer.from(data.subarray(o, end)) });
+    o = end;
+  }
+  if (o !== data.length) throw new CairnError(Code.DATA_LOSS, `${what}: trailing bytes after the last pack`);
+  return records;
+}
+
+/** A record from a pack's own last bytes (trailer and footer), for a pack no segment lists. */
+export function recordFromPackTail(id: Buffer, size: number, kind: BlobKind, tail: Buffer, what: string): SegmentRecord {
+  const n = (tail.length - FOOTER_BYTES) / ENTRY_BYTES;
+  checkTail(tail, n, size, what);
+  const header = Buffer.allocUnsafe(PACK_HEADER_BYTES);
+  id.copy(header, 0);
+  header.writeBigUInt64BE(BigInt(size), ID_BYTES);
+  header.writeUInt8(kind === 'TREE' ? 1 : 0, ID_BYTES + 8);
+  header.writeUInt32BE(n, ID_BYTES + 9);
+  return { id, entries: n, bytes: Buffer.concat([header, tail]) };
+}
+
+function checkTail(tail: Buffer, n: number, size: number, what: string): void {
+  const footer = parseFooter(tail.subarray(tail.length - FOOTER_BYTES), size, what);
+  if (footer.entryCount !== n || !hash(tail.subarray(0, footer.trailerLength)).equals(footer.trailerHash)) {
+    throw new CairnError(Code.DATA_LOSS, `${what}: trailer does not match its footer`);
+  }
+}
+
+export function joinSegment(records: SegmentRecord[]): { id: string; data: Buffer } {
+  const head = Buffer.allocUnsafe(16);
+  SEGMENT_MAGIC.copy(head, 0);
+  head.writeUInt32BE(SEGMENT_VERSION, 8);
+  head.writeUInt32BE(records.length, 12);
+  const data = Buffer.concat([head, ...records.map((r) => r.bytes)]);
+  return { id: toHex(hash(data)), data };
+}

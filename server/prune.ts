@@ -5,7 +5,8 @@
  * LevelDB (scratch.ts), never in a JS set, so memory does not grow with the number of chunks.
  * Pins are `pin/<session>/<id>` keys: what FindMissing and Upload told a live session exists,
  * and the session's parent root tree (the client reuses the parent's chunk lists without
- * asking); a pinned tree is walked like a snapshot's. A tree marked once is not walked again.
+ * asking); a pinned tree is walked like a snapshot's. A tree walked once (`w/<id>`) is not
+ * walked again.
  * Only packs indexed when prune starts are candidates: what backups write meanwhile is never
  * touched.
  *
@@ -29,7 +30,8 @@
  *   5. repack the packs chosen so that unused bytes stay under max-unused: read their live
  *      blobs, re-verify each, add them through the pack writer and flush (the new packs, then
  *      their index segment, then LevelDB point at the copies);
- *   6. write fresh index segments listing every surviving pack, then delete the old segments;
+ *   6. write fresh index segments listing the surviving packs of every segment that names a
+ *      doomed pack (and of small segments, consolidated), then delete the segments replaced;
  *   7. delete the packs left with no live blob, each checked first (no index entry may point
  *      into it), its pack/ key before its object.
  *
@@ -44,11 +46,11 @@
 import { CairnError, Code, dataLoss, invalidArgument } from '../common/errors.js';
 import { fromHex, isHexId, toHex } from '../common/hash.js';
 import type { BlobKind, Snapshot } from '../common/messages.js';
-import { ENTRY_BYTES, FOOTER_BYTES, packKey, parseFooter, parseTrailer, type PackEntry } from '../common/pack-format.js';
+import { ENTRY_BYTES, FOOTER_BYTES, packKey, parseFooter } from '../common/pack-format.js';
 import { readBlobsByPack } from './blob-reader.js';
 import { exclusiveMaintenance } from './gc-lock.js';
 import { decodeLocation, packInfoKey, verifiedKey, type Batch, type IndexDb, type PackInfo } from './index-db.js';
-import { decodeSegment, encodeSegment, segmentKey, type SegmentPack } from './index-segment.js';
+import { joinSegment, recordFromPackTail, segmentKey, splitSegment, type SegmentRecord } from './index-segment.js';
 import type { ObjectStore, RequestCounts } from './object-store.js';
 import type { Repository } from './repository.js';
 import { Scratch } from './scratch.js';
@@ -58,9 +60,10 @@ export const DEFAULT_MAX_UNUSED = 0.05;
 const BATCH = 1000;
 /** Packs deleted per round: one LevelDB batch and one store delete call each. */
 const DELETE_BATCH = 100;
-/** Entries per fresh index segment, so rewriting the index never holds it whole in memory. */
+/** Entries per fresh index segment (5 MB), so rewriting the index never holds it whole in memory. */
 const SEGMENT_ENTRIES = 100_000;
 const MARK = 'm/';
+const WALKED = 'w/';
 const CONDEMNED = 'd/';
 const MEMBER = 'p/';
 const EMPTY = Buffer.alloc(0);
@@ -218,7 +221,7 @@ class Pruner {
 
   /** Marks from every pin, then every snapshot; what is already marked is skipped, so the second call walks only what is new. */
   private async mark(): Promise<void> {
-    let batch: string[] = [];
+    const batch: string[] = [];
     for await (const key of this.repo.index.keys('pin/')) {
       batch.push(key.slice(key.lastIndexOf('/') + 1));
       if (batch.length >= BATCH) await this.markPinned(batch.splice(0));
@@ -232,30 +235,38 @@ class Pruner {
     await this.walk(roots);
   }
 
+  /**
+   * A pinned tree is walked even if already marked: it may have been marked as a plain id while
+   * it was waiting in the pack writer, before its subtrees could be read.
+   */
   private async markPinned(hexes: string[]): Promise<void> {
     if (hexes.length === 0) return;
     const unique = [...new Set(hexes)];
+    const ids = unique.map(fromHex);
+    const locs = await this.repo.index.locate(ids);
     const marks = await this.scratch.db.getMany(unique.map((h) => MARK + h));
-    const fresh = unique.filter((_, i) => marks[i] === undefined);
-    const locs = await this.repo.index.locate(fresh.map(fromHex));
-    await this.scratch.putMarkers(fresh.filter((_, i) => locs[i]?.kind !== 'TREE').map((h) => MARK + h));
-    await this.walk(fresh.filter((_, i) => locs[i]?.kind === 'TREE').map(fromHex), true);
+    await this.scratch.putMarkers(unique.filter((_, i) => locs[i]?.kind !== 'TREE' && marks[i] === undefined).map((h) => MARK + h));
+    await this.walk(ids.filter((_, i) => locs[i]?.kind === 'TREE'), true);
   }
 
   /**
    * `fromPins`: a session's trees arrive in any order (a directory's tree may be stored before
-   * its subtrees), so a pinned tree may name a subtree that is not stored yet. What is not
-   * indexed cannot be condemned; a snapshot's missing tree, though, means unknown references.
+   * its subtrees), so a pinned tree may name a subtree that is not stored yet; it is left to be
+   * walked by a later mark. What is not indexed cannot be condemned; a snapshot's missing tree,
+   * though, means references nobody can know.
    */
   private async walk(roots: Buffer[], fromPins = false): Promise<void> {
-    await walkTrees(this.repo, this.scratch, MARK, roots, {
-      visit: async (_id, nodes) => {
-        const keys: string[] = [];
+    await walkTrees(this.repo, this.scratch, WALKED, roots, {
+      visit: async (id, nodes) => {
+        const keys = [MARK + toHex(id)];
         for (const n of nodes) if (n.type === 'FILE') for (const c of n.chunks) keys.push(MARK + toHex(c));
         await this.scratch.putMarkers(keys);
       },
       unreadable: async (id, err) => {
-        if (fromPins && err instanceof CairnError && err.code === Code.NOT_FOUND) return;
+        if (fromPins && err instanceof CairnError && err.code === Code.NOT_FOUND) {
+          await this.scratch.db.del(WALKED + toHex(id));
+          return;
+        }
         throw dataLoss(`tree ${toHex(id)} cannot be read (${(err as Error).message}); prune stopped without deleting anything, because what that tree references is unknown: run cairn check`);
       },
     });
@@ -408,56 +419,71 @@ class Pruner {
     return written;
   }
 
-  /** Step 6: every surviving pack into fresh segments; returns the old segments' keys. */
+  /**
+   * Step 6: fresh segments replace every segment that names a doomed pack or cannot be read,
+   * and the small ones (each commit writes one, so they pile up), carrying over their surviving
+   * packs; indexed packs that no segment lists get a record from their own trailer. Segments
+   * are handled one at a time as bytes, never decoded into entry objects. Returns the keys of
+   * the segments replaced, to be deleted once the fresh ones are stored.
+   */
   private async writeFreshIndex(doomed: Set<string>): Promise<string[]> {
     const store = this.repo.store;
-    const old: string[] = [];
-    for await (const o of store.list('index/')) old.push(o.key);
+    const listed: Array<{ key: string; size: number }> = [];
+    for await (const o of store.list('index/')) listed.push(o);
+    const small = listed.filter((o) => o.size < (SEGMENT_ENTRIES / 4) * ENTRY_BYTES);
+    const consolidate = small.length >= 2 ? new Set(small.map((o) => o.key)) : new Set<string>();
+    const replaced: string[] = [];
     const fresh = new Set<string>();
-    const emitted = new Set<string>();
-    let pending: SegmentPack[] = [];
+    const covered = new Set<string>();
+    let pending: SegmentRecord[] = [];
     let pendingEntries = 0;
     const writeSegment = async () => {
       if (pending.length === 0) return;
-      const segment = encodeSegment(pending);
+      const segment = joinSegment(pending);
       await store.put(segmentKey(segment.id), segment.data);
       fresh.add(segmentKey(segment.id));
       pending = [];
       pendingEntries = 0;
     };
-    const emit = async (p: SegmentPack) => {
-      emitted.add(toHex(p.id));
-      pending.push(p);
-      pendingEntries += p.entries.length;
+    const carry = async (r: SegmentRecord) => {
+      covered.add(toHex(r.id));
+      pending.push(r);
+      pendingEntries += r.entries;
       if (pendingEntries >= SEGMENT_ENTRIES) await writeSegment();
     };
-    for (const key of old) {
-      let packs: SegmentPack[];
+    for (const { key } of listed) {
+      let records: SegmentRecord[];
       try {
-        packs = decodeSegment(await store.get(key), key);
+        records = splitSegment(await store.get(key), key);
       } catch (err) {
-        this.repo.log.warn({ segment: key, err: (err as Error).message }, 'prune: unreadable index segment; its packs are listed again from their trailers');
+        this.repo.log.warn({ segment: key, err: (err as Error).message }, 'prune: unreadable index segment replaced; its packs are listed again from their trailers');
+        replaced.push(key);
         continue;
       }
-      const todo = packs.filter((p) => !emitted.has(toHex(p.id)) && !doomed.has(toHex(p.id)));
-      const infos = await this.repo.index.db.getMany(todo.map((p) => packInfoKey(toHex(p.id))));
+      if (!consolidate.has(key) && !records.some((r) => doomed.has(toHex(r.id)))) {
+        for (const r of records) covered.add(toHex(r.id));
+        continue;
+      }
+      replaced.push(key);
+      const todo = records.filter((r) => !covered.has(toHex(r.id)) && !doomed.has(toHex(r.id)));
+      const infos = await this.repo.index.db.getMany(todo.map((r) => packInfoKey(toHex(r.id))));
       for (let i = 0; i < todo.length; i++) {
         // A pack a backup has just stored may be in a segment before its pack/ key lands.
-        if (infos[i] !== undefined || (await store.head(packKey(toHex(todo[i].id))))) await emit(todo[i]);
+        if (infos[i] !== undefined || (await store.head(packKey(toHex(todo[i].id))))) await carry(todo[i]);
       }
     }
     for await (const [key, value] of this.repo.index.entries('pack/')) {
       const hex = key.slice('pack/'.length);
-      if (emitted.has(hex) || doomed.has(hex)) continue;
+      if (covered.has(hex) || doomed.has(hex)) continue;
       const info = JSON.parse(value.toString('utf8')) as PackInfo;
       try {
-        await emit({ id: fromHex(hex), size: info.size, kind: info.kind, entries: await readTrailer(store, hex, info.size) });
+        await carry(recordFromPackTail(fromHex(hex), info.size, info.kind, await readTail(store, hex, info.size), packKey(hex)));
       } catch (err) {
         this.repo.log.error({ pack: hex, err: (err as Error).message }, 'prune: pack trailer unreadable; the pack is left out of the fresh index: run cairn check --read-data');
       }
     }
     await writeSegment();
-    return old.filter((k) => !fresh.has(k));
+    return replaced.filter((k) => !fresh.has(k));
   }
 
   /** Step 7. */
@@ -478,9 +504,9 @@ class Pruner {
         deleted.bytes += remove.get(hex)!;
       }
       await this.repo.index.batch(ops);
+      await checkpoint('prune:mid-delete');
       await this.repo.store.delete(keys);
       deleted.packs += keys.length;
-      await checkpoint('prune:mid-delete');
     }
     return deleted;
   }
@@ -492,10 +518,9 @@ function sum(values: Iterable<number>): number {
   return n;
 }
 
-/** A pack's trailer entries, from two ranged reads (footer, then trailer). */
-async function readTrailer(store: ObjectStore, packHex: string, size: number): Promise<PackEntry[]> {
+/** A pack's trailer and footer, from two ranged reads (the footer says how long the trailer is). */
+async function readTail(store: ObjectStore, packHex: string, size: number): Promise<Buffer> {
   const key = packKey(packHex);
   const footer = parseFooter(await store.getRange(key, size - FOOTER_BYTES, FOOTER_BYTES), size, key);
-  const trailer = await store.getRange(key, size - FOOTER_BYTES - footer.trailerLength, footer.trailerLength);
-  return parseTrailer(trailer, footer, size, key);
+  return store.getRange(key, size - FOOTER_BYTES - footer.trailerLength, footer.trailerLength + FOOTER_BYTES);
 }

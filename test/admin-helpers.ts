@@ -10,7 +10,7 @@ import { encodeTree, emptyNode } from '../common/tree.js';
 import { FileStore } from '../server/file-store.js';
 import { CairnServer } from '../server/server.js';
 import { runCli, tmpDir } from './harness.js';
-import { describeTree } from './tree-gen.js';
+import { describeTree, randomBytes, writeFile } from './tree-gen.js';
 
 /**
  * Helpers for the retention, prune, check and rebuild suites: an in-process server (so a test
@@ -128,4 +128,41 @@ export async function restoredContents(server: string, ref: string): Promise<Rec
 
 export function sha256(data: Buffer): string {
   return createHash('sha256').update(data).digest('hex');
+}
+
+/**
+ * Three versions of a data directory, each a separate tree: v2 rewrites half of v1's files and
+ * adds one, v3 rewrites a quarter more. Forgetting v1 and v2 leaves packs partly used.
+ */
+export async function writeVersions(base: string): Promise<string[]> {
+  const dirs = ['v1', 'v2', 'v3'].map((v) => path.join(base, v));
+  const content = (i: number, version: number) => {
+    const changed = (version >= 2 && i < 12) || (version >= 3 && i >= 12 && i < 18);
+    return randomBytes(40 * 1024 + i * 100, changed ? version * 100 + i : i + 1);
+  };
+  for (let v = 1; v <= 3; v++) {
+    for (let i = 0; i < 24; i++) await writeFile(path.join(dirs[v - 1], `d${i % 2}`, `f${i}.bin`), content(i, v));
+    if (v >= 2) await writeFile(path.join(dirs[v - 1], 'extra.bin'), randomBytes(30 * 1024, 77));
+  }
+  return dirs;
+}
+
+export interface PruneOut {
+  dryRun: boolean;
+  packsDeleted: number;
+  packsRewritten: number;
+  chunksRemoved: number;
+  bytesFreed: number;
+  bytesUnusedKept: number;
+  requests: Record<string, number>;
+}
+
+export interface CheckOut {
+  ok: boolean;
+  snapshotsChecked: number;
+  treesChecked: number;
+  packsChecked: number;
+  packsRead: number;
+  blobsRead: number;
+  problems: Array<{ kind: string; message: string; pack: string; chunk: string; snapshots: string[]; files: string[] }>;
 }

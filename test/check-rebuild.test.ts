@@ -1,0 +1,151 @@
+import { spawn } from 'node:child_process';
+import { promises as fs } from 'node:fs';
+import path from 'node:path';
+import { afterAll, describe, expect, it } from 'vitest';
+import { hash, toHex } from '../common/hash.js';
+import { parsePack } from '../common/pack-format.js';
+import { restored, type CheckOut, type PruneOut } from './admin-helpers.js';
+import { cleanupTmp, cliJson, ROOT, runCli, startServer, tmpDir, type ServerHandle } from './harness.js';
+import { describeTree, randomBytes, writeFile } from './tree-gen.js';
+
+afterAll(() => cleanupTmp());
+
+async function storeFiles(dir: string): Promise<string[]> {
+  const entries = await fs.readdir(dir, { withFileTypes: true, recursive: true }).catch(() => []);
+  return entries.filter((e) => e.isFile() && !e.name.includes('.tmp-')).map((e) => path.join(e.parentPath, e.name));
+}
+
+function rebuild(storeSpec: string, indexDir: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const p = spawn(process.execPath, [path.join(ROOT, 'dist/server/main.js'), 'rebuild-index', '--store', storeSpec, '--index', indexDir, '--log-level', 'warn'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    p.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    p.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    p.on('exit', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+async function snap(server: ServerHandle, dir: string, dataset: string, time: string): Promise<string> {
+  return (await cliJson<{ snapshot: { id: string } }>(['snapshot', dir, '--dataset', dataset, '--host', 'h', '--time', time], { server: server.addr })).snapshot.id;
+}
+
+describe('check', () => {
+  it('a flipped byte in a pack: --read-data names the pack, the chunk, and the snapshots and files it hurts', async () => {
+    const base = tmpDir();
+    const server = await startServer({ args: ['--pack-size', '256KiB'] });
+    const opts = { server: server.addr };
+    try {
+      const data = path.join(base, 'data');
+      const report = randomBytes(30_000, 5);
+      await writeFile(path.join(data, 'docs/report.bin'), report);
+      for (let i = 0; i < 10; i++) await writeFile(path.join(data, `runs/r${i}.bin`), randomBytes(60_000, 10 + i));
+      const s1 = await snap(server, data, 'exp', '2024-06-01T00:00:00Z');
+      await writeFile(path.join(data, 'runs/new.bin'), randomBytes(20_000, 50));
+      const s2 = await snap(server, data, 'exp', '2024-06-02T00:00:00Z');
+      const otherDir = path.join(base, 'other');
+      await writeFile(path.join(otherDir, 'x.bin'), randomBytes(10_000, 60));
+      await snap(server, otherDir, 'other', '2024-06-03T00:00:00Z');
+
+      const clean = await cliJson<CheckOut>(['check', '--read-data'], opts);
+      expect(clean).toMatchObject({ ok: true, snapshotsChecked: 3 });
+      // n/m groups are disjoint and together read every pack; a share reads about that share.
+      const part1 = await cliJson<CheckOut>(['check', '--read-data-subset', '1/2'], opts);
+      const part2 = await cliJson<CheckOut>(['check', '--read-data-subset', '2/2'], opts);
+      expect(part1.packsRead + part2.packsRead).toBe(clean.packsChecked);
+      expect(part1.blobsRead + part2.blobsRead).toBe(clean.blobsRead);
+      const half = await cliJson<CheckOut>(['check', '--read-data-subset', '50%'], opts);
+      expect(half.packsRead).toBe(Math.ceil(clean.packsChecked / 2));
+
+      const chunk = toHex(hash(report));
+      let packFile = '';
+      let offset = -1;
+      for (const f of await storeFiles(path.join(server.storeSpec.slice('file:'.length), 'repos/default/packs'))) {
+        const e = parsePack(await fs.readFile(f), f).find((x) => toHex(x.id) === chunk);
+        if (e) [packFile, offset] = [f, e.offset + 1000];
+      }
+      expect(offset).toBeGreaterThan(0);
+      const fh = await fs.open(packFile, 'r+');
+      const b = Buffer.alloc(1);
+      await fh.read(b, 0, 1, offset);
+      b[0] ^= 0x40;
+      await fh.write(b, 0, 1, offset);
+      await fh.close();
+      const pack = path.basename(packFile);
+
+      // The structure pass reads trees, not file data: the flip is invisible to it.
+      expect((await cliJson<CheckOut>(['check'], opts)).ok).toBe(true);
+
+      const r = await runCli(['--json', 'check', '--read-data'], opts);
+      expect(r.code).toBe(1);
+      const out = JSON.parse(r.stdout) as CheckOut;
+      expect(out.ok).toBe(false);
+      const corrupt = out.problems.find((p) => p.kind === 'blob-corrupt');
+      expect(corrupt).toMatchObject({ pack, chunk, snapshots: [s1, s2].sort(), files: ['/docs/report.bin'] });
+      expect(out.problems.find((p) => p.kind === 'pack-hash')).toMatchObject({ pack });
+      expect(out.problems).toHaveLength(2);
+
+      const human = await runCli(['check', '--read-data'], opts);
+      expect(human.code).toBe(1);
+      for (const s of [pack, chunk, '/docs/report.bin', s1.slice(0, 8), s2.slice(0, 8), 'blob-corrupt']) expect(human.stdout).toContain(s);
+      const restore = await runCli(['restore', '--snapshot', s1, path.join(base, 'out')], opts);
+      expect(restore.code).not.toBe(0);
+      expect(restore.stderr).toContain(chunk);
+    } finally {
+      await server.stop();
+    }
+  });
+});
+
+describe('rebuild-index', () => {
+  it('LevelDB deleted: rebuilt from index segments, then from pack trailers alone; check passes and restores are byte-identical', async () => {
+    const base = tmpDir();
+    const storeDir = path.join(base, 'store');
+    const where = { store: `file:${storeDir}`, indexDir: path.join(base, 'index') };
+    let server = await startServer({ ...where, args: ['--pack-size', '256KiB'] });
+    const dirs: string[] = [];
+    const ids: string[] = [];
+    for (let v = 0; v < 3; v++) {
+      const d = path.join(base, `v${v}`);
+      for (let i = 0; i < 8; i++) await writeFile(path.join(d, `f${i}.bin`), randomBytes(40_000, i < 4 ? 1 + i : 100 * v + i));
+      dirs.push(d);
+      ids.push(await snap(server, d, 'exp', `2024-07-0${v + 1}T00:00:00Z`));
+    }
+    let opts = { server: server.addr };
+    await cliJson(['protect', ids[1]], opts);
+    await cliJson(['policy', 'set', '--dataset', 'exp', '--keep-last', '5', '--keep-tag', 'release'], opts);
+    // Rebuild must also cope with the index as prune leaves it: fresh segments, old ones gone.
+    await cliJson(['forget', ids[0]], opts);
+    expect((await cliJson<PruneOut>(['prune', '--max-unused', '0%'], opts)).chunksRemoved).toBeGreaterThan(0);
+
+    const locked = await rebuild(where.store, where.indexDir);
+    expect(locked.code).toBe(1);
+    expect(locked.stderr).toContain('is in use: stop cairn-server');
+    await server.stop();
+
+    for (const round of ['segments', 'trailers']) {
+      await fs.rm(where.indexDir, { recursive: true, force: true });
+      if (round === 'trailers') for (const f of await storeFiles(path.join(storeDir, 'repos/default/index'))) await fs.rm(f);
+      const r = await rebuild(where.store, where.indexDir);
+      expect(r.code, r.stderr).toBe(0);
+      expect(JSON.parse(r.stdout)).toMatchObject({ repository: 'default', snapshots: 2, policies: 1, protected: 1 });
+
+      server = await startServer(where);
+      opts = { server: server.addr };
+      try {
+        const check = await cliJson<CheckOut>(['check', '--read-data'], opts);
+        expect(check).toMatchObject({ ok: true, snapshotsChecked: 2 });
+        const hist = await runCli(['--json', 'history', '--dataset', 'exp'], opts);
+        const listed = hist.stdout.trim().split('\n').map((l) => JSON.parse(l) as { id: string; protected: boolean });
+        expect(listed.map((s) => [s.id, s.protected])).toEqual([
+          [ids[2], false],
+          [ids[1], true],
+        ]);
+        expect(await cliJson(['policy', 'show', '--dataset', 'exp'], opts)).toMatchObject({ keepLast: 5, keepTags: ['release'] });
+        for (const i of [1, 2]) expect(await restored(server.addr, ids[i])).toEqual(await describeTree(dirs[i]));
+      } finally {
+        await server.stop();
+      }
+    }
+  });
+});
