@@ -38,8 +38,22 @@ export interface AgentConfig {
 
 const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal'];
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
-const KEEP_COUNTS = ['last', 'hourly', 'daily', 'weekly', 'monthly', 'yearly'] as const;
-const KEEP_WITHIN = ['within', 'within_hourly', 'within_daily', 'within_weekly', 'within_monthly', 'within_yearly'] as const;
+const KEEP_COUNTS = [
+  ['keep_last', 'keepLast'],
+  ['keep_hourly', 'keepHourly'],
+  ['keep_daily', 'keepDaily'],
+  ['keep_weekly', 'keepWeekly'],
+  ['keep_monthly', 'keepMonthly'],
+  ['keep_yearly', 'keepYearly'],
+] as const;
+const KEEP_WITHIN = [
+  ['keep_within', 'keepWithin'],
+  ['keep_within_hourly', 'keepWithinHourly'],
+  ['keep_within_daily', 'keepWithinDaily'],
+  ['keep_within_weekly', 'keepWithinWeekly'],
+  ['keep_within_monthly', 'keepWithinMonthly'],
+  ['keep_within_yearly', 'keepWithinYearly'],
+] as const;
 
 /**
  * One YAML mapping being read: every getter names the field in its error, and `done()`
@@ -155,18 +169,17 @@ function readPolicy(f: Fields, dataset: string): Policy | undefined {
     keepTags: f.strList('keep_tags'),
   };
   let given = policy.keepTags.length > 0;
-  for (const k of KEEP_COUNTS) {
-    const n = f.int(`keep_${k}`, 0);
+  for (const [key, field] of KEEP_COUNTS) {
+    const n = f.int(key, 0);
     if (n === undefined) continue;
-    policy[`keep${k[0].toUpperCase()}${k.slice(1)}` as 'keepLast'] = n;
+    policy[field] = n;
     given = true;
   }
-  for (const k of KEEP_WITHIN) {
-    const d = f.str(`keep_${k}`);
+  for (const [key, field] of KEEP_WITHIN) {
+    const d = f.str(key);
     if (d === undefined) continue;
-    const camel = `keep${k.replace(/(^|_)([a-z])/g, (_m, _s, c: string) => c.toUpperCase())}` as 'keepWithin';
-    // The server checks the restic duration syntax ("1y6m"), at startup, before any snapshot.
-    policy[camel] = d;
+    // The server checks the restic duration syntax ("1y6m") when the agent stores the policy at startup.
+    policy[field] = d;
     given = true;
   }
   return given ? policy : undefined;

@@ -58,7 +58,7 @@ export class Agent {
       'agent started',
     );
     try {
-      await this.storePolicies(true);
+      for (const d of [...this.policyPending]) await this.storePolicy(d, true);
       if (once) {
         const results = await Promise.all(config.datasets.map((d) => this.runDataset(d)));
         const failed = config.datasets.filter((_d, i) => !results[i]).map((d) => d.name);
@@ -95,17 +95,15 @@ export class Agent {
    * commit. At startup a policy the server calls invalid stops the agent (it is a config
    * error); any other failure is logged and tried again before the dataset's next run.
    */
-  private async storePolicies(startup: boolean): Promise<void> {
-    for (const d of [...this.policyPending]) {
-      try {
-        await this.conn.unary('SetPolicy', { policy: d.policy });
-        this.policyPending.delete(d);
-        this.log.info({ dataset: d.name, policy: d.policy }, 'retention policy stored');
-      } catch (err) {
-        const e = toCairnError(err);
-        if (startup && e.code === Code.INVALID_ARGUMENT) throw invalidArgument(`${this.config.file}: datasets.${d.name}: the server refused its keep_* policy: ${e.message}`);
-        this.log.error({ dataset: d.name, code: codeName(e.code), err: e.message }, 'retention policy not stored; trying again before the next run');
-      }
+  private async storePolicy(d: DatasetConfig, startup: boolean): Promise<void> {
+    try {
+      await this.conn.unary('SetPolicy', { policy: d.policy });
+      this.policyPending.delete(d);
+      this.log.info({ dataset: d.name, policy: d.policy }, 'retention policy stored');
+    } catch (err) {
+      const e = toCairnError(err);
+      if (startup && e.code === Code.INVALID_ARGUMENT) throw invalidArgument(`${this.config.file}: datasets.${d.name}: the server refused its keep_* policy: ${e.message}`);
+      this.log.error({ dataset: d.name, code: codeName(e.code), err: e.message }, 'retention policy not stored; trying again before the next run');
     }
   }
 
@@ -115,7 +113,7 @@ export class Agent {
     if (!(await this.slots.acquire(signal))) return false;
     const started = Date.now();
     try {
-      if (this.policyPending.has(d)) await this.storePolicies(false);
+      if (this.policyPending.has(d)) await this.storePolicy(d, false);
       for (let attempt = 1; ; attempt++) {
         this.log.info({ dataset: d.name, attempt }, 'snapshot started');
         try {
