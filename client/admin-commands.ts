@@ -102,6 +102,30 @@ function parseSubset(text: string): { readDataSubset: number; readDataPart: stri
   return { readDataSubset: pct / 100, readDataPart: '' };
 }
 
+/** --json records with a fixed field order (the wire decoder puts repeated fields first). */
+function policyRecord(p: Policy): Policy {
+  return {
+    dataset: p.dataset,
+    keepLast: p.keepLast,
+    keepHourly: p.keepHourly,
+    keepDaily: p.keepDaily,
+    keepWeekly: p.keepWeekly,
+    keepMonthly: p.keepMonthly,
+    keepYearly: p.keepYearly,
+    keepWithin: p.keepWithin,
+    keepWithinHourly: p.keepWithinHourly,
+    keepWithinDaily: p.keepWithinDaily,
+    keepWithinWeekly: p.keepWithinWeekly,
+    keepWithinMonthly: p.keepWithinMonthly,
+    keepWithinYearly: p.keepWithinYearly,
+    keepTags: p.keepTags,
+  };
+}
+
+function problemRecord(p: CheckProblem): CheckProblem {
+  return { kind: p.kind, message: p.message, pack: p.pack, chunk: p.chunk, snapshots: p.snapshots, files: p.files };
+}
+
 function decisionRecord(d: ForgetDecision) {
   const s = d.snapshot;
   return { id: s.id, time: s.time, dataset: s.dataset, host: s.host, tags: s.tags, protected: s.protected, keep: d.keep, reasons: d.reasons };
@@ -236,7 +260,7 @@ export function registerAdminCommands(program: Command): void {
         const r = await conn.unary<CheckReply>('Check', { readData: o.readData, ...subset });
         const counts = { snapshotsChecked: Number(r.snapshotsChecked), treesChecked: Number(r.treesChecked), packsChecked: Number(r.packsChecked), packsRead: Number(r.packsRead), blobsRead: Number(r.blobsRead) };
         if (g.json) {
-          out(JSON.stringify({ ok: r.problems.length === 0, ...counts, problems: r.problems }));
+          out(JSON.stringify({ ok: r.problems.length === 0, ...counts, problems: r.problems.map(problemRecord) }));
         } else {
           out(`checked ${counts.snapshotsChecked} snapshots, ${counts.treesChecked} trees, ${counts.packsChecked} packs; read ${counts.packsRead} packs, ${counts.blobsRead} blobs`);
           if (r.problems.length === 0) out('no problems found');
@@ -287,7 +311,7 @@ async function showPolicy(cmd: Command, rpc: 'SetPolicy' | 'GetPolicy', req: unk
   const { conn, g } = connect(cmd);
   try {
     const p = await conn.unary<Policy>(rpc, req);
-    if (g.json) out(JSON.stringify(p));
+    if (g.json) out(JSON.stringify(policyRecord(p)));
     else out(`retention policy of dataset ${p.dataset}: ${describePolicy(p)}`);
   } finally {
     conn.close();
