@@ -59,7 +59,8 @@ function serverStream<Req, Res>(name: string, auth: Authorizer, log: Logger, fn:
       .then((ctx) => fn(call.request, ctx, send))
       .then(() => call.end())
       .catch((err) => {
-        if (!cancelled) call.destroy(grpcError(err, log, name));
+        // Not call.destroy(): grpc-js then never sends the status and the client waits forever.
+        if (!cancelled) call.emit('error', grpcError(err, log, name));
       });
   };
 }
@@ -170,19 +171,23 @@ export function coreHandlers(deps: ServiceDeps): grpc.UntypedServiceImplementati
     const root = requireId(req.rootTree, 'root_tree');
     const repo = session.repo;
     await repo.writer.flush();
-    await repo.verifyComplete(root);
     const summary = { ...emptySummary(), ...(req.summary ?? {}), newBytes: String(session.newBytes), newChunks: String(session.newChunks) };
-    const snapshot = await repo.writeSnapshot({
-      version: 1,
-      dataset: session.dataset,
-      host: session.host,
-      paths: session.paths,
-      tags: session.tags,
-      time: session.time,
-      parent: session.parent?.id ?? '',
-      rootTree: toHex(root),
-      summary,
-      clientVersion: req.clientVersion,
+    // Held shared from verification to the snapshot's index keys: a prune cannot unindex what
+    // this commit just found present, even for chunks the session was never told about.
+    const snapshot = await repo.gcLock.shared(async () => {
+      await repo.verifyComplete(root);
+      return repo.writeSnapshot({
+        version: 1,
+        dataset: session.dataset,
+        host: session.host,
+        paths: session.paths,
+        tags: session.tags,
+        time: session.time,
+        parent: session.parent?.id ?? '',
+        rootTree: toHex(root),
+        summary,
+        clientVersion: req.clientVersion,
+      });
     });
     await sessions.end(session);
     log.info({ snapshot: snapshot.id, dataset: snapshot.dataset, host: snapshot.host, newBytes: session.newBytes, requests: repo.store.counts() }, 'snapshot committed');
