@@ -3,6 +3,7 @@ import { CairnError, Code, dataLoss } from '../common/errors.js';
 import { hash, toHex } from '../common/hash.js';
 import type { Blob } from '../common/messages.js';
 import type { Connection } from './connection.js';
+import { MAX_CLIENT_MESSAGE_BYTES } from './limits.js';
 
 /** Raw bytes asked for in one ReadChunks call; the server coalesces them into few ranged reads. */
 const BATCH_BYTES = 8 * 1024 * 1024;
@@ -62,6 +63,8 @@ export class ChunkFetcher {
 
   private verify(blob: Blob, what: string): Buffer {
     const hex = toHex(blob.id);
+    // Inflating allocates raw_length up front: a hostile server must not size that at will.
+    if (blob.rawLength > MAX_CLIENT_MESSAGE_BYTES) throw dataLoss(`${what}: chunk ${hex} claims ${blob.rawLength} raw bytes, more than any chunk may hold`);
     let raw: Buffer;
     try {
       raw = blob.compression === 'ZSTD' ? this.decompressor.decompress(blob.data, blob.rawLength, `chunk ${hex}`) : blob.data;

@@ -1,12 +1,12 @@
 import type { Command } from 'commander';
 import type { Snapshot } from '../common/messages.js';
 import { formatBytes } from '../common/units.js';
-import { Connection } from './connection.js';
+import { Connection, tlsFromFlags, type TlsFlags } from './connection.js';
 import { localTime, relativeTime } from './format.js';
 
 export const EXIT = { OK: 0, ERROR: 1, USAGE: 2, PARTIAL: 3 } as const;
 
-export interface GlobalOpts {
+export interface GlobalOpts extends TlsFlags {
   server: string;
   token?: string;
   json: boolean;
@@ -15,7 +15,7 @@ export interface GlobalOpts {
 
 export function connect(cmd: Command): { conn: Connection; g: GlobalOpts } {
   const g = cmd.optsWithGlobals<GlobalOpts>();
-  return { conn: new Connection({ server: g.server, token: g.token, channels: Number(g.channels) }), g };
+  return { conn: new Connection({ server: g.server, token: g.token, tls: tlsFromFlags(g), channels: Number(g.channels) }), g };
 }
 
 export function out(line: string): void {

@@ -26,6 +26,11 @@ export function buildProgram(): Command {
     .version(CLIENT_VERSION)
     .addOption(new Option('--server <host:port>', 'cairn-server address').env('CAIRN_SERVER').default('127.0.0.1:7420'))
     .addOption(new Option('--token <token>', 'bearer token').env('CAIRN_TOKEN'))
+    .addOption(new Option('--tls', 'connect with TLS, trusting the system CAs').env('CAIRN_TLS'))
+    .addOption(new Option('--tls-ca <file>', 'connect with TLS, trusting this PEM CA (implies --tls)').env('CAIRN_TLS_CA'))
+    .addOption(new Option('--tls-cert <file>', 'client certificate (PEM) for servers that require one').env('CAIRN_TLS_CERT'))
+    .addOption(new Option('--tls-key <file>', 'private key (PEM) of --tls-cert').env('CAIRN_TLS_KEY'))
+    .addOption(new Option('--tls-server-name <name>', "name the server's certificate carries, when --server uses another (e.g. an IP)"))
     .addOption(new Option('--channels <n>', 'parallel connections to the server').default('2'))
     .option('--json', 'machine-readable output (one JSON object per line for lists)', false)
     .exitOverride()
@@ -110,6 +115,7 @@ export function buildProgram(): Command {
     .option('--host <name>', 'host, for latest')
     .option('--include <glob>', 'restore only paths matching (repeatable), e.g. reports/**', collect, [])
     .option('--overwrite <mode>', 'existing files that differ: never, if-newer, always', 'never')
+    .option('--confine-symlinks', 'skip symlinks whose target is absolute or leaves the target directory (reported; exit 3)', false)
     .option('--dry-run', 'print the plan (files to write, local files kept, files already identical) and write nothing', false)
     .action(async (target: string, o, cmd: Command) => {
       const { conn, g } = connect(cmd);
@@ -118,7 +124,7 @@ export function buildProgram(): Command {
         const hello = await conn.unary<HelloReply>('Hello', {});
         const snapshot = await conn.unary<Snapshot>('GetSnapshot', { ref: o.snapshot, dataset: o.dataset ?? '', host: o.host ?? '', tag: '' });
         // The plan is a dry run of this very restore, so it decides each file exactly as the restore will.
-        const planner = new Restorer(conn, hello, { target, overwrite, includes: o.include, dryRun: true });
+        const planner = new Restorer(conn, hello, { target, overwrite, includes: o.include, dryRun: true, confineSymlinks: o.confineSymlinks });
         const plan = restorePlan(await planner.restore(snapshot), await freeSpace(target));
         if (o.dryRun) {
           if (g.json) out(JSON.stringify({ snapshot: snapshot.id, target, dryRun: true, plan, stats: planner.stats, conflicts: planner.conflicts }));
@@ -138,7 +144,7 @@ export function buildProgram(): Command {
         if (process.stderr.isTTY || plan.filesKeptLocal + plan.filesIdentical + plan.filesReplaced > 0) process.stderr.write(`plan:\n${describePlan(plan)}\n`);
         const progress = new Progress();
         const started = Date.now();
-        const restorer = new Restorer(conn, hello, { target, overwrite, includes: o.include, dryRun: false, onProgress: (s) => progress.update(s.files, s.bytes, 'restore') });
+        const restorer = new Restorer(conn, hello, { target, overwrite, includes: o.include, dryRun: false, confineSymlinks: o.confineSymlinks, onProgress: (s) => progress.update(s.files, s.bytes, 'restore') });
         const stats = await restorer.restore(snapshot);
         progress.done();
         const seconds = (Date.now() - started) / 1000;
@@ -150,7 +156,8 @@ export function buildProgram(): Command {
           out(`  files ${stats.files} (${stats.filesSkippedSame} already present), dirs ${stats.dirs}, symlinks ${stats.symlinks}, ${formatBytes(stats.bytes)} written, ${stats.filesKeptLocal} local files kept`);
           out(`  ${seconds.toFixed(2)}s, ${formatBytes(stats.bytes / Math.max(seconds, 0.001))}/s`);
         }
-        if (restorer.conflicts.length > 0) process.exitCode = EXIT.PARTIAL;
+        for (const r of restorer.refused) process.stderr.write(`refused: ${r.path}: ${r.reason}\n`);
+        if (restorer.conflicts.length + restorer.refused.length > 0) process.exitCode = EXIT.PARTIAL;
       } finally {
         conn.close();
       }

@@ -1,11 +1,84 @@
 import * as grpc from '@grpc/grpc-js';
+import { readFileSync } from 'node:fs';
+import net from 'node:net';
+import tls from 'node:tls';
 import { CairnService } from '../common/proto.js';
-import { toCairnError } from '../common/errors.js';
+import { CairnError, Code, invalidArgument, toCairnError } from '../common/errors.js';
 import { MAX_CLIENT_MESSAGE_BYTES } from './limits.js';
+
+/** TLS to the server: `ca` replaces the system roots (a private CA); `cert`/`key` is the client's own pair for mutual TLS. */
+export interface TlsOptions {
+  ca?: Buffer;
+  cert?: Buffer;
+  key?: Buffer;
+  /** The name the server's certificate must carry, when it differs from the host in --server. */
+  serverName?: string;
+}
+
+export interface TlsFlags {
+  tls?: boolean;
+  tlsCa?: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsServerName?: string;
+}
+
+function readPem(file: string, flag: string): Buffer {
+  try {
+    return readFileSync(file);
+  } catch (err) {
+    throw invalidArgument(`cannot read ${flag} ${file}: ${(err as Error).message}`);
+  }
+}
+
+/** TLS options from the CLI flags (or an agent's config): any TLS flag turns TLS on. */
+export function tlsFromFlags(f: TlsFlags): TlsOptions | undefined {
+  if (!f.tls && !f.tlsCa && !f.tlsCert && !f.tlsKey && !f.tlsServerName) return undefined;
+  if (!f.tlsCert !== !f.tlsKey) throw invalidArgument('a client certificate needs both --tls-cert and --tls-key');
+  const t: TlsOptions = {
+    ca: f.tlsCa ? readPem(f.tlsCa, '--tls-ca') : undefined,
+    cert: f.tlsCert ? readPem(f.tlsCert, '--tls-cert') : undefined,
+    key: f.tlsKey ? readPem(f.tlsKey, '--tls-key') : undefined,
+    serverName: f.tlsServerName,
+  };
+  try {
+    tls.createSecureContext({ ca: t.ca, cert: t.cert, key: t.key });
+  } catch (err) {
+    throw invalidArgument(`TLS files are not usable (${(err as Error).message}): --tls-ca, --tls-cert and --tls-key take PEM files, and the key must belong to the certificate`);
+  }
+  return t;
+}
+
+/**
+ * gRPC reports a failed handshake as a bare UNAVAILABLE; say which side of TLS is wrong and
+ * which flag fixes it.
+ */
+function explain(err: unknown, tls: TlsOptions | undefined): CairnError {
+  const e = toCairnError(err);
+  if (e.code !== Code.UNAVAILABLE) return e;
+  const m = e.message.replace(/\s+/g, ' ').replace(/\.? Resolution note: *$/, '');
+  const hint = (text: string) => new CairnError(e.code, `${m} (${text})`);
+  if (tls) {
+    if (/certificate required/i.test(m)) return hint('TLS: the server requires a client certificate; pass --tls-cert and --tls-key');
+    if (/wrong version number|packet length too long|http request/i.test(m)) return hint('TLS handshake failed: the server does not seem to serve TLS; drop the TLS flags');
+    if (/certificate|self.signed|unable to (verify|get)|altname/i.test(m)) {
+      return hint("TLS: the server's certificate is not trusted or does not name this server; pass --tls-ca with the CA that signed it, or --tls-server-name with the name it carries");
+    }
+    // TLS 1.3 checks the client certificate after the client considers the handshake done, so
+    // a refused one surfaces only as a connection closed during setup.
+    if (/Failed to connect \(|Connection dropped/i.test(m)) {
+      return hint('TLS: the server closed the connection during setup; if it requires client certificates, --tls-cert must be signed by the CA it trusts (its --tls-client-ca)');
+    }
+  } else if (/Failed to connect \(|Connection dropped|Protocol error/i.test(m)) {
+    return hint('if the server serves TLS, pass --tls-ca with the CA that signed its certificate, or --tls');
+  }
+  return new CairnError(e.code, m);
+}
 
 export interface ConnectOptions {
   server: string;
   token?: string;
+  tls?: TlsOptions;
   /** Several channels carry more than one: one HTTP/2 connection tops out near 200 MiB/s. */
   channels?: number;
 }
@@ -21,13 +94,20 @@ export class Connection {
 
   constructor(readonly opts: ConnectOptions) {
     const n = Math.max(1, opts.channels ?? 1);
+    const t = opts.tls;
+    // grpc-js sends the address as the TLS server name even when it is an IP, which Node
+    // answers with a deprecation warning on every connection: noise the user can do nothing about.
+    if (t && net.isIP(opts.server.replace(/^\[?([^\]]*?)\]?(:\d+)?$/, '$1'))) (process as { noDeprecation?: boolean }).noDeprecation = true;
+    const credentials = t ? grpc.credentials.createSsl(t.ca ?? null, t.key ?? null, t.cert ?? null) : grpc.credentials.createInsecure();
+    const nameOverride = t?.serverName ? { 'grpc.ssl_target_name_override': t.serverName, 'grpc.default_authority': t.serverName } : {};
     this.clients = Array.from({ length: n }, (_, i) =>
-      new CairnService(opts.server, grpc.credentials.createInsecure(), {
+      new CairnService(opts.server, credentials, {
         'grpc.max_receive_message_length': MAX_CLIENT_MESSAGE_BYTES,
         'grpc.max_send_message_length': MAX_CLIENT_MESSAGE_BYTES,
         // Distinct options keep grpc-js from sharing one subchannel between the channels.
         'grpc.channel_id': i,
         'grpc.keepalive_time_ms': 30_000,
+        ...nameOverride,
       }),
     );
   }
@@ -50,7 +130,7 @@ export class Connection {
   unary<Res>(method: string, req: unknown, channel?: number): Promise<Res> {
     const client = this.pick(channel) as unknown as Record<string, UnaryFn>;
     return new Promise<Res>((resolve, reject) => {
-      client[method].call(client, req, this.metadata(), {}, (err, res) => (err ? reject(toCairnError(err)) : resolve(res as Res)));
+      client[method].call(client, req, this.metadata(), {}, (err, res) => (err ? reject(explain(err, this.opts.tls)) : resolve(res as Res)));
     });
   }
 
@@ -60,7 +140,7 @@ export class Connection {
     try {
       for await (const msg of call) yield msg as Res;
     } catch (err) {
-      throw toCairnError(err);
+      throw explain(err, this.opts.tls);
     } finally {
       call.cancel();
     }
@@ -70,7 +150,7 @@ export class Connection {
     const client = this.pick(channel) as unknown as Record<string, ClientStreamFn>;
     let call!: grpc.ClientWritableStream<unknown>;
     const result = new Promise<Res>((resolve, reject) => {
-      call = client[method].call(client, this.metadata(), {}, (err, res) => (err ? reject(toCairnError(err)) : resolve(res as Res)));
+      call = client[method].call(client, this.metadata(), {}, (err, res) => (err ? reject(explain(err, this.opts.tls)) : resolve(res as Res)));
     });
     return { call, result };
   }

@@ -5,10 +5,9 @@ import picomatch from 'picomatch';
 import { Chunker } from '../common/chunker.js';
 import { readChunks } from '../common/chunk-reader.js';
 import { CairnError, Code, dataLoss, invalidArgument } from '../common/errors.js';
-import { hash } from '../common/hash.js';
+import { hash, toHex } from '../common/hash.js';
 import type { HelloReply, Node, Snapshot } from '../common/messages.js';
-import { badName } from '../common/tree.js';
-import { readWholeTree } from './backup.js';
+import { badName, MAX_TREE_ENTRIES, validateNodes } from '../common/tree.js';
 import { ChunkFetcher } from './chunk-fetcher.js';
 import type { Connection } from './connection.js';
 
@@ -19,6 +18,8 @@ export interface RestoreOptions {
   overwrite: OverwriteMode;
   includes: string[];
   dryRun: boolean;
+  /** Skip (and report) symlinks whose target is absolute or climbs out of the target. */
+  confineSymlinks?: boolean;
   concurrency?: number;
   onProgress?: (stats: RestoreStats) => void;
 }
@@ -43,19 +44,50 @@ interface DirToFinish {
   node: Node;
 }
 
+interface LinkToMake {
+  abs: string;
+  node: Node;
+  /** Directories between the target and the link. */
+  depth: number;
+}
+
 /**
- * Writes a snapshot's tree under a target directory. Every name is checked again here (a
- * hostile or corrupt server must not steer a write outside the target); files are written
- * to a temporary name and renamed into place; modes and times are set last, deepest first.
+ * Why a symlink `depth` directories below the restore target may point outside it, or
+ * undefined. A relative target is confined when all its `..` lead and do not outnumber the
+ * directories above the link: a `..` after a name could climb out through another link.
+ */
+export function escapingSymlink(target: string, depth: number): string | undefined {
+  if (target.startsWith('/')) return `its target ${JSON.stringify(target)} is absolute`;
+  let up = 0;
+  let down = 0;
+  for (const part of target.split('/')) {
+    if (part === '' || part === '.') continue;
+    if (part !== '..') down++;
+    else if (down > 0) return `its target ${JSON.stringify(target)} climbs with '..' after a name, which a link on the way could send anywhere`;
+    else up++;
+  }
+  return up > depth ? `its target ${JSON.stringify(target)} climbs above the restore target` : undefined;
+}
+
+/**
+ * Writes a snapshot's tree under a target directory. Every tree is checked again here as the
+ * server checks it on upload (a hostile or corrupt server must not steer a write outside the
+ * target); directories are created one component at a time, never through a link; files are
+ * written to a temporary name and renamed into place; symlinks are made only after every
+ * file, so no write of this restore can pass through one; modes and times are set last.
  */
 export class Restorer {
   readonly stats: RestoreStats = { files: 0, dirs: 0, symlinks: 0, bytes: 0, filesSkippedSame: 0, filesKeptLocal: 0, filesOverwritten: 0 };
   readonly conflicts: PlannedConflict[] = [];
+  /** Symlinks not made because of confineSymlinks. */
+  readonly refused: PlannedConflict[] = [];
   private readonly fetcher: ChunkFetcher;
   private readonly chunker: Chunker;
   private readonly target: string;
   private readonly include: ((p: string) => boolean) | undefined;
   private readonly dirs: DirToFinish[] = [];
+  private readonly links: LinkToMake[] = [];
+  private readonly ensured = new Set<string>();
   private running = new Set<Promise<void>>();
   private failure: unknown;
 
@@ -75,6 +107,7 @@ export class Restorer {
     await this.restoreDir(Buffer.from(snapshot.rootTree, 'hex'), this.target, '', false);
     while (this.running.size > 0) await Promise.all([...this.running]);
     if (this.failure) throw this.failure;
+    for (const l of this.links) await this.restoreSymlink(l);
     if (!this.opts.dryRun) {
       for (const d of this.dirs.reverse()) await applyMeta(d.abs, d.node, false);
     }
@@ -94,8 +127,20 @@ export class Restorer {
     return !this.include || underIncluded || this.include(rel);
   }
 
+  /** A directory's entries, held to the rules the server applies on upload: sorted, unique, safe names. */
+  private async readTree(id: Buffer, rel: string): Promise<Node[]> {
+    const what = `directory /${rel} (tree ${toHex(id)})`;
+    const nodes: Node[] = [];
+    for await (const msg of this.conn.stream<{ nodes: Node[] }>('ReadTree', { id })) {
+      nodes.push(...msg.nodes);
+      if (nodes.length > MAX_TREE_ENTRIES) throw dataLoss(`${what}: the server sent more than ${MAX_TREE_ENTRIES} entries; refusing to restore it`);
+    }
+    validateNodes(nodes, `refusing to restore ${what}`, Code.DATA_LOSS);
+    return nodes;
+  }
+
   private async restoreDir(treeId: Buffer, abs: string, rel: string, underIncluded: boolean): Promise<void> {
-    const nodes = await readWholeTree(this.conn, treeId);
+    const nodes = await this.readTree(treeId, rel);
     for (const node of nodes) {
       if (this.failure) throw this.failure;
       const childAbs = this.child(abs, node.name);
@@ -111,7 +156,8 @@ export class Restorer {
       } else if (!included) {
         continue;
       } else if (node.type === 'SYMLINK') {
-        await this.restoreSymlink(childAbs, node);
+        if (node.target === '' || node.target.includes('\0')) throw dataLoss(`refusing symlink ${childAbs}: its target is empty or contains NUL`);
+        this.links.push({ abs: childAbs, node, depth: rel === '' ? 0 : rel.split('/').length });
       } else {
         if (!this.opts.dryRun) await this.ensureDir(abs);
         await this.schedule(() => this.restoreFile(childAbs, node));
@@ -129,22 +175,36 @@ export class Restorer {
     this.running.add(p);
   }
 
-  /** Creates a directory, refusing to go through a symlink that is already there. */
+  /**
+   * Creates a directory and any missing parents below the target one component at a time,
+   * refusing any component that is not a real directory: `mkdir -p` would follow a symlink
+   * already standing anywhere on the way. The target itself is the user's choice and may be one.
+   */
   private async ensureDir(abs: string): Promise<void> {
-    try {
-      const st = await fs.lstat(abs);
-      if (st.isDirectory()) return;
-      throw new CairnError(Code.FAILED_PRECONDITION, `${abs} exists and is not a directory; refusing to restore through it`);
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    if (this.ensured.has(abs)) return;
+    const isTarget = abs === this.target;
+    if (!isTarget) {
+      if (!abs.startsWith(this.target + path.sep)) throw dataLoss(`refusing to create ${abs}: it is outside ${this.target}`);
+      await this.ensureDir(path.dirname(abs));
     }
-    await fs.mkdir(abs, { recursive: true });
+    const st = await (isTarget ? fs.stat(abs) : fs.lstat(abs)).catch((err: NodeJS.ErrnoException) => {
+      if (err.code !== 'ENOENT') throw err;
+      return undefined;
+    });
+    if (!st) await fs.mkdir(abs, { recursive: isTarget });
+    else if (!st.isDirectory()) throw new CairnError(Code.FAILED_PRECONDITION, `${abs} exists and is not a directory; refusing to restore through it`);
+    this.ensured.add(abs);
   }
 
-  private async restoreSymlink(abs: string, node: Node): Promise<void> {
-    if (node.target.includes('\0')) throw dataLoss(`refusing symlink ${abs}: target contains NUL`);
+  private async restoreSymlink({ abs, node, depth }: LinkToMake): Promise<void> {
+    const escapes = escapingSymlink(node.target, depth);
+    if (escapes && this.opts.confineSymlinks) {
+      this.refused.push({ path: abs, reason: `symlink not restored: ${escapes}` });
+      return;
+    }
     this.stats.symlinks++;
     if (this.opts.dryRun) return;
+    await this.ensureDir(path.dirname(abs));
     const existing = await fs.lstat(abs).catch(() => undefined);
     if (existing) {
       if (existing.isSymbolicLink() && (await fs.readlink(abs)) === node.target) return;
@@ -234,7 +294,9 @@ async function applyMeta(abs: string, node: Node, isLink: boolean): Promise<void
     await fs.lutimes(abs, mtime, mtime);
     return;
   }
-  await fs.chmod(abs, node.mode & 0o7777);
+  // No setuid or setgid: restored files belong to whoever restores, often root, and a snapshot
+  // must not be able to hand out a root-owned setuid program.
+  await fs.chmod(abs, node.mode & 0o1777);
   await fs.utimes(abs, mtime, mtime);
 }
 

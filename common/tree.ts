@@ -1,3 +1,4 @@
+import protobuf from 'protobufjs';
 import { ID_BYTES } from './hash.js';
 import { CONVERSION, protoRoot } from './proto.js';
 import { CairnError, Code } from './errors.js';
@@ -9,6 +10,7 @@ import type { Node } from './messages.js';
  * same bytes and therefore the same id.
  */
 const TreeType = protoRoot.lookupType('cairn.v1.Tree');
+const NodeType = protoRoot.lookupType('cairn.v1.Node');
 
 export const MAX_TREE_ENTRIES = 1_000_000;
 const MAX_NAME_LENGTH = 4096;
@@ -57,17 +59,42 @@ export function encodeTree(nodes: Node[]): Buffer {
   return Buffer.from(TreeType.encode(msg).finish());
 }
 
+/**
+ * Calls `fn` with the bytes of each top-level `nodes` field of an encoded Tree. Each node is
+ * held to its own length (the generic decoder lets a node's last field run past it), so a
+ * counting pass and a decoding pass see exactly the same nodes.
+ */
+function forEachNode(data: Uint8Array, fn: (bytes: Uint8Array) => void): void {
+  const r = protobuf.Reader.create(data);
+  while (r.pos < r.len) {
+    const tag = r.uint32();
+    if (tag >>> 3 !== 1) {
+      r.skipType(tag & 7);
+      continue;
+    }
+    if ((tag & 7) !== 2) throw new Error(`node field with wire type ${tag & 7}`);
+    const len = r.uint32();
+    const start = r.pos;
+    r.skip(len);
+    fn(data.subarray(start, start + len));
+  }
+}
+
 /** Decodes untrusted bytes; any malformation is a CairnError with `code`, never a crash. */
 export function decodeTree(data: Uint8Array, what: string, code: Code = Code.DATA_LOSS): Node[] {
-  let nodes: Node[];
+  const nodes: Node[] = [];
   try {
-    const obj = TreeType.toObject(TreeType.decode(data), CONVERSION) as { nodes: Node[] };
-    nodes = obj.nodes.map((n) => ({
-      ...n,
-      chunks: n.chunks.map(asBuffer),
-      subtree: asBuffer(n.subtree),
-    }));
+    // Count before decoding: a 64 MiB blob of five-byte nodes holds 13 million entries, and
+    // decoding those into objects would take gigabytes before the limit could be checked.
+    let count = 0;
+    forEachNode(data, () => count++);
+    if (count > MAX_TREE_ENTRIES) throw new CairnError(Code.RESOURCE_EXHAUSTED, `${what}: ${count} entries pass the limit of ${MAX_TREE_ENTRIES} per tree`);
+    forEachNode(data, (bytes) => {
+      const n = NodeType.toObject(NodeType.decode(bytes), CONVERSION) as Node;
+      nodes.push({ ...n, chunks: n.chunks.map(asBuffer), subtree: asBuffer(n.subtree) });
+    });
   } catch (err) {
+    if (err instanceof CairnError) throw err;
     throw new CairnError(code, `${what}: not a valid tree (${(err as Error).message})`);
   }
   validateNodes(nodes, what, code);

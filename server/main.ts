@@ -7,6 +7,10 @@ import { rebuildIndex } from './rebuild-index.js';
 import { CairnServer, DEFAULT_REPOSITORY, openStore } from './server.js';
 import { parseSize } from '../common/units.js';
 import { parseDurationMs } from '../common/durations.js';
+import { invalidArgument } from '../common/errors.js';
+import type { ObjectStore } from './object-store.js';
+import { loadServerTls } from './tls.js';
+import { createRepository, listRepositories, parseRole, TokenStore } from './tokens.js';
 
 function defaultIndexDir(store: string): string {
   const dir = store.startsWith('file:') ? store.slice('file:'.length) : store.includes(':') ? './cairn-index' : store;
@@ -23,6 +27,19 @@ interface ServeOptions {
   region?: string;
   s3PathStyle?: boolean;
   leaseTtl: string;
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsClientCa?: string;
+  insecure?: boolean;
+  sessionTimeout: string;
+  maxSessionsPerToken: string;
+  tokenCache: string;
+}
+
+function positiveInt(value: string, flag: string): number {
+  const n = Number(value);
+  if (!Number.isSafeInteger(n) || n <= 0) throw invalidArgument(`${flag} must be a positive whole number, got ${JSON.stringify(value)}`);
+  return n;
 }
 
 async function serve(opts: ServeOptions): Promise<void> {
@@ -34,6 +51,11 @@ async function serve(opts: ServeOptions): Promise<void> {
     log,
     packSize: parseSize(opts.packSize),
     leaseTtlMs: parseDurationMs(opts.leaseTtl),
+    tls: loadServerTls({ cert: opts.tlsCert, key: opts.tlsKey, clientCa: opts.tlsClientCa }),
+    insecure: opts.insecure,
+    sessionIdleMs: parseDurationMs(opts.sessionTimeout),
+    maxSessionsPerToken: positiveInt(opts.maxSessionsPerToken, '--max-sessions-per-token'),
+    tokenCacheMs: parseDurationMs(opts.tokenCache),
   });
   const shutdown = (signal: string) => {
     log.info({ signal }, 'shutting down');
@@ -55,7 +77,79 @@ const program = new Command('cairn-server')
   .addOption(new Option('--index <dir>', 'LevelDB index directory (default: <store dir>/index)'))
   .addOption(new Option('--pack-size <size>', 'target pack size').default('16MiB'))
   .addOption(new Option('--log-level <level>', 'pino log level').choices(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).default('info'))
+  .addOption(new Option('--tls-cert <file>', 'serve TLS with this PEM certificate chain (with --tls-key)'))
+  .addOption(new Option('--tls-key <file>', 'PEM private key of --tls-cert'))
+  .addOption(new Option('--tls-client-ca <file>', 'require client certificates signed by this PEM CA (mutual TLS)'))
+  .addOption(new Option('--insecure', 'allow a non-loopback --listen with no token and no client certificates (anyone reaching the port is admin)'))
+  .addOption(new Option('--session-timeout <duration>', 'a backup session idle this long expires and its pins are released').default('1h'))
+  .addOption(new Option('--max-sessions-per-token <n>', 'backup sessions one token may hold open at once').default('64'))
+  .addOption(new Option('--token-cache <duration>', 'reuse a token check this long (0s: a revoked token is refused at once; more saves store reads on S3)').default('0s'))
   .action(serve);
+
+/** Runs `fn` on the store named by the global flags; token and repo commands work while the server runs. */
+async function withStore<T>(cmd: Command, fn: (store: ObjectStore) => Promise<T>): Promise<T> {
+  const g = cmd.optsWithGlobals<ServeOptions>();
+  const store = openStore(g.store, g);
+  try {
+    return await fn(store);
+  } finally {
+    await store.close();
+  }
+}
+
+const token = program.command('token').description('bearer tokens: each grants one role on one repository; stored hashed under auth/tokens/ in the store');
+
+token
+  .command('create')
+  .description('create a token and print it once (it is stored only as a hash)')
+  .requiredOption('--name <name>', 'token name; for an agent token, the host it backs up')
+  .requiredOption('--role <role>', 'agent (back up its own host, read), reader (restore and queries), admin (everything, including forget and prune)')
+  .option('--repo <name>', 'repository the token grants access to', DEFAULT_REPOSITORY)
+  .action(async (o: { name: string; role: string; repo: string }, cmd: Command) => {
+    const role = parseRole(o.role);
+    const { token: secret, record } = await withStore(cmd, (store) => new TokenStore(store).create({ repo: o.repo, role, name: o.name }));
+    process.stderr.write(`token ${record.name} created: role ${record.role} on repository ${record.repo}. It is shown only this once; store it now.\n`);
+    process.stdout.write(`${secret}\n`);
+  });
+
+token
+  .command('list')
+  .description('list tokens (names, repositories and roles; never the tokens themselves)')
+  .option('--json', 'one JSON object per line')
+  .action(async (o: { json?: boolean }, cmd: Command) => {
+    const tokens = await withStore(cmd, (store) => new TokenStore(store).list());
+    for (const t of tokens) {
+      process.stdout.write(o.json ? `${JSON.stringify({ name: t.name, repo: t.repo, role: t.role, created: t.created })}\n` : `${t.name}\t${t.repo}\t${t.role}\t${t.created}\n`);
+    }
+  });
+
+token
+  .command('revoke')
+  .description('revoke a token; a running server refuses it from its next call')
+  .argument('<name>', 'token name')
+  .option('--repo <name>', 'repository, when several have a token of this name')
+  .action(async (name: string, o: { repo?: string }, cmd: Command) => {
+    const record = await withStore(cmd, (store) => new TokenStore(store).revoke(name, o.repo));
+    process.stderr.write(`token ${record.name} (${record.role} on ${record.repo}) revoked\n`);
+  });
+
+const repo = program.command('repo').description('repositories: isolated prefixes repos/<name>/ of one store, each with its own index');
+
+repo
+  .command('create')
+  .description('create a repository; a running server opens it when a token for it is first used')
+  .argument('<name>', 'repository name, e.g. ml-team')
+  .action(async (name: string, _o: unknown, cmd: Command) => {
+    await withStore(cmd, (store) => createRepository(store, name));
+    process.stderr.write(`repository ${name} created; give it tokens with: cairn-server token create --repo ${name} --role admin --name NAME\n`);
+  });
+
+repo
+  .command('list')
+  .description('list repositories')
+  .action(async (_o: unknown, cmd: Command) => {
+    for (const name of await withStore(cmd, listRepositories)) process.stdout.write(`${name}\n`);
+  });
 
 program
   .command('rebuild-index')

@@ -13,6 +13,7 @@ import type { ObjectStore } from './object-store.js';
 import { PackWriter, type VerifiedBlob } from './pack-writer.js';
 import { readBlobsByPack } from './blob-reader.js';
 import { GcLock } from './gc-lock.js';
+import { parseSnapshotRecord } from './snapshot-record.js';
 
 export const REPO_FORMAT_VERSION = 1;
 /** Tree blobs are not cut by the chunker; this bounds what one directory may cost the server. */
@@ -313,7 +314,13 @@ export class Repository {
       this.log.error({ snapshot: id }, 'snapshot object does not hash to its name: skipped');
       return;
     }
-    const record = JSON.parse(data.toString('utf8')) as SnapshotRecord;
+    let record: SnapshotRecord;
+    try {
+      record = parseSnapshotRecord(data, `snapshot object ${id}`);
+    } catch (err) {
+      this.log.error({ snapshot: id, err: (err as Error).message }, 'malformed snapshot object: skipped');
+      return;
+    }
     await this.indexSnapshot(recordToSnapshot(id, record, false));
   }
 

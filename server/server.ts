@@ -2,8 +2,9 @@ import * as grpc from '@grpc/grpc-js';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { cairnServiceDefinition } from '../common/proto.js';
-import { CairnError, Code, invalidArgument } from '../common/errors.js';
+import { CairnError, Code, failedPrecondition, invalidArgument } from '../common/errors.js';
 import { adminHandlers } from './admin-service.js';
+import { AccessControl } from './auth.js';
 import type { ObjectStore } from './object-store.js';
 import { FileStore } from './file-store.js';
 import { PrefixedStore } from './prefixed-store.js';
@@ -12,8 +13,10 @@ import { Repository } from './repository.js';
 import { parseS3Url, S3Store } from './s3-store.js';
 import { WriterLease } from './writer-lease.js';
 import { SessionManager } from './sessions.js';
-import { coreHandlers, MAX_MESSAGE_BYTES, type Authorizer, type ServiceDeps } from './service.js';
+import { coreHandlers, MAX_MESSAGE_BYTES, type ServiceDeps } from './service.js';
 import type { ChunkerParams } from '../common/chunker.js';
+import { isLoopback, serverCredentials, type ServerTls } from './tls.js';
+import { DEFAULT_REPOSITORY, listRepositories, repositoryExists, TokenStore } from './tokens.js';
 
 export interface ServerOptions {
   listen: string;
@@ -23,13 +26,19 @@ export interface ServerOptions {
   packSize?: number;
   chunker?: ChunkerParams;
   sessionIdleMs?: number;
+  maxSessionsPerToken?: number;
+  tls?: ServerTls;
+  /** Serve a non-loopback address with neither a token nor client certificates. */
+  insecure?: boolean;
+  /** How long a token check is reused (0: every call reads the token store, revocation acts at once). */
+  tokenCacheMs?: number;
   /** How long a writer lease lives without a refresh; a second server waits this long to take over. */
   leaseTtlMs?: number;
   /** Called when this server has lost its writer lease and must stop writing. */
   onFatal?: (err: CairnError) => void;
 }
 
-export const DEFAULT_REPOSITORY = 'default';
+export { DEFAULT_REPOSITORY };
 
 /** Opens (or initialises) the store's repositories and serves them over gRPC. */
 export class CairnServer {
@@ -38,25 +47,57 @@ export class CairnServer {
     'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
   });
   readonly repos = new Map<string, Repository>();
+  private readonly opening = new Map<string, Promise<Repository>>();
   private readonly leases: WriterLease[] = [];
   readonly sessions: SessionManager;
+  readonly access: AccessControl;
   port = 0;
 
   private constructor(readonly opts: ServerOptions) {
-    this.sessions = new SessionManager({ maxSessions: 256, maxSessionsPerPrincipal: 64, idleTimeoutMs: opts.sessionIdleMs ?? 60 * 60 * 1000 });
+    this.sessions = new SessionManager({ maxSessions: 256, maxSessionsPerPrincipal: opts.maxSessionsPerToken ?? 64, idleTimeoutMs: opts.sessionIdleMs ?? 60 * 60 * 1000 });
+    this.access = new AccessControl({ tokens: new TokenStore(opts.store), repository: (name) => this.repository(name), cacheMs: opts.tokenCacheMs ?? 0, log: opts.log });
   }
 
   static async start(opts: ServerOptions): Promise<CairnServer> {
     const server = new CairnServer(opts);
-    await server.openRepository(DEFAULT_REPOSITORY);
-    const auth: Authorizer = async () => ({ repo: server.repos.get(DEFAULT_REPOSITORY)!, principal: 'local' });
-    const deps: ServiceDeps = { sessions: server.sessions, auth, log: opts.log };
+    const authOn = await server.access.refreshEnabled();
+    if (!authOn && !opts.tls?.clientCa && !opts.insecure && !isLoopback(opts.listen)) {
+      throw failedPrecondition(
+        `refusing to serve ${opts.listen} without access control: no token exists and no --tls-client-ca is set, so anyone who can reach the port could read and delete every snapshot. ` +
+          'Create a token first (cairn-server token create --role admin --name ops), or pass --insecure to serve it anyway',
+      );
+    }
+    for (const name of await listRepositories(opts.store)) await server.repository(name);
+    const deps: ServiceDeps = { sessions: server.sessions, auth: server.access.authorize, log: opts.log };
     server.grpc.addService(cairnServiceDefinition, { ...coreHandlers(deps), ...queryHandlers(deps), ...adminHandlers(deps) });
     server.port = await new Promise<number>((resolve, reject) =>
-      server.grpc.bindAsync(opts.listen, grpc.ServerCredentials.createInsecure(), (err, port) => (err ? reject(new CairnError(Code.UNAVAILABLE, `cannot listen on ${opts.listen}: ${err.message}`)) : resolve(port))),
+      server.grpc.bindAsync(opts.listen, serverCredentials(opts.tls), (err, port) => (err ? reject(new CairnError(Code.UNAVAILABLE, `cannot listen on ${opts.listen}: ${err.message}`)) : resolve(port))),
     );
-    opts.log.info({ listen: opts.listen, port: server.port, store: opts.store.description, index: opts.indexDir }, 'cairn-server ready (auth is off: local use only)');
+    const tls = opts.tls ? (opts.tls.clientCa ? 'TLS with client certificates' : 'TLS') : 'plaintext';
+    const auth = authOn
+      ? 'auth is on'
+      : isLoopback(opts.listen)
+        ? 'auth is off until a token is created: local use only'
+        : opts.tls?.clientCa
+          ? 'auth is off until a token is created: client certificates only'
+          : 'auth is off: --insecure';
+    opts.log.info({ listen: opts.listen, port: server.port, store: opts.store.description, index: opts.indexDir, repositories: [...server.repos.keys()] }, `cairn-server ready (${auth}; ${tls})`);
     return server;
+  }
+
+  /** A repository by name, opened on first use: `repo create` may have added it while we run. */
+  repository(name: string): Promise<Repository> {
+    const open = this.repos.get(name);
+    if (open) return Promise.resolve(open);
+    let pending = this.opening.get(name);
+    if (!pending) {
+      pending = (async () => {
+        if (!(await repositoryExists(this.opts.store, name))) throw failedPrecondition(`repository ${name} does not exist (was it removed?); create it with cairn-server repo create ${name}`);
+        return this.openRepository(name);
+      })().finally(() => this.opening.delete(name));
+      this.opening.set(name, pending);
+    }
+    return pending;
   }
 
   async openRepository(name: string): Promise<Repository> {

@@ -57,6 +57,11 @@ export class SessionManager {
     if (!id) throw invalidArgument('session_id is required');
     const s = this.sessions.get(id);
     if (!s || s.principal !== principal) throw failedPrecondition(`backup session ${id} is unknown, finished or expired; start a new backup`);
+    // The sweep runs on a timer; a session past its idle limit is refused even before it runs.
+    if (Date.now() - s.lastUsed > this.limits.idleTimeoutMs) {
+      void this.expire();
+      throw failedPrecondition(`backup session ${id} expired after ${Math.round(this.limits.idleTimeoutMs / 1000)}s idle; its pins are released, start a new backup`);
+    }
     s.lastUsed = Date.now();
     return s;
   }
@@ -79,7 +84,9 @@ export class SessionManager {
     for (const s of [...this.sessions.values()]) {
       if (now - s.lastUsed > this.limits.idleTimeoutMs) {
         s.repo.log.warn({ session: s.id, dataset: s.dataset, host: s.host }, 'backup session expired; its pins are released');
-        await this.end(s);
+        // Runs from a timer: a rejection here would be unhandled and end the process. Pins left
+        // behind by a failure are cleared with all others at the next start.
+        await this.end(s).catch((err) => s.repo.log.error({ session: s.id, err: (err as Error).message }, 'releasing the pins of an expired session failed'));
       }
     }
   }

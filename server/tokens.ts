@@ -1,0 +1,155 @@
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { CairnError, Code, failedPrecondition, invalidArgument, notFound } from '../common/errors.js';
+import type { ObjectStore } from './object-store.js';
+import { validateName } from './repository.js';
+
+/**
+ * Tokens and the repository registry live at the store root, beside `repos/` and outside
+ * every repository, so a token of one repository can never reach them, and every replica
+ * of the server reading the same store sees the same tokens.
+ *
+ *   auth/tokens/<sha256 of the token, hex>  -> TokenRecord (JSON)
+ *   auth/repos/<name>                       -> { created }  (the repositories `repo create` made)
+ *
+ * A token is 32 random bytes; only its SHA-256 is stored, so reading the store does not
+ * reveal a usable token. One object per token: creating is a conditional put and revoking a
+ * delete, so two admins at once cannot lose each other's change, and checking a presented
+ * token is one read of one key.
+ */
+export const TOKENS_PREFIX = 'auth/tokens/';
+export const REPOS_PREFIX = 'auth/repos/';
+export const DEFAULT_REPOSITORY = 'default';
+
+export type Role = 'agent' | 'reader' | 'admin';
+export const ROLES: readonly Role[] = ['agent', 'reader', 'admin'];
+
+export interface TokenRecord {
+  version: 1;
+  name: string;
+  repo: string;
+  role: Role;
+  created: string;
+  /** SHA-256 of the token, hex; also the object's key. */
+  hash: string;
+}
+
+/** `cairn_` marks the secret for scanners; 43 base64url characters carry the 32 random bytes. */
+const TOKEN_RE = /^cairn_[A-Za-z0-9_-]{43}$/;
+
+export function hashToken(token: string): Buffer {
+  return createHash('sha256').update(token, 'utf8').digest();
+}
+
+export function isWellFormedToken(token: string): boolean {
+  return TOKEN_RE.test(token);
+}
+
+export function parseRole(value: string): Role {
+  if ((ROLES as readonly string[]).includes(value)) return value as Role;
+  throw invalidArgument(`role ${JSON.stringify(value)} is not one of ${ROLES.join(', ')}`);
+}
+
+/** Anything unexpected in a record makes the token unusable rather than the server crash. */
+function parseRecord(data: Buffer, key: string): TokenRecord {
+  let r: Partial<TokenRecord>;
+  try {
+    r = JSON.parse(data.toString('utf8')) as Partial<TokenRecord>;
+  } catch {
+    throw new CairnError(Code.DATA_LOSS, `${key} is not JSON`);
+  }
+  const hashHex = key.slice(TOKENS_PREFIX.length);
+  if (
+    r === null ||
+    typeof r !== 'object' ||
+    r.version !== 1 ||
+    typeof r.name !== 'string' ||
+    typeof r.repo !== 'string' ||
+    typeof r.created !== 'string' ||
+    !(ROLES as readonly unknown[]).includes(r.role) ||
+    r.hash !== hashHex ||
+    !/^[0-9a-f]{64}$/.test(hashHex)
+  ) {
+    throw new CairnError(Code.DATA_LOSS, `${key} is not a valid token record`);
+  }
+  return r as TokenRecord;
+}
+
+export class TokenStore {
+  constructor(private readonly store: ObjectStore) {}
+
+  /** The record of a presented token, or undefined when it is unknown or revoked. */
+  async lookup(token: string): Promise<TokenRecord | undefined> {
+    const digest = hashToken(token);
+    const key = TOKENS_PREFIX + digest.toString('hex');
+    let data: Buffer;
+    try {
+      data = await this.store.get(key);
+    } catch (err) {
+      if (err instanceof CairnError && err.code === Code.NOT_FOUND) return undefined;
+      throw err;
+    }
+    const record = parseRecord(data, key);
+    // The key already matched; comparing the recorded hash in constant time keeps the
+    // decision itself free of an early-exit comparison on secret-derived bytes.
+    return timingSafeEqual(Buffer.from(record.hash, 'hex'), digest) ? record : undefined;
+  }
+
+  async any(): Promise<boolean> {
+    for await (const _ of this.store.list(TOKENS_PREFIX)) return true;
+    return false;
+  }
+
+  async list(): Promise<TokenRecord[]> {
+    const out: TokenRecord[] = [];
+    for await (const o of this.store.list(TOKENS_PREFIX)) out.push(parseRecord(await this.store.get(o.key), o.key));
+    return out.sort((a, b) => a.repo.localeCompare(b.repo) || a.name.localeCompare(b.name));
+  }
+
+  async create(opts: { repo: string; role: Role; name: string }): Promise<{ token: string; record: TokenRecord }> {
+    const name = validateName('token name', opts.name);
+    const repo = validateName('repository', opts.repo);
+    if (!(await repositoryExists(this.store, repo))) {
+      throw notFound(`repository ${repo} does not exist; create it first with: cairn-server repo create ${repo}`);
+    }
+    if ((await this.list()).some((t) => t.repo === repo && t.name === name)) {
+      throw failedPrecondition(`a token named ${name} already exists for repository ${repo}; revoke it first or pick another name`);
+    }
+    const token = `cairn_${randomBytes(32).toString('base64url')}`;
+    const hash = hashToken(token).toString('hex');
+    const record: TokenRecord = { version: 1, name, repo, role: opts.role, created: new Date().toISOString(), hash };
+    if (!(await this.store.putIfAbsent(TOKENS_PREFIX + hash, Buffer.from(JSON.stringify(record, null, 2))))) {
+      throw new CairnError(Code.ABORTED, 'token collision; run the command again');
+    }
+    return { token, record };
+  }
+
+  /** Deletes the token named `name` (in `repo`, when the name is used in several repositories). */
+  async revoke(name: string, repo?: string): Promise<TokenRecord> {
+    const matches = (await this.list()).filter((t) => t.name === name && (repo === undefined || t.repo === repo));
+    if (matches.length === 0) throw notFound(`no token named ${name}${repo ? ` for repository ${repo}` : ''}`);
+    if (matches.length > 1) {
+      throw invalidArgument(`token name ${name} exists in repositories ${matches.map((t) => t.repo).join(', ')}; say which with --repo`);
+    }
+    await this.store.delete([TOKENS_PREFIX + matches[0].hash]);
+    return matches[0];
+  }
+}
+
+export async function repositoryExists(store: ObjectStore, name: string): Promise<boolean> {
+  return name === DEFAULT_REPOSITORY || (await store.head(REPOS_PREFIX + name)) !== undefined;
+}
+
+/** Registers a repository; the server initialises its config and index when it first opens it. */
+export async function createRepository(store: ObjectStore, name: string): Promise<void> {
+  validateName('repository', name);
+  if (name === DEFAULT_REPOSITORY) throw failedPrecondition(`repository ${DEFAULT_REPOSITORY} always exists`);
+  if (!(await store.putIfAbsent(REPOS_PREFIX + name, Buffer.from(JSON.stringify({ created: new Date().toISOString() }))))) {
+    throw failedPrecondition(`repository ${name} already exists`);
+  }
+}
+
+export async function listRepositories(store: ObjectStore): Promise<string[]> {
+  const names = new Set([DEFAULT_REPOSITORY]);
+  for await (const o of store.list(REPOS_PREFIX)) names.add(o.key.slice(REPOS_PREFIX.length));
+  return [...names].sort();
+}

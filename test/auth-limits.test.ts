@@ -1,0 +1,120 @@
+import binding from 'zstd-napi/binding.js';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Connection } from '../client/connection.js';
+import { hash, toHex } from '../common/hash.js';
+import type { BeginBackupReply, Blob } from '../common/messages.js';
+import { MAX_TREE_ENTRIES } from '../common/tree.js';
+import { createToken, failure, peakRss, rawBlob, upload } from './auth-helpers.js';
+import { cleanupTmp, startServer, type ServerHandle } from './harness.js';
+
+const MiB = 1024 * 1024;
+
+/** `count` zstd frames of `frameBytes` zeros each, with or without the content size in their headers. */
+function zeroFrames(frameBytes: number, count: number, withSize: boolean): Buffer {
+  const cctx = new binding.CCtx();
+  cctx.setParameter(binding.CParameter.contentSizeFlag, withSize ? 1 : 0);
+  const out = Buffer.alloc(binding.compressBound(frameBytes));
+  const frame = Buffer.from(out.subarray(0, cctx.compress2(out, Buffer.alloc(frameBytes))));
+  return Buffer.concat(Array.from({ length: count }, () => frame));
+}
+
+async function readChunk(conn: Connection, id: Buffer): Promise<number> {
+  let n = 0;
+  for await (const _ of conn.stream('ReadChunks', { ids: [id] })) n++;
+  return n;
+}
+
+describe('limits: sessions per token, session expiry, decompression bombs, tree size', () => {
+  let server: ServerHandle;
+  let agent: Connection;
+  let other: Connection;
+  let admin: Connection;
+  const begin = (conn: Connection, host: string) => conn.unary<BeginBackupReply>('BeginBackup', { dataset: 'lim', host, paths: ['/x'], tags: [] });
+
+  beforeAll(async () => {
+    server = await startServer({ args: ['--max-sessions-per-token', '2', '--session-timeout', '2s'] });
+    const [a, o, ad] = await Promise.all([
+      createToken(server.storeSpec, 'default', 'agent', 'gpu-1'),
+      createToken(server.storeSpec, 'default', 'agent', 'gpu-2'),
+      createToken(server.storeSpec, 'default', 'admin', 'ops'),
+    ]);
+    agent = new Connection({ server: server.addr, token: a });
+    other = new Connection({ server: server.addr, token: o });
+    admin = new Connection({ server: server.addr, token: ad });
+  });
+  afterAll(async () => {
+    for (const c of [agent, other, admin]) c?.close();
+    await server?.stop();
+    cleanupTmp();
+  });
+
+  it('caps the backup sessions one token holds open, naming the limit, without starving other tokens', async () => {
+    const held = [await begin(agent, 'gpu-1'), await begin(agent, 'gpu-1')];
+    expect(await failure(begin(agent, 'gpu-1'))).toBe('RESOURCE_EXHAUSTED: default/gpu-1 has 2 backup sessions open, the limit is 2 per token');
+    const theirs = await begin(other, 'gpu-2');
+    for (const s of [...held, theirs]) await (s === theirs ? other : agent).unary('AbortBackup', { sessionId: s.sessionId });
+    await agent.unary('AbortBackup', { sessionId: (await begin(agent, 'gpu-1')).sessionId });
+  });
+
+  it('expires an idle session: its calls are refused and garbage collection may take what only it pinned', async () => {
+    const orphan = Buffer.from(`uploaded by a backup that never commits ${Date.now()}`);
+    const { sessionId } = await begin(agent, 'gpu-1');
+    await upload(agent, sessionId, [rawBlob(orphan)]);
+    // The first prune flushes the pending pack into the index; the second one sees it and must keep it: the live session pinned it.
+    await agent.unary('FindMissing', { sessionId, ids: [] });
+    await admin.unary('Prune', { dryRun: false });
+    await agent.unary('FindMissing', { sessionId, ids: [] });
+    await admin.unary('Prune', { dryRun: false });
+    expect(await readChunk(admin, hash(orphan))).toBe(1);
+
+    await new Promise((r) => setTimeout(r, 5000));
+    expect(await failure(agent.unary('FindMissing', { sessionId, ids: [] }))).toMatch(/^FAILED_PRECONDITION: backup session [0-9a-f]+ is unknown, finished or expired/);
+    expect(await failure(upload(agent, sessionId, [rawBlob(Buffer.from('late'))]))).toMatch(/^FAILED_PRECONDITION: backup session /);
+    expect(await failure(agent.unary('CommitBackup', { sessionId, rootTree: hash(orphan) }))).toMatch(/^FAILED_PRECONDITION: backup session /);
+    expect(server.logs.some((l) => l.includes(sessionId) && l.includes('backup session expired; its pins are released'))).toBe(true);
+
+    const pruned = await admin.unary<{ chunksRemoved: string }>('Prune', { dryRun: false });
+    expect(Number(pruned.chunksRemoved)).toBeGreaterThanOrEqual(1);
+    expect(await failure(readChunk(admin, hash(orphan)))).toBe(`NOT_FOUND: chunk ${toHex(hash(orphan))} is not in repository default`);
+  });
+
+  it('refuses decompression bombs with memory bounded by the declared raw length', async () => {
+    const { sessionId } = await begin(agent, 'gpu-1');
+    const before = peakRss(server.proc.pid!);
+    const raw = Buffer.alloc(4 * MiB);
+    const id = hash(raw);
+    const bombs: Array<[Blob, RegExp]> = [
+      // Honest about 1 GiB: refused before anything is inflated.
+      [{ id, kind: 'DATA', compression: 'ZSTD', rawLength: 1 << 30, data: zeroFrames(4 * MiB, 1, true) }, /raw length 1073741824 passes the limit of 4194304 bytes for DATA blobs/],
+      // Claims 4 MiB, and its first frame says so, but 255 more frames follow: 1 GiB in 36 KB.
+      [{ id, kind: 'DATA', compression: 'ZSTD', rawLength: 4 * MiB, data: zeroFrames(4 * MiB, 256, true) }, /not a valid zstd frame of 4194304 bytes/],
+      // Frames that do not declare their size at all, claiming a few bytes.
+      [{ id: hash(Buffer.alloc(1000)), kind: 'DATA', compression: 'ZSTD', rawLength: 1000, data: zeroFrames(4 * MiB, 256, false) }, /not a valid zstd frame of 1000 bytes/],
+      // A tree blob may be larger than a chunk, so the same trick in a TREE.
+      [{ id, kind: 'TREE', compression: 'ZSTD', rawLength: 4 * MiB, data: zeroFrames(4 * MiB, 256, true) }, /not a valid zstd frame of 4194304 bytes/],
+    ];
+    for (const [bomb, why] of bombs) {
+      const msg = await failure(upload(agent, sessionId, [bomb]));
+      expect(msg).toMatch(/^INVALID_ARGUMENT: blob [0-9a-f]{64}: /);
+      expect(msg).toMatch(why);
+    }
+    const grew = peakRss(server.proc.pid!) - before;
+    expect(grew).toBeLessThan(64 * MiB);
+    expect((await agent.unary<{ missing: Buffer[] }>('FindMissing', { sessionId, ids: [id] })).missing.length).toBe(1);
+    await agent.unary('AbortBackup', { sessionId });
+  });
+
+  it(`refuses a tree of more than ${MAX_TREE_ENTRIES} entries before decoding them`, async () => {
+    const { sessionId } = await begin(agent, 'gpu-1');
+    // Five-byte nodes (a one-letter name): decoding a million of them into objects would cost hundreds of MiB.
+    const node = Buffer.from([0x0a, 0x03, 0x0a, 0x01, 0x61]);
+    const tree = Buffer.alloc(node.length * (MAX_TREE_ENTRIES + 1));
+    for (let o = 0; o < tree.length; o += node.length) node.copy(tree, o);
+    const before = peakRss(server.proc.pid!);
+    expect(await failure(upload(agent, sessionId, [rawBlob(tree, 'TREE')]))).toBe(
+      `RESOURCE_EXHAUSTED: tree ${toHex(hash(tree))}: ${MAX_TREE_ENTRIES + 1} entries pass the limit of ${MAX_TREE_ENTRIES} per tree`,
+    );
+    expect(peakRss(server.proc.pid!) - before).toBeLessThan(96 * MiB);
+    await agent.unary('AbortBackup', { sessionId });
+  });
+});
