@@ -32,7 +32,7 @@ describe('limits: sessions per token, session expiry, decompression bombs, tree 
   const begin = (conn: Connection, host: string) => conn.unary<BeginBackupReply>('BeginBackup', { dataset: 'lim', host, paths: ['/x'], tags: [] });
 
   beforeAll(async () => {
-    server = await startServer({ args: ['--max-sessions-per-token', '2', '--session-timeout', '2s'] });
+    server = await startServer({ args: ['--max-sessions-per-token', '2', '--session-timeout', '3s'] });
     const [a, o, ad] = await Promise.all([
       createToken(server.storeSpec, 'default', 'agent', 'gpu-1'),
       createToken(server.storeSpec, 'default', 'agent', 'gpu-2'),
@@ -67,7 +67,8 @@ describe('limits: sessions per token, session expiry, decompression bombs, tree 
     await admin.unary('Prune', { dryRun: false });
     expect(await readChunk(admin, hash(orphan))).toBe(1);
 
-    await new Promise((r) => setTimeout(r, 5000));
+    // Idle past the 3 s timeout, and past the sweep that runs every 3 s.
+    await new Promise((r) => setTimeout(r, 7000));
     expect(await failure(agent.unary('FindMissing', { sessionId, ids: [] }))).toMatch(/^FAILED_PRECONDITION: backup session [0-9a-f]+ is unknown, finished or expired/);
     expect(await failure(upload(agent, sessionId, [rawBlob(Buffer.from('late'))]))).toMatch(/^FAILED_PRECONDITION: backup session /);
     expect(await failure(agent.unary('CommitBackup', { sessionId, rootTree: hash(orphan) }))).toMatch(/^FAILED_PRECONDITION: backup session /);
