@@ -1,7 +1,7 @@
 import { promises as fs, type BigIntStats } from 'node:fs';
 import path from 'node:path';
 import { Chunker } from '../common/chunker.js';
-import { readChunks } from '../common/chunk-reader.js';
+import { readBufferSize, readChunks } from '../common/chunk-reader.js';
 import { hash } from '../common/hash.js';
 import type { Node } from '../common/messages.js';
 import { compareNames, emptyNode, encodeTree } from '../common/tree.js';
@@ -34,6 +34,29 @@ export interface BlobSink {
 
 export type ParentTreeReader = (id: Buffer) => Promise<Node[]>;
 
+/** Files read at once: enough to keep the libuv pool busy on small files. */
+const FILES_IN_FLIGHT = 16;
+/** Large files at once, each with its own read buffer (2 x the maximum chunk). */
+const LARGE_FILES_IN_FLIGHT = 2;
+
+/** A counting semaphore that hands out the read buffers of large files. */
+class Slots<T> {
+  private waiters: Array<(v: T) => void> = [];
+  constructor(private readonly free: T[]) {}
+
+  async take(): Promise<T> {
+    const v = this.free.pop();
+    if (v !== undefined) return v;
+    return new Promise<T>((resolve) => this.waiters.push(resolve));
+  }
+
+  give(v: T): void {
+    const w = this.waiters.shift();
+    if (w) w(v);
+    else this.free.push(v);
+  }
+}
+
 /**
  * Walks directories depth first, turns each into a tree blob (entries sorted by name), and
  * reuses the chunk list of every file whose size, mtime, ctime and inode match the parent
@@ -44,6 +67,8 @@ export class Archiver {
   readonly stats: ArchiveStats = { files: 0, dirs: 0, symlinks: 0, bytes: 0, bytesRead: 0, filesReused: 0, bytesReused: 0, errors: 0, skipped: 0 };
   readonly problems: ArchiveProblem[] = [];
   private readonly reader: DirReader;
+  private readonly fileSlots = new Slots<number>(Array.from({ length: FILES_IN_FLIGHT }, (_, i) => i));
+  private readonly readBuffers: Slots<Buffer>;
 
   constructor(
     private readonly chunker: Chunker,
@@ -54,6 +79,7 @@ export class Archiver {
     signal?: AbortSignal,
   ) {
     this.reader = new DirReader(excludes, { problem: (p, err) => this.problem(p, err), skipped: () => this.stats.skipped++ }, signal);
+    this.readBuffers = new Slots<Buffer>(Array.from({ length: LARGE_FILES_IN_FLIGHT }, () => Buffer.allocUnsafeSlow(readBufferSize(chunker))));
   }
 
   private problem(p: string, err: unknown): void {
@@ -92,40 +118,59 @@ export class Archiver {
   private async archiveDir(abs: string, rel: string, parentTree: Buffer | undefined, isRoot: boolean): Promise<Buffer> {
     this.stats.dirs++;
     const parentNodes = parentTree ? await this.parentMap(parentTree) : new Map<string, Node>();
-    const nodes: Node[] = [];
-    for (const e of await this.reader.entries(abs, rel, isRoot)) {
+    const entries = await this.reader.entries(abs, rel, isRoot);
+    const nodes: Array<Node | undefined> = new Array(entries.length);
+    // Files are read concurrently (bounded by fileSlots) while the walk goes on; each result
+    // lands at its entry's index, so the tree keeps the sorted order.
+    const reading: Array<Promise<void>> = [];
+    for (let i = 0; i < entries.length; i++) {
+      const e = entries[i];
       const prev = parentNodes.get(e.name);
       if (e.type === 'DIR') {
         const subtree = await this.archiveDir(e.abs, e.rel, prev?.type === 'DIR' ? prev.subtree : undefined, false);
-        nodes.push(dirNode(e.name, e.st, subtree));
+        nodes[i] = dirNode(e.name, e.st, subtree);
       } else if (e.type === 'SYMLINK') {
         try {
           const node = metaNode(e.name, 'SYMLINK', e.st);
           node.target = await fs.readlink(e.abs);
-          nodes.push(node);
+          nodes[i] = node;
           this.stats.symlinks++;
         } catch (err) {
           this.problem(e.abs, err);
         }
       } else {
-        const node = await this.archiveFile(e.abs, e.name, e.st, prev);
-        if (node) nodes.push(node);
+        const reused = this.reuse(e.name, e.st, prev);
+        if (reused) {
+          nodes[i] = reused;
+          continue;
+        }
+        const slot = await this.fileSlots.take();
+        reading.push(
+          this.archiveFile(e.abs, e.name, e.st)
+            .then((node) => void (nodes[i] = node))
+            .finally(() => this.fileSlots.give(slot)),
+        );
       }
     }
-    return this.storeTree(nodes);
+    await Promise.all(reading);
+    return this.storeTree(nodes.filter((n): n is Node => n !== undefined));
   }
 
-  private async archiveFile(abs: string, name: string, st: BigIntStats, prev: Node | undefined): Promise<Node | undefined> {
+  /** The parent's node for an unchanged file (same size, mtime, ctime, inode): nothing is read. */
+  private reuse(name: string, st: BigIntStats, prev: Node | undefined): Node | undefined {
     const node = metaNode(name, 'FILE', st);
-    if (prev && prev.type === 'FILE' && prev.size === node.size && prev.mtimeNs === node.mtimeNs && prev.ctimeNs === node.ctimeNs && prev.inode === node.inode) {
-      node.chunks = prev.chunks;
-      this.stats.files++;
-      this.stats.filesReused++;
-      this.stats.bytes += Number(st.size);
-      this.stats.bytesReused += Number(st.size);
-      this.onProgress(this.stats);
-      return node;
-    }
+    if (!prev || prev.type !== 'FILE' || prev.size !== node.size || prev.mtimeNs !== node.mtimeNs || prev.ctimeNs !== node.ctimeNs || prev.inode !== node.inode) return undefined;
+    node.chunks = prev.chunks;
+    this.stats.files++;
+    this.stats.filesReused++;
+    this.stats.bytes += Number(st.size);
+    this.stats.bytesReused += Number(st.size);
+    this.onProgress(this.stats);
+    return node;
+  }
+
+  private async archiveFile(abs: string, name: string, st: BigIntStats): Promise<Node | undefined> {
+    const node = metaNode(name, 'FILE', st);
     let fh: fs.FileHandle;
     try {
       fh = await fs.open(abs, 'r');
@@ -134,15 +179,7 @@ export class Archiver {
       return undefined;
     }
     try {
-      let size = 0;
-      for await (const chunk of readChunks(fh, this.chunker)) {
-        const id = hash(chunk);
-        node.chunks.push(id);
-        size += chunk.length;
-        this.stats.bytesRead += chunk.length;
-        await this.sink.offer(id, chunk, 'DATA');
-        this.onProgress(this.stats);
-      }
+      const size = (await this.readWhole(fh, Number(st.size), node)) ?? (await this.readStreaming(fh, node));
       // A file that changed while we read it is recorded as what we read.
       node.size = String(size);
       this.stats.files++;
@@ -154,6 +191,47 @@ export class Archiver {
     } finally {
       await fh.close();
     }
+  }
+
+  /**
+   * A file below the minimum chunk size is exactly one chunk: one read into a buffer of its
+   * size (plus one byte, to notice growth), no shared read buffer needed. Undefined when the
+   * file turned out larger than its stat said: the caller then streams it.
+   */
+  private async readWhole(fh: fs.FileHandle, size: number, node: Node): Promise<number | undefined> {
+    if (size >= this.chunker.minSize) return undefined;
+    const buf = Buffer.allocUnsafeSlow(size + 1);
+    let got = 0;
+    while (got < buf.length) {
+      const { bytesRead } = await fh.read(buf, got, buf.length - got, got);
+      if (bytesRead === 0) break;
+      got += bytesRead;
+    }
+    if (got > size) return undefined;
+    if (got > 0) await this.offerChunk(ownedBuffer(buf.subarray(0, got)), node);
+    return got;
+  }
+
+  private async readStreaming(fh: fs.FileHandle, node: Node): Promise<number> {
+    const buf = await this.readBuffers.take();
+    try {
+      let size = 0;
+      for await (const chunk of readChunks(fh, this.chunker, undefined, buf)) {
+        size += chunk.length;
+        await this.offerChunk(chunk, node);
+      }
+      return size;
+    } finally {
+      this.readBuffers.give(buf);
+    }
+  }
+
+  private async offerChunk(chunk: Buffer, node: Node): Promise<void> {
+    const id = hash(chunk);
+    node.chunks.push(id);
+    this.stats.bytesRead += chunk.length;
+    await this.sink.offer(id, chunk, 'DATA');
+    this.onProgress(this.stats);
   }
 
   private async storeTree(nodes: Node[]): Promise<Buffer> {

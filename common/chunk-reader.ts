@@ -13,6 +13,7 @@ export async function* readChunks(
   fh: FileHandle,
   chunker: Chunker,
   readSize?: number,
+  readBuffer?: Buffer,
 ): AsyncGenerator<Buffer<ArrayBuffer>> {
   if (readSize !== undefined && !(Number.isSafeInteger(readSize) && readSize > 0)) {
     throw new RangeError(`readSize must be a positive integer, got ${readSize}`);
@@ -20,7 +21,8 @@ export async function* readChunks(
   const maxSize = chunker.maxSize;
   // Twice maxSize: after cut() asks for more data, fewer than maxSize bytes are pending, so
   // moving them to the front always leaves room for at least maxSize more.
-  const buf = Buffer.allocUnsafeSlow(Math.max(MIN_READ_BUFFER, 2 * maxSize));
+  const buf = readBuffer ?? Buffer.allocUnsafeSlow(readBufferSize(chunker));
+  if (buf.length < 2 * maxSize) throw new RangeError(`read buffer of ${buf.length} bytes is smaller than twice the maximum chunk`);
   let start = 0;
   let end = 0;
   let filePos = 0;
@@ -44,6 +46,11 @@ export async function* readChunks(
     }
   }
   if (start < end) yield copyOut(buf, start, end - start);
+}
+
+/** The read buffer readChunks needs; callers that read many files allocate it once and pass it in. */
+export function readBufferSize(chunker: Chunker): number {
+  return Math.max(MIN_READ_BUFFER, 2 * chunker.maxSize);
 }
 
 function copyOut(buf: Buffer, start: number, len: number): Buffer<ArrayBuffer> {
