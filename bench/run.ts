@@ -20,6 +20,7 @@ import { encodeLocation, IndexDb, chunkKey } from '../server/index-db.js';
 import { applyDayOfChanges, buildManifest, ByteStream, generateDataset, generateSmallTree, manifestBytes, verifyTree, type ChangeSummary, type DatasetSummary, type Manifest } from './dataset.js';
 import { dirBytes, run } from './measure.js';
 import { formatSummary, summarise } from './profile.js';
+import { selfCheck } from './selfcheck.js';
 import { BorgTool, CairnS3Tool, CairnTool, CLI_JS, ensureInstalled, ResticTool, startCairnServer, stopCairnServer, toolVersion, type StepMeasure, type Tool, type ToolOptions } from './tools.js';
 
 const MiB = 1024 * 1024;
@@ -66,6 +67,7 @@ interface Options {
   profile?: string;
   keep: boolean;
   timeout: string;
+  selfCheck: boolean;
 }
 
 function log(msg: string): void {
@@ -408,6 +410,7 @@ async function main(): Promise<void> {
     .option('--index-fill <n>', 'server RSS with an index grown to N chunks (synthetic keys)')
     .option('--profile <dir>', 'cpu-profile cairn client and server during the first snapshot')
     .option('--keep', 'keep the scratch directory', false)
+    .option('--no-self-check', 'skip the check of the generator and the restore verifier')
     .addOption(new Option('--timeout <s>', 'per command').default('1800'))
     .parse();
   const o = program.opts<Options>();
@@ -429,6 +432,10 @@ async function main(): Promise<void> {
     if (o.json) await writeFile(o.json, JSON.stringify(out, null, 2) + '\n');
   };
   try {
+    if (o.selfCheck) {
+      await selfCheck();
+      log('self-check passed: the generator is deterministic and the verifier catches wrong restores');
+    }
     if (o.main) await mainComparison(o, out);
     await save();
     if (o.scaling || o.scaling1m) await scaling(o, o.scaling1m ? [10_000, 100_000, 1_000_000] : [10_000, 100_000], out);
