@@ -6,6 +6,7 @@ import { parseDurationMs } from '../common/durations.js';
 import { CairnError, Code, invalidArgument } from '../common/errors.js';
 import { parseSize } from '../common/units.js';
 import { DEFAULT_MAX_SHRINK, defaultHost, parseShare } from './backup.js';
+import type { TlsFlags } from './connection.js';
 import type { ExcludeOptions } from './excludes.js';
 import { parseCron, type Schedule } from './scheduler.js';
 
@@ -28,6 +29,8 @@ export interface AgentConfig {
   /** Unset (and no token_file): the CLI's --token / CAIRN_TOKEN. */
   token?: string;
   tokenFile?: string;
+  /** Unset: the CLI's --tls* flags. `false` in the file turns TLS off whatever the flags say. */
+  tls?: TlsFlags;
   host: string;
   logLevel: string;
   channels: number;
@@ -65,7 +68,7 @@ class Fields {
   private readonly used = new Set<string>();
 
   constructor(
-    private readonly file: string,
+    readonly file: string,
     readonly where: string,
     value: unknown,
   ) {
@@ -151,6 +154,19 @@ function positiveDuration(f: Fields, key: string): number | undefined {
   return ms;
 }
 
+/** `tls: true` (system CAs), `tls: false`, or a mapping of ca, cert, key (PEM files) and server_name. */
+function readTls(top: Fields, dir: string): TlsFlags | undefined {
+  const v = top.raw('tls');
+  if (v === undefined || v === null) return undefined;
+  if (typeof v === 'boolean') return { tls: v };
+  const f = new Fields(top.file, 'tls', v);
+  const file = (key: string) => f.parse(key, (p) => path.resolve(dir, p));
+  const flags: TlsFlags = { tls: true, tlsCa: file('ca'), tlsCert: file('cert'), tlsKey: file('key'), tlsServerName: f.str('server_name') };
+  if (!flags.tlsCert !== !flags.tlsKey) throw f.error(flags.tlsCert ? 'key' : 'cert', 'a client certificate needs both cert and key');
+  f.done();
+  return flags;
+}
+
 function readPolicy(f: Fields, dataset: string): Policy | undefined {
   const policy: Policy = {
     dataset,
@@ -233,6 +249,7 @@ export function parseAgentConfig(text: string, file: string): AgentConfig {
     server: top.str('server'),
     token: top.str('token'),
     tokenFile: top.parse('token_file', (p) => path.resolve(dir, p)),
+    tls: readTls(top, dir),
     host,
     logLevel,
     channels: top.int('channels', 1) ?? 2,

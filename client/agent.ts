@@ -5,7 +5,7 @@ import type { HeartbeatRequest } from '../common/query-messages.js';
 import { loadAgentConfig, type AgentConfig, type DatasetConfig } from './agent-config.js';
 import { runBackup } from './backup.js';
 import { EXIT, type GlobalOpts } from './cli-common.js';
-import { Connection } from './connection.js';
+import { Connection, tlsFromFlags, type TlsOptions } from './connection.js';
 import { ExcludeMatcher } from './excludes.js';
 import { backoffMs, describeSchedule, nextDue, Semaphore, sleepUntil } from './scheduler.js';
 
@@ -32,10 +32,10 @@ export class Agent {
 
   constructor(
     private readonly config: AgentConfig,
-    connection: { server: string; token?: string },
+    connection: { server: string; token?: string; tls?: TlsOptions },
   ) {
     this.log = createLogger(config.logLevel, 'cairn-agent');
-    this.conn = new Connection({ server: connection.server, token: connection.token, channels: config.channels });
+    this.conn = new Connection({ ...connection, channels: config.channels });
     this.slots = new Semaphore(config.maxConcurrent);
     for (const d of config.datasets) if (d.policy) this.policyPending.add(d);
   }
@@ -54,7 +54,7 @@ export class Agent {
     process.on('SIGINT', onSignal);
     const { config } = this;
     this.log.info(
-      { config: config.file, server: this.conn.opts.server, host: config.host, once, datasets: config.datasets.map((d) => ({ name: d.name, paths: d.paths, schedule: describeSchedule(d.schedule) })) },
+      { config: config.file, server: this.conn.opts.server, tls: this.conn.opts.tls !== undefined, host: config.host, once, datasets: config.datasets.map((d) => ({ name: d.name, paths: d.paths, schedule: describeSchedule(d.schedule) })) },
       'agent started',
     );
     try {
@@ -93,7 +93,9 @@ export class Agent {
   /**
    * A keep_* policy from the config is stored on the server, where it applies after each
    * commit. At startup a policy the server calls invalid stops the agent (it is a config
-   * error); any other failure is logged and tried again before the dataset's next run.
+   * error). A token that may not store policies (agent tokens may not: a policy reaches every
+   * host's snapshots of the dataset) is reported once, and snapshots go on. Any other failure
+   * is logged and tried again before the dataset's next run.
    */
   private async storePolicy(d: DatasetConfig, startup: boolean): Promise<void> {
     try {
@@ -103,6 +105,14 @@ export class Agent {
     } catch (err) {
       const e = toCairnError(err);
       if (startup && e.code === Code.INVALID_ARGUMENT) throw invalidArgument(`${this.config.file}: datasets.${d.name}: the server refused its keep_* policy: ${e.message}`);
+      if (e.code === Code.PERMISSION_DENIED) {
+        this.policyPending.delete(d);
+        this.log.error(
+          { dataset: d.name, code: codeName(e.code), err: e.message },
+          'retention policy not stored: this token may not set policies; snapshots go on without it. Set it with `cairn policy set` and an admin token, or remove keep_* from the config',
+        );
+        return;
+      }
       this.log.error({ dataset: d.name, code: codeName(e.code), err: e.message }, 'retention policy not stored; trying again before the next run');
     }
   }
@@ -181,7 +191,7 @@ export function registerAgentCommand(program: Command): void {
     .action(async (o: { config: string; once: boolean }, cmd: Command) => {
       const g = cmd.optsWithGlobals<GlobalOpts>();
       const config = await loadAgentConfig(o.config);
-      const agent = new Agent(config, { server: config.server ?? g.server, token: config.token ?? g.token });
+      const agent = new Agent(config, { server: config.server ?? g.server, token: config.token ?? g.token, tls: tlsFromFlags(config.tls ?? g) });
       process.exitCode = await agent.run(o.once);
     });
 }

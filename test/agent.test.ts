@@ -4,6 +4,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseAgentConfig } from '../client/agent-config.js';
 import { backoffMs, nextDue } from '../client/scheduler.js';
+import { createToken } from './auth-helpers.js';
 import { cleanupTmp, ROOT, runCli, startServer, tmpDir, type ServerHandle } from './harness.js';
 import { randomBytes, writeFile } from './tree-gen.js';
 
@@ -57,6 +58,21 @@ datasets:
     const c = parseAgentConfig(await fs.readFile(file, 'utf8'), file);
     expect(c.datasets.map((d) => d.name)).toEqual(['experiments', 'self-play']);
     expect(c.datasets[0].policy).toMatchObject({ keepLast: 48, keepDaily: 14, keepWeekly: 8 });
+  });
+
+  it('reads TLS as true, false, or files relative to the config', () => {
+    const ds = 'datasets:\n  ws: { paths: [/ws], every: 1h }\n';
+    expect(parse(`tls: true\n${ds}`).tls).toEqual({ tls: true });
+    expect(parse(`tls: false\n${ds}`).tls).toEqual({ tls: false });
+    expect(parse(`tls: { ca: ca.pem, cert: /pki/node.pem, key: /pki/node.key, server_name: backup }\n${ds}`).tls).toEqual({
+      tls: true,
+      tlsCa: '/etc/cairn/ca.pem',
+      tlsCert: '/pki/node.pem',
+      tlsKey: '/pki/node.key',
+      tlsServerName: 'backup',
+    });
+    expect(error(`tls: { cert: node.pem }\n${ds}`)).toContain('tls.key: a client certificate needs both cert and key');
+    expect(error(`tls: { cafile: ca.pem }\n${ds}`)).toContain('tls.cafile: unknown field');
   });
 
   it('names the file and the field in every error', () => {
@@ -234,6 +250,29 @@ datasets:
     const rows = await status();
     expect(rows.find((r) => r.dataset === 'empty' && r.host === 'cron-node')?.lastError).toContain('holds no files to back up');
     expect(rows.find((r) => r.dataset === 'ok' && r.host === 'cron-node')?.failing).toBe(false);
+  });
+
+  it('with an agent token: snapshots and heartbeats for its own host; a keep_* policy it may not store is reported once and snapshots go on', async () => {
+    const guarded = await startServer();
+    try {
+      const agentToken = await createToken(guarded.storeSpec, 'default', 'agent', 'gpu-3');
+      const reader = await createToken(guarded.storeSpec, 'default', 'reader', 'dashboard');
+      await fs.writeFile(path.join(dir, 'gpu-3.token'), `${agentToken}\n`);
+      await writeFile(path.join(dir, 'gpu3-data/m.json'), '{}');
+      await fs.writeFile(path.join(dir, 'token.yaml'), `host: gpu-3\ntoken_file: gpu-3.token\ndatasets:\n  gpu3: { paths: [gpu3-data], every: 1h, keep_last: 2 }\n`);
+      const agent = startAgent(['--config', path.join(dir, 'token.yaml'), '--once'], guarded.addr);
+      expect(await agent.exited).toBe(0);
+      expect(count(agent.lines, 'snapshot saved', 'gpu3')).toBe(1);
+      const refused = agent.lines.filter((l) => String(l.msg).startsWith('retention policy not stored: this token may not set policies'));
+      expect(refused.length).toBe(1);
+      expect(refused[0].err).toMatch(/^SetPolicy needs a token with role admin/);
+      const st = await runCli(['--json', 'status'], { server: guarded.addr, env: { CAIRN_TOKEN: reader } });
+      const row = JSON.parse(st.stdout.trim()) as StatusJson;
+      expect(row).toMatchObject({ dataset: 'gpu3', host: 'gpu-3', failing: false });
+      expect(row.lastSnapshot).not.toBe('');
+    } finally {
+      await guarded.stop();
+    }
   });
 
   it('SIGTERM mid-snapshot aborts the session, records nothing and exits 0', async () => {
