@@ -1,6 +1,9 @@
 # One image for both roles:
+#   docker run --rm -v /srv/cairn:/data cairn server --store file:/data token create --repo default --role admin --name ops
 #   docker run -p 7420:7420 -v /srv/cairn:/data cairn                      # server (embedded folder store)
 #   docker run -v /etc/cairn:/etc/cairn -v /data:/data cairn agent --config /etc/cairn/agent.yaml
+# The server listens on 0.0.0.0 in the container, and a server reachable from the network
+# refuses to start without access control: create a token first (above), or pass --insecure.
 FROM node:20-bookworm-slim AS build
 WORKDIR /app
 # zstd-napi builds from source with node-gyp.

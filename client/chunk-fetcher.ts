@@ -41,22 +41,39 @@ export class ChunkFetcher {
     }
   }
 
-  private async fetchBatch(ids: Buffer[], what: string): Promise<Buffer[]> {
+  /**
+   * One ReadChunks call: the raw, verified bytes of `ids`, in the order asked. `what` names
+   * the file a chunk belongs to, so every error says which file it hurts.
+   */
+  async fetchBatch(ids: Buffer[], what: string | ((id: Buffer) => string)): Promise<Buffer[]> {
+    const describe = typeof what === 'string' ? () => what : what;
     const unique = [...new Map(ids.map((id) => [toHex(id), id])).values()];
     const got = new Map<string, Buffer>();
+    const stream = this.conn.stream<Blob>('ReadChunks', { ids: unique });
     try {
-      for await (const blob of this.conn.stream<Blob>('ReadChunks', { ids: unique })) {
-        got.set(toHex(blob.id), this.verify(blob, what));
+      for (;;) {
+        let next: IteratorResult<Blob>;
+        try {
+          next = await stream.next();
+        } catch (err) {
+          // The server's own NOT_FOUND or DATA_LOSS names the chunk; add the file it belongs to.
+          if (err instanceof CairnError && (err.code === Code.NOT_FOUND || err.code === Code.DATA_LOSS)) {
+            const hex = /[0-9a-f]{64}/.exec(err.message)?.[0];
+            const owner = unique.find((id) => toHex(id) === hex) ?? unique[0];
+            throw dataLoss(`${describe(owner)}: ${err.message}`);
+          }
+          throw err;
+        }
+        if (next.done) break;
+        got.set(toHex(next.value.id), this.verify(next.value, describe(next.value.id)));
       }
-    } catch (err) {
-      if (err instanceof CairnError && (err.code === Code.NOT_FOUND || err.code === Code.DATA_LOSS)) {
-        throw dataLoss(`${what}: ${err.message}`);
-      }
-      throw err;
+    } finally {
+      // Stops the call when verification throws mid-stream.
+      await stream.return(undefined);
     }
     return ids.map((id) => {
       const raw = got.get(toHex(id));
-      if (!raw) throw dataLoss(`${what}: server did not return chunk ${toHex(id)}`);
+      if (!raw) throw dataLoss(`${describe(id)}: server did not return chunk ${toHex(id)}`);
       return raw;
     });
   }

@@ -13,7 +13,23 @@ import { registerAdminCommands } from './admin-commands.js';
 import { registerAgentCommand } from './agent.js';
 import { registerQueryCommands } from './query-commands.js';
 import { describePlan, freeSpace, printDryRun, restorePlan } from './plans.js';
-import { parseOverwrite, Restorer } from './restorer.js';
+import { parseOverwrite, Restorer, type RestoreStats } from './restorer.js';
+import { promises as fs } from 'node:fs';
+
+async function isEmptyOrMissing(dir: string): Promise<boolean> {
+  try {
+    return (await fs.readdir(dir)).length === 0;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return true;
+    throw err;
+  }
+}
+
+/** What restoring a whole snapshot into an empty directory writes, from its summary. */
+function statsOf(s: Snapshot): RestoreStats {
+  const n = (v: string) => Number(v);
+  return { files: n(s.summary.files), dirs: n(s.summary.dirs), symlinks: n(s.summary.symlinks), bytes: n(s.summary.bytes), filesSkippedSame: 0, filesKeptLocal: 0, filesOverwritten: 0 };
+}
 
 /** Peak resident memory of this process, reported so memory bounds can be checked from outside. */
 function peakRss(): number {
@@ -124,8 +140,11 @@ export function buildProgram(): Command {
         const hello = await conn.unary<HelloReply>('Hello', {});
         const snapshot = await conn.unary<Snapshot>('GetSnapshot', { ref: o.snapshot, dataset: o.dataset ?? '', host: o.host ?? '', tag: '' });
         // The plan is a dry run of this very restore, so it decides each file exactly as the restore will.
+        // Into an empty target nothing can conflict: the snapshot's own totals are the plan, and
+        // the tree is walked once, not twice.
         const planner = new Restorer(conn, hello, { target, overwrite, includes: o.include, dryRun: true, confineSymlinks: o.confineSymlinks });
-        const plan = restorePlan(await planner.restore(snapshot), await freeSpace(target));
+        const fresh = !o.dryRun && o.include.length === 0 && (await isEmptyOrMissing(target));
+        const plan = restorePlan(fresh ? statsOf(snapshot) : await planner.restore(snapshot), await freeSpace(target));
         if (o.dryRun) {
           if (g.json) out(JSON.stringify({ snapshot: snapshot.id, target, dryRun: true, plan, stats: planner.stats, conflicts: planner.conflicts }));
           else {
@@ -194,6 +213,14 @@ export function buildProgram(): Command {
 }
 
 export async function main(argv: string[]): Promise<number> {
+  // Snapshot and restore issue many small file-system calls at once; libuv's default of 4
+  // threads serialises them. Read when the pool first starts, which has not happened yet.
+  process.env.UV_THREADPOOL_SIZE ??= '16';
+  // `cairn history | head` closes our stdout early: that is the reader's choice, not an error.
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(EXIT.OK);
+    throw err;
+  });
   const program = buildProgram();
   try {
     await program.parseAsync(argv);

@@ -4,7 +4,7 @@ import { DEFAULT_CHUNKER_PARAMS, validateChunkerParams, type ChunkerParams } fro
 import { BlobDecompressor, DEFAULT_LEVEL } from '../common/compression.js';
 import { CairnError, Code, dataLoss, failedPrecondition, invalidArgument, notFound } from '../common/errors.js';
 import { hash, ID_BYTES, isHexId, toHex } from '../common/hash.js';
-import type { Node, Snapshot, SnapshotSummary } from '../common/messages.js';
+import type { Node, Snapshot } from '../common/messages.js';
 import { packKey, parsePack } from '../common/pack-format.js';
 import { decodeTree } from '../common/tree.js';
 import { chunkKey, encodeLocation, IndexDb, packInfoKey, protectKey, snapKey, snapTimeKey, verifiedKey, type Batch, type Location } from './index-db.js';
@@ -38,18 +38,7 @@ export interface RepositoryOptions {
 }
 
 /** The record written to `snapshots/<id>`; its BLAKE3 is the snapshot id. Key order is fixed. */
-export interface SnapshotRecord {
-  version: number;
-  dataset: string;
-  host: string;
-  paths: string[];
-  tags: string[];
-  time: string;
-  parent: string;
-  rootTree: string;
-  summary: SnapshotSummary;
-  clientVersion: string;
-}
+export type SnapshotRecord = { version: number } & Omit<Snapshot, 'id' | 'protected'>;
 
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 
