@@ -63,6 +63,7 @@ interface Options {
   main: boolean;
   scaling: boolean;
   scaling1m: boolean;
+  scalingFiles?: string;
   indexFill?: string;
   profile?: string;
   keep: boolean;
@@ -407,6 +408,7 @@ async function main(): Promise<void> {
     .option('--no-main', 'skip the main comparison (scaling / index-fill only)')
     .option('--scaling', 'no-change snapshot time at 10k and 100k small files', false)
     .option('--scaling-1m', 'also at 1M small files', false)
+    .option('--scaling-files <list>', 'scaling run at these file counts instead, e.g. 1000000')
     .option('--index-fill <n>', 'server RSS with an index grown to N chunks (synthetic keys)')
     .option('--profile <dir>', 'cpu-profile cairn client and server during the first snapshot')
     .option('--keep', 'keep the scratch directory', false)
@@ -438,7 +440,8 @@ async function main(): Promise<void> {
     }
     if (o.main) await mainComparison(o, out);
     await save();
-    if (o.scaling || o.scaling1m) await scaling(o, o.scaling1m ? [10_000, 100_000, 1_000_000] : [10_000, 100_000], out);
+    if (o.scalingFiles) await scaling(o, o.scalingFiles.split(',').map(Number), out);
+    else if (o.scaling || o.scaling1m) await scaling(o, o.scaling1m ? [10_000, 100_000, 1_000_000] : [10_000, 100_000], out);
     await save();
     if (o.indexFill) await indexFill(o, Number(o.indexFill), out);
     await save();
