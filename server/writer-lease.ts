@@ -23,6 +23,8 @@ interface LeaseRecord {
 export class WriterLease {
   private readonly me: LeaseRecord;
   private timer: NodeJS.Timeout | undefined;
+  private refreshing: Promise<void> = Promise.resolve();
+  private released = false;
 
   constructor(
     private readonly store: ObjectStore,
@@ -50,7 +52,9 @@ export class WriterLease {
   async acquire(): Promise<void> {
     for (let attempt = 0; attempt < 3; attempt++) {
       if (await this.store.putIfAbsent(LEASE_KEY, this.record())) {
-        this.timer = setInterval(() => void this.refresh(), Math.max(500, this.ttlMs / 3)).unref();
+        this.timer = setInterval(() => {
+          this.refreshing = this.refreshing.then(() => this.refresh());
+        }, Math.max(500, this.ttlMs / 3)).unref();
         this.log.info({ holder: this.me.holder, ttlMs: this.ttlMs }, 'writer lease acquired');
         return;
       }
@@ -79,6 +83,7 @@ export class WriterLease {
   }
 
   private async refresh(): Promise<void> {
+    if (this.released) return;
     try {
       const cur = await this.current();
       if (cur?.holder !== this.me.holder) {
@@ -94,6 +99,9 @@ export class WriterLease {
 
   async release(): Promise<void> {
     clearInterval(this.timer);
+    this.released = true;
+    // A refresh already on its way would write the lease back after we delete it.
+    await this.refreshing;
     const cur = await this.current().catch(() => undefined);
     if (cur?.holder === this.me.holder) await this.store.delete([LEASE_KEY]);
   }
