@@ -201,7 +201,9 @@ export class S3Store implements ObjectStore {
         await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, Body: data, ContentLength: data.length, IfNoneMatch: '*' }));
         return 'written';
       } catch (err) {
-        if (httpStatus(err) === 412) return 'theirs';
+        // 412 can answer our own earlier attempt whose reply was lost while it was still being
+        // stored: the bytes say whose object it is.
+        if (httpStatus(err) === 412) return (await this.getIfExists(key))?.equals(data) ? 'ours' : 'theirs';
         answerLost ||= isNetworkError(err);
         throw err;
       }
