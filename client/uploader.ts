@@ -4,7 +4,7 @@ import { toHex } from '../common/hash.js';
 import type { Blob, BlobKind, UploadReply } from '../common/messages.js';
 import type { CompressPool } from './compress-pool.js';
 import type { Connection } from './connection.js';
-import { FIND_MISSING_BATCH, SNAPSHOT_WINDOW_BYTES, UPLOAD_MESSAGE_BYTES } from './limits.js';
+import { FIND_MISSING_BATCH, SNAPSHOT_WINDOW_BLOBS, SNAPSHOT_WINDOW_BYTES, UPLOAD_MESSAGE_BLOBS, UPLOAD_MESSAGE_BYTES } from './limits.js';
 
 interface Asked {
   id: Buffer;
@@ -20,7 +20,7 @@ export interface UploadStats {
 
 const MAX_FIND_MISSING_IN_FLIGHT = 4;
 /** Ids this run already offered; beyond this it forgets them and lets the server dedup. */
-const MAX_REMEMBERED_IDS = 1_000_000;
+const MAX_REMEMBERED_IDS = 100_000;
 
 /**
  * The upload half of a backup session: asks the server which chunks it lacks (in batches),
@@ -75,7 +75,7 @@ export class Uploader {
     if (this.offered.size >= MAX_REMEMBERED_IDS) this.offered.clear();
     this.offered.add(hex);
     const cost = raw.length + 256;
-    while (this.windowUsed > 0 && this.windowUsed + cost > SNAPSHOT_WINDOW_BYTES && !this.failure) {
+    while (this.windowUsed > 0 && (this.windowUsed + cost > SNAPSHOT_WINDOW_BYTES || this.tasks.size >= SNAPSHOT_WINDOW_BLOBS) && !this.failure) {
       await new Promise<void>((resolve) => this.windowWaiters.push(resolve));
     }
     this.throwIfFailed();
@@ -142,7 +142,7 @@ export class Uploader {
     s.batchBytes += blob.data.length;
     this.stats.blobsUploaded++;
     this.stats.bytesUploaded += blob.data.length;
-    if (s.batchBytes >= UPLOAD_MESSAGE_BYTES) await this.writeBatch(s);
+    if (s.batchBytes >= UPLOAD_MESSAGE_BYTES || s.batch.length >= UPLOAD_MESSAGE_BLOBS) await this.writeBatch(s);
   }
 
   private async writeBatch(s: (typeof this.streams)[number]): Promise<void> {

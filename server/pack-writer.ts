@@ -25,6 +25,11 @@ export interface PackWriterOptions {
   segmentEvery: number;
 }
 
+/** Entries indexed since the last segment that trigger a new one, whatever the pack count. */
+const SEGMENT_MAX_ENTRIES = 20_000;
+/** LevelDB puts per batch: one batch per segment would hold every entry's key and value at once. */
+const BATCH_OPS = 5_000;
+
 interface OpenPack {
   parts: Buffer[];
   entries: PackEntry[];
@@ -47,6 +52,7 @@ export class PackWriter {
   private readonly open = new Map<BlobKind, OpenPack>();
   private readonly pending = new Set<string>();
   private uploaded: SegmentPack[] = [];
+  private uploadedEntries = 0;
   private readonly queue: queueAsPromised<SealedPack>;
   private queued = 0;
   private waiters: Array<() => void> = [];
@@ -98,6 +104,7 @@ export class PackWriter {
     try {
       await this.store.put(packKey(toHex(id)), sealed.data);
       this.uploaded.push({ id, size: sealed.data.length, kind: sealed.kind, entries: sealed.entries });
+      this.uploadedEntries += sealed.entries.length;
     } catch (err) {
       // The blobs of a lost pack must be uploadable again: forget them and report at the next flush.
       for (const e of sealed.entries) this.pending.delete(toHex(e.id));
@@ -108,7 +115,11 @@ export class PackWriter {
       this.waiters = [];
       for (const w of waiters) w();
     }
-    if (this.uploaded.length >= this.opts.segmentEvery) this.indexing = this.indexing.then(() => this.writeIndex());
+    // By entries too: a pack of small files holds tens of thousands, and every one waiting for
+    // its segment costs memory (measured: 1M small files grew the server past 1 GiB).
+    if (this.uploaded.length >= this.opts.segmentEvery || this.uploadedEntries >= SEGMENT_MAX_ENTRIES) {
+      this.indexing = this.indexing.then(() => this.writeIndex());
+    }
   }
 
   /** Makes every blob added so far durable and indexed (a commit calls this first). */
@@ -127,15 +138,20 @@ export class PackWriter {
     if (this.uploaded.length === 0) return;
     const packs = this.uploaded;
     this.uploaded = [];
+    this.uploadedEntries = 0;
     try {
       const segment = encodeSegment(packs);
       await this.store.put(segmentKey(segment.id), segment.data);
-      const ops: Batch = [];
+      let ops: Batch = [];
       for (const p of packs) {
         const packHex = toHex(p.id);
         ops.push({ type: 'put', key: packInfoKey(packHex), value: Buffer.from(JSON.stringify({ size: p.size, entries: p.entries.length, kind: p.kind })) });
         for (const e of p.entries) {
           ops.push({ type: 'put', key: chunkKey(e.id), value: encodeLocation({ pack: p.id, offset: e.offset, storedLength: e.storedLength, rawLength: e.rawLength, kind: e.kind, compressed: e.compressed }) });
+          if (ops.length >= BATCH_OPS) {
+            await this.index.batch(ops);
+            ops = [];
+          }
         }
       }
       await this.index.batch(ops);
