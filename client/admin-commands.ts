@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import type { CheckProblem, CheckReply, ForgetDecision, ForgetReply, Policy, PruneReply } from '../common/admin-messages.js';
+import { emptyPolicy, type CheckProblem, type CheckReply, type ForgetDecision, type ForgetReply, type Policy, type PruneReply } from '../common/admin-messages.js';
 import { invalidArgument } from '../common/errors.js';
 import { shortId } from '../common/hash.js';
 import type { Snapshot } from '../common/messages.js';
@@ -43,22 +43,7 @@ function count(text: string, flag: string): number {
 
 /** The policy named by --keep-* options, and whether any was given. */
 function policyFromOptions(o: Record<string, unknown>, dataset: string): { policy: Policy; given: boolean } {
-  const policy: Policy = {
-    dataset,
-    keepLast: 0,
-    keepHourly: 0,
-    keepDaily: 0,
-    keepWeekly: 0,
-    keepMonthly: 0,
-    keepYearly: 0,
-    keepWithin: '',
-    keepWithinHourly: '',
-    keepWithinDaily: '',
-    keepWithinWeekly: '',
-    keepWithinMonthly: '',
-    keepWithinYearly: '',
-    keepTags: (o.keepTag as string[]) ?? [],
-  };
+  const policy: Policy = { ...emptyPolicy(dataset), keepTags: (o.keepTag as string[]) ?? [] };
   let given = policy.keepTags.length > 0;
   for (const [flag, field] of COUNT_FLAGS) {
     const v = o[camel(`keep-${flag}`)];

@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { parseDocument } from 'yaml';
-import type { Policy } from '../common/admin-messages.js';
+import { emptyPolicy, type Policy } from '../common/admin-messages.js';
 import { parseDurationMs } from '../common/durations.js';
 import { CairnError, Code, invalidArgument } from '../common/errors.js';
 import { parseSize } from '../common/units.js';
@@ -168,22 +168,7 @@ function readTls(top: Fields, dir: string): TlsFlags | undefined {
 }
 
 function readPolicy(f: Fields, dataset: string): Policy | undefined {
-  const policy: Policy = {
-    dataset,
-    keepLast: 0,
-    keepHourly: 0,
-    keepDaily: 0,
-    keepWeekly: 0,
-    keepMonthly: 0,
-    keepYearly: 0,
-    keepWithin: '',
-    keepWithinHourly: '',
-    keepWithinDaily: '',
-    keepWithinWeekly: '',
-    keepWithinMonthly: '',
-    keepWithinYearly: '',
-    keepTags: f.strList('keep_tags'),
-  };
+  const policy: Policy = { ...emptyPolicy(dataset), keepTags: f.strList('keep_tags') };
   let given = policy.keepTags.length > 0;
   for (const [key, field] of KEEP_COUNTS) {
     const n = f.int(key, 0);

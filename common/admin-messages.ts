@@ -23,6 +23,26 @@ export interface Policy {
   keepTags: string[];
 }
 
+/** A policy that keeps nothing by any rule: the base every --keep-* option or keep_* field fills in. */
+export function emptyPolicy(dataset: string): Policy {
+  return {
+    dataset,
+    keepLast: 0,
+    keepHourly: 0,
+    keepDaily: 0,
+    keepWeekly: 0,
+    keepMonthly: 0,
+    keepYearly: 0,
+    keepWithin: '',
+    keepWithinHourly: '',
+    keepWithinDaily: '',
+    keepWithinWeekly: '',
+    keepWithinMonthly: '',
+    keepWithinYearly: '',
+    keepTags: [],
+  };
+}
+
 export interface ForgetRequest {
   policy: Policy | null;
   dataset: string;

@@ -2,6 +2,7 @@ import { randomInt } from 'node:crypto';
 import { CairnError, Code, invalidArgument } from '../common/errors.js';
 import { fromHex, hash, isHexId, toHex } from '../common/hash.js';
 import type { Node, Snapshot } from '../common/messages.js';
+import type { CheckProblem } from '../common/admin-messages.js';
 import { packKey, parsePack } from '../common/pack-format.js';
 import { decodeTree } from '../common/tree.js';
 import { exclusiveMaintenance } from './gc-lock.js';
@@ -19,16 +20,6 @@ export interface CheckOptions {
   part?: { n: number; m: number };
 }
 
-export interface CheckProblem {
-  kind: string;
-  message: string;
-  pack: string;
-  chunk: string;
-  /** Snapshots that reference the bad blob (or a blob of the bad pack). */
-  snapshots: string[];
-  /** Paths in those snapshots that reference it, at most MAX_FILES_PER_PROBLEM. */
-  files: string[];
-}
 
 export interface CheckResult {
   problems: CheckProblem[];
