@@ -24,8 +24,6 @@ export interface RunOptions {
   timeoutMs?: number;
   /** Commands whose exit code is allowed besides 0 (borg exits 1 on warnings). */
   okCodes?: number[];
-  /** Called with the pid of the measured process once it runs (for cpu profiles, etc). */
-  label?: string;
 }
 
 export interface RunResult {

@@ -111,7 +111,7 @@ async function mainComparison(o: Options, out: Record<string, unknown>): Promise
   const before: Manifest = await buildManifest(dataDir);
   const bytesBefore = manifestBytes(before);
 
-  const toolOpts: ToolOptions = { work: path.join(o.work, 'tools'), timeoutMs: Number(o.timeout) * 1000, channels: o.channels ? Number(o.channels) : undefined, log };
+  const toolOpts: ToolOptions = { work: path.join(o.work, 'tools'), timeoutMs: Number(o.timeout) * 1000, channels: o.channels ? Number(o.channels) : undefined };
   const results: ToolResult[] = [];
   const live: Array<{ tool: Tool; result: ToolResult }> = [];
   for (const name of o.tools.split(',').map((s) => s.trim()).filter(Boolean)) {

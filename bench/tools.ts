@@ -55,7 +55,6 @@ export interface ToolOptions {
   channels?: number;
   /** cairn: write CPU profiles of client and server during the first snapshot and the restore here. */
   profileDir?: string;
-  log?: (msg: string) => void;
 }
 
 function lastJsonLine(out: string): unknown {
@@ -195,15 +194,6 @@ export class CairnTool implements Tool {
 
   async cacheBytes(): Promise<number> {
     return 0;
-  }
-
-  /** Server RSS right now (for the index-fill runs). */
-  serverRss(): number {
-    return this.server?.watched.rss() ?? 0;
-  }
-
-  get address(): string {
-    return this.server!.addr;
   }
 
   async close(): Promise<void> {
