@@ -7,7 +7,7 @@ import { blake3 } from '@napi-rs/blake-hash';
  * which creates a stream per call.
  */
 export function hash(data: Uint8Array): Buffer {
-  return blake3(data);
+  return blake3(Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength));
 }
 
 export const ID_BYTES = 32;
