@@ -17,6 +17,9 @@ import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { EXCLUDED_DIRS } from './dataset.js';
+import { Connection } from '../client/connection.js';
+import type { HelloReply } from '../common/messages.js';
+import type { RequestCounts } from '../server/object-store.js';
 import { dirBytes, run, waitForReady, Watched, type RunResult } from './measure.js';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -265,16 +268,36 @@ export class CairnS3Tool extends CairnTool {
 
   override async backup(src: string): Promise<StepMeasure> {
     this.s3!.watched.resetPeak();
+    const before = await this.storeRequests();
     const m = await super.backup(src);
     m.processes.s3rver = this.s3!.watched.peak();
+    m.report = { cli: m.report, storeRequests: this.requestsSince(before, await this.storeRequests(), 'snapshot') };
     return m;
   }
 
   override async restore(target: string): Promise<StepMeasure & { root: string }> {
     this.s3!.watched.resetPeak();
+    const before = await this.storeRequests();
     const m = await super.restore(target);
     m.processes.s3rver = this.s3!.watched.peak();
+    m.report = { cli: m.report, storeRequests: this.requestsSince(before, await this.storeRequests(), 'restore') };
     return m;
+  }
+
+  /** The server's S3 request counters (R2 and S3 bill per request), from Hello. */
+  private async storeRequests(): Promise<RequestCounts> {
+    const conn = new Connection({ server: this.server!.addr });
+    try {
+      return JSON.parse((await conn.unary<HelloReply>('Hello', {})).storeRequests) as RequestCounts;
+    } finally {
+      conn.close();
+    }
+  }
+
+  private requestsSince(a: RequestCounts, b: RequestCounts, step: string): RequestCounts {
+    const d = Object.fromEntries(Object.keys(b).map((k) => [k, b[k as keyof RequestCounts] - a[k as keyof RequestCounts]])) as unknown as RequestCounts;
+    console.log(`  cairn-s3 ${step}: S3 requests PUT ${d.put}, GET ${d.get}, LIST ${d.list}, DELETE ${d.delete}, HEAD ${d.head}, retries ${d.retries}; ${(d.bytesUp / 1048576).toFixed(1)} MiB up, ${(d.bytesDown / 1048576).toFixed(1)} MiB down`);
+    return d;
   }
 
   override async repoBytes(): Promise<number> {
