@@ -385,8 +385,13 @@ function restoredMode(node: Node): number {
   return node.mode & 0o1777;
 }
 
+/**
+ * Seconds as the double utimes takes. A double near 1.8e9 s resolves ~240 ns and libuv
+ * truncates it to nanoseconds, so aiming at the exact microsecond can land just below it
+ * (and below a millisecond boundary): aim at the middle of the microsecond instead.
+ */
 function mtimeSeconds(node: Node): number {
-  return Number(BigInt(node.mtimeNs) / 1000n) / 1e6;
+  return (Number(BigInt(node.mtimeNs) / 1000n) + 0.5) / 1e6;
 }
 
 async function applyMetaToHandle(fh: fs.FileHandle, node: Node): Promise<void> {
