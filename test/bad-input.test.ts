@@ -3,11 +3,11 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Connection } from '../client/connection.js';
 import { BlobCompressor } from '../common/compression.js';
-import { CairnError, codeName } from '../common/errors.js';
 import { hash, toHex } from '../common/hash.js';
 import type { BeginBackupReply, Blob, Snapshot, UploadReply } from '../common/messages.js';
 import { emptyNode, encodeTree } from '../common/tree.js';
 import { cleanupTmp, cliJson, runCli, startServer, tmpDir, type ServerHandle } from './harness.js';
+import { failure, rawBlob } from './auth-helpers.js';
 import { randomBytes, writeFile } from './tree-gen.js';
 
 async function upload(conn: Connection, sessionId: string, blobs: Blob[]): Promise<UploadReply> {
@@ -15,20 +15,6 @@ async function upload(conn: Connection, sessionId: string, blobs: Blob[]): Promi
   call.write({ sessionId, blobs });
   call.end();
   return result;
-}
-
-function rawBlob(data: Buffer, kind: Blob['kind'] = 'DATA'): Blob {
-  return { id: hash(data), kind, compression: 'NONE', rawLength: data.length, data };
-}
-
-async function codeOf(p: Promise<unknown>): Promise<string> {
-  try {
-    await p;
-  } catch (err) {
-    expect(err).toBeInstanceOf(CairnError);
-    return `${codeName((err as CairnError).code)}: ${(err as CairnError).message}`;
-  }
-  throw new Error('expected the call to fail');
 }
 
 function fileTree(name: string, chunks: Buffer[], size: number): Buffer {
@@ -58,7 +44,7 @@ describe('the server refuses bad input with a status code and stores nothing', (
     const { sessionId } = await begin();
     const data = Buffer.from('honest bytes');
     const forged: Blob = { ...rawBlob(data), data: Buffer.from('poisoned!!!!') };
-    expect(await codeOf(upload(conn, sessionId, [forged]))).toMatch(/^INVALID_ARGUMENT: blob [0-9a-f]{64}: content does not hash to its id; nothing stored$/);
+    expect(await failure(upload(conn, sessionId, [forged]))).toMatch(/^INVALID_ARGUMENT: blob [0-9a-f]{64}: content does not hash to its id; nothing stored$/);
     const { sessionId: s2 } = await begin();
     const reply = await conn.unary<{ missing: Buffer[] }>('FindMissing', { sessionId: s2, ids: [forged.id] });
     expect(reply.missing.map(toHex)).toEqual([toHex(forged.id)]);
@@ -69,13 +55,13 @@ describe('the server refuses bad input with a status code and stores nothing', (
     const real = randomBytes(4096, 9).toString('hex');
     const packed = new BlobCompressor().compress(Buffer.from(real));
     const lie: Blob = { id: hash(Buffer.from(real)), kind: 'DATA', compression: 'ZSTD', rawLength: real.length + 10, data: packed.data };
-    expect(await codeOf(upload(conn, sessionId, [lie]))).toMatch(/^INVALID_ARGUMENT: blob [0-9a-f]{64}: zstd frame declares \d+ bytes but the blob says \d+$/);
+    expect(await failure(upload(conn, sessionId, [lie]))).toMatch(/^INVALID_ARGUMENT: blob [0-9a-f]{64}: zstd frame declares \d+ bytes but the blob says \d+$/);
   });
 
   it('refuses a blob whose declared raw length passes the chunker maximum, before inflating it', async () => {
     const { sessionId } = await begin();
     const bomb: Blob = { id: hash(Buffer.from('x')), kind: 'DATA', compression: 'ZSTD', rawLength: 1 << 30, data: Buffer.from('not even zstd') };
-    expect(await codeOf(upload(conn, sessionId, [bomb]))).toMatch(/^INVALID_ARGUMENT: blob [0-9a-f]{64}: raw length 1073741824 passes the limit of 4194304 bytes for DATA blobs$/);
+    expect(await failure(upload(conn, sessionId, [bomb]))).toMatch(/^INVALID_ARGUMENT: blob [0-9a-f]{64}: raw length 1073741824 passes the limit of 4194304 bytes for DATA blobs$/);
   });
 
   it('refuses a commit that references an unknown chunk (FAILED_PRECONDITION naming it)', async () => {
@@ -83,28 +69,28 @@ describe('the server refuses bad input with a status code and stores nothing', (
     const ghost = hash(Buffer.from('never uploaded'));
     const tree = fileTree('ghost.bin', [ghost], 14);
     await upload(conn, sessionId, [rawBlob(tree, 'TREE')]);
-    const msg = await codeOf(conn.unary('CommitBackup', { sessionId, rootTree: hash(tree), clientVersion: 't' }));
+    const msg = await failure(conn.unary('CommitBackup', { sessionId, rootTree: hash(tree), clientVersion: 't' }));
     expect(msg).toBe(`FAILED_PRECONDITION: commit references unknown chunk ${toHex(ghost)} (file /ghost.bin); upload it first`);
   });
 
   it('refuses a commit whose root tree was never uploaded', async () => {
     const { sessionId } = await begin();
     const root = hash(Buffer.from('no such tree'));
-    expect(await codeOf(conn.unary('CommitBackup', { sessionId, rootTree: root, clientVersion: 't' }))).toBe(
+    expect(await failure(conn.unary('CommitBackup', { sessionId, rootTree: root, clientVersion: 't' }))).toBe(
       `FAILED_PRECONDITION: commit references unknown tree ${toHex(root)} (directory /); upload it first`,
     );
   });
 
   it('refuses unknown and finished sessions', async () => {
-    expect(await codeOf(conn.unary('FindMissing', { sessionId: 'deadbeef', ids: [] }))).toBe('FAILED_PRECONDITION: backup session deadbeef is unknown, finished or expired; start a new backup');
+    expect(await failure(conn.unary('FindMissing', { sessionId: 'deadbeef', ids: [] }))).toBe('FAILED_PRECONDITION: backup session deadbeef is unknown, finished or expired; start a new backup');
     const { sessionId } = await begin('finished');
     const data = Buffer.from('content');
     const tree = fileTree('f', [hash(data)], data.length);
     await upload(conn, sessionId, [rawBlob(data), rawBlob(tree, 'TREE')]);
     const snap = await conn.unary<Snapshot>('CommitBackup', { sessionId, rootTree: hash(tree), clientVersion: 't' });
     expect(snap.dataset).toBe('finished');
-    expect(await codeOf(conn.unary('CommitBackup', { sessionId, rootTree: hash(tree), clientVersion: 't' }))).toMatch(/^FAILED_PRECONDITION: backup session [0-9a-f]+ is unknown, finished or expired/);
-    expect(await codeOf(upload(conn, sessionId, [rawBlob(Buffer.from('late'))]))).toMatch(/^FAILED_PRECONDITION: backup session/);
+    expect(await failure(conn.unary('CommitBackup', { sessionId, rootTree: hash(tree), clientVersion: 't' }))).toMatch(/^FAILED_PRECONDITION: backup session [0-9a-f]+ is unknown, finished or expired/);
+    expect(await failure(upload(conn, sessionId, [rawBlob(Buffer.from('late'))]))).toMatch(/^FAILED_PRECONDITION: backup session/);
   });
 
   it('refuses a tree blob with entries that would escape a restore target', async () => {
@@ -114,17 +100,17 @@ describe('the server refuses bad input with a status code and stores nothing', (
     const Tree = protoRoot.lookupType('cairn.v1.Tree');
     for (const name of ['..', 'a/b', '', 'nul\0byte']) {
       const bytes = Buffer.from(Tree.encode(Tree.fromObject({ nodes: [{ name, type: 'FILE' }] })).finish());
-      expect(await codeOf(upload(conn, sessionId, [rawBlob(bytes, 'TREE')]))).toMatch(/^INVALID_ARGUMENT: tree [0-9a-f]{64}: /);
+      expect(await failure(upload(conn, sessionId, [rawBlob(bytes, 'TREE')]))).toMatch(/^INVALID_ARGUMENT: tree [0-9a-f]{64}: /);
     }
   });
 
   it('refuses malformed ids and oversized requests', async () => {
     const { sessionId } = await begin();
-    expect(await codeOf(conn.unary('FindMissing', { sessionId, ids: [Buffer.alloc(5)] }))).toBe('INVALID_ARGUMENT: chunk id must be a 32-byte id, got 5 bytes');
+    expect(await failure(conn.unary('FindMissing', { sessionId, ids: [Buffer.alloc(5)] }))).toBe('INVALID_ARGUMENT: chunk id must be a 32-byte id, got 5 bytes');
     const many = Array.from({ length: 10_001 }, (_, i) => hash(Buffer.from(String(i))));
-    expect(await codeOf(conn.unary('FindMissing', { sessionId, ids: many }))).toBe('INVALID_ARGUMENT: FindMissing takes at most 10000 ids per call, got 10001');
+    expect(await failure(conn.unary('FindMissing', { sessionId, ids: many }))).toBe('INVALID_ARGUMENT: FindMissing takes at most 10000 ids per call, got 10001');
     const huge = Buffer.alloc(70 * 1024 * 1024);
-    expect(await codeOf(upload(conn, sessionId, [rawBlob(huge)]))).toMatch(/^RESOURCE_EXHAUSTED: .*(larger than max|message)/i);
+    expect(await failure(upload(conn, sessionId, [rawBlob(huge)]))).toMatch(/^RESOURCE_EXHAUSTED: .*(larger than max|message)/i);
   });
 
   it('stops a restore of a corrupted pack with DATA_LOSS naming the file and chunk, and writes no wrong bytes', async () => {
