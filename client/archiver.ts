@@ -103,7 +103,7 @@ export class Archiver {
       const subtree = await this.archiveDir(root, name, prev?.type === 'DIR' ? prev.subtree : undefined, true);
       nodes.push(dirNode(name, st, subtree));
     }
-    return this.storeTree(nodes);
+    return this.storeTree(nodes, parentRoot);
   }
 
   private async parentMap(treeId: Buffer): Promise<Map<string, Node>> {
@@ -153,7 +153,7 @@ export class Archiver {
       }
     }
     await Promise.all(reading);
-    return this.storeTree(nodes.filter((n): n is Node => n !== undefined));
+    return this.storeTree(nodes.filter((n): n is Node => n !== undefined), parentTree);
   }
 
   /** The parent's node for an unchanged file (same size, mtime, ctime, inode): nothing is read. */
@@ -216,10 +216,15 @@ export class Archiver {
     this.onProgress(this.stats);
   }
 
-  private async storeTree(nodes: Node[]): Promise<Buffer> {
+  /**
+   * A tree equal to the parent snapshot's tree at the same path is not offered: the server
+   * has it, and the session pinned the parent's root, so prune keeps everything below it. An
+   * unchanged walk then asks the server about nothing.
+   */
+  private async storeTree(nodes: Node[], parentTree: Buffer | undefined): Promise<Buffer> {
     const data = encodeTree(nodes);
     const id = hash(data);
-    await this.sink.offer(id, ownedBuffer(data), 'TREE');
+    if (!parentTree?.equals(id)) await this.sink.offer(id, ownedBuffer(data), 'TREE');
     return id;
   }
 }
