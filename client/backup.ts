@@ -4,7 +4,7 @@ import path from 'node:path';
 import { Chunker } from '../common/chunker.js';
 import { CairnError, Code, failedPrecondition, invalidArgument } from '../common/errors.js';
 import { shortId, toHex } from '../common/hash.js';
-import type { BeginBackupReply, BlobKind, HelloReply, Node, Snapshot } from '../common/messages.js';
+import type { BeginBackupReply, BlobKind, HelloReply, Snapshot } from '../common/messages.js';
 import { formatBytes } from '../common/units.js';
 import { CLIENT_VERSION } from '../common/version.js';
 import { Archiver, type ArchiveProblem, type ArchiveStats, type BlobSink } from './archiver.js';
@@ -13,6 +13,7 @@ import type { Connection } from './connection.js';
 import type { ExcludeMatcher } from './excludes.js';
 import { FIND_MISSING_BATCH } from './limits.js';
 import { describeLargest, prescan, type ScanSummary } from './scan.js';
+import { readTree } from './tree-reader.js';
 import { Uploader } from './uploader.js';
 
 export const DEFAULT_MAX_SHRINK = 0.5;
@@ -67,12 +68,6 @@ export function parseShare(text: string, what: string): number {
   const pct = Number(m?.[1]);
   if (!m || pct > 100) throw invalidArgument(`${what} ${JSON.stringify(text)} must be a percentage from 0% to 100%, such as 50%`);
   return pct / 100;
-}
-
-export async function readWholeTree(conn: Connection, id: Buffer): Promise<Node[]> {
-  const nodes: Node[] = [];
-  for await (const msg of conn.stream<{ nodes: Node[] }>('ReadTree', { id })) nodes.push(...msg.nodes);
-  return nodes;
 }
 
 async function resolveRoots(paths: string[]): Promise<string[]> {
@@ -165,7 +160,7 @@ export async function runBackup(conn: Connection, opts: BackupOptions): Promise<
   const { roots, hello, begin, scan } = await startSession(conn, opts);
   const pool = new CompressPool(hello.compressionLevel);
   const uploader = new Uploader(conn, begin.sessionId, pool);
-  const archiver = new Archiver(new Chunker(hello.chunker), uploader, opts.excludes, (id) => readWholeTree(conn, id), opts.onProgress, opts.signal);
+  const archiver = new Archiver(new Chunker(hello.chunker), uploader, opts.excludes, (id) => readTree(conn, id, `parent tree ${toHex(id)}`), opts.onProgress, opts.signal);
   const onAbort = () => uploader.abort();
   opts.signal?.addEventListener('abort', onAbort);
   try {
@@ -256,7 +251,7 @@ export async function dryRunBackup(conn: Connection, opts: BackupOptions): Promi
   const { roots, hello, begin, scan } = await startSession(conn, opts);
   try {
     const counter = new MissingCounter(conn, begin.sessionId, opts.signal);
-    const archiver = new Archiver(new Chunker(hello.chunker), counter, opts.excludes, (id) => readWholeTree(conn, id), opts.onProgress, opts.signal);
+    const archiver = new Archiver(new Chunker(hello.chunker), counter, opts.excludes, (id) => readTree(conn, id, `parent tree ${toHex(id)}`), opts.onProgress, opts.signal);
     await archiver.archive(roots, begin.parent ? Buffer.from(begin.parent.rootTree, 'hex') : undefined);
     await counter.flush();
     return { dataset: opts.dataset, host: opts.host, parent: begin.parent, scan, stats: archiver.stats, problems: archiver.problems, upload: counter.upload, seconds: (Date.now() - started) / 1000 };

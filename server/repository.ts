@@ -139,14 +139,6 @@ export class Repository {
     return loc;
   }
 
-  /** Reads one blob, inflates and re-hashes it: corruption surfaces as DATA_LOSS naming pack and blob. */
-  async readRaw(id: Buffer, what: string): Promise<Buffer> {
-    const loc = await this.locateOrThrow(id, what);
-    const packHex = toHex(loc.pack);
-    const stored = await this.store.getRange(packKey(packHex), loc.offset, loc.storedLength);
-    return this.inflateVerified(id, loc, stored);
-  }
-
   inflateVerified(id: Buffer, loc: Location, stored: Buffer): Buffer {
     const where = `${loc.kind === 'TREE' ? 'tree' : 'chunk'} ${toHex(id)} in pack ${toHex(loc.pack)}`;
     let raw: Buffer;
@@ -379,7 +371,7 @@ function packOps(packHex: string, packId: Buffer, size: number, kind: string, en
   return ops;
 }
 
-export function recordToSnapshot(id: string, r: SnapshotRecord, isProtected: boolean): Snapshot {
+function recordToSnapshot(id: string, r: SnapshotRecord, isProtected: boolean): Snapshot {
   return {
     id,
     dataset: r.dataset,

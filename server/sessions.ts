@@ -75,11 +75,6 @@ export class SessionManager {
     await s.repo.index.deletePrefix(`pin/${s.id}/`);
   }
 
-  /** Ids of live sessions (prune treats their pins as roots). */
-  liveIds(): Set<string> {
-    return new Set(this.sessions.keys());
-  }
-
   async expire(now = Date.now()): Promise<void> {
     for (const s of [...this.sessions.values()]) {
       if (now - s.lastUsed > this.limits.idleTimeoutMs) {
