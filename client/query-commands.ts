@@ -1,10 +1,11 @@
 import type { Command } from 'commander';
 import { once } from 'node:events';
 import { parseDurationMs, parseTimeArg } from '../common/durations.js';
-import { dataLoss, invalidArgument, notFound } from '../common/errors.js';
-import { shortId } from '../common/hash.js';
+import { Code, dataLoss, invalidArgument, notFound } from '../common/errors.js';
+import { shortId, toHex } from '../common/hash.js';
 import type { Node, Snapshot } from '../common/messages.js';
 import { DEFAULT_STALE_AFTER, type DiffEntry, type FindMatch, type StatsReply, type StatusReply, type StatusRow } from '../common/query-messages.js';
+import { validateNodes } from '../common/tree.js';
 import { formatBytes } from '../common/units.js';
 import { ChunkFetcher } from './chunk-fetcher.js';
 import { connect, EXIT } from './cli-common.js';
@@ -95,12 +96,17 @@ async function locate(conn: Connection, snap: Snapshot, p: string): Promise<Loca
  * arrive as ReadTree pages, so a huge directory is never held whole; a deeper directory is
  * read while its parent's stream waits.
  */
-async function* walk(conn: Connection, tree: Buffer, dir: string, recursive: boolean): AsyncGenerator<Located> {
+async function* walk(conn: Connection, tree: Buffer, dir: string, recursive: boolean, ancestors: ReadonlySet<string> = new Set()): AsyncGenerator<Located> {
+  // Content-addressed trees cannot contain themselves: a cycle means a hostile or broken server.
+  const here = new Set(ancestors).add(toHex(tree));
   for await (const msg of conn.stream<{ nodes: Node[] }>('ReadTree', { id: tree })) {
+    validateNodes(msg.nodes, `directory /${dir} (tree ${toHex(tree)})`, Code.DATA_LOSS);
     for (const node of msg.nodes) {
       const path = dir === '' ? node.name : `${dir}/${node.name}`;
       yield { path, node };
-      if (recursive && node.type === 'DIR') yield* walk(conn, node.subtree, path, true);
+      if (!recursive || node.type !== 'DIR') continue;
+      if (here.has(toHex(node.subtree))) throw dataLoss(`directory /${path} (tree ${toHex(node.subtree)}) contains itself; the server's trees are corrupt`);
+      yield* walk(conn, node.subtree, path, true, here);
     }
   }
 }

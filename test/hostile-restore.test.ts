@@ -150,6 +150,15 @@ describe('restore from a hostile server writes nothing outside the target', () =
     expect(await list(target)).toEqual({});
   });
 
+  it('ls -R stops at a tree that contains itself instead of walking forever', async () => {
+    const loop = hash(Buffer.from('a tree id the server serves as its own child'));
+    evil.trees.set(toHex(loop), [node('again', 'DIR', { subtree: loop })]);
+    evil.serve([node('loop', 'DIR', { subtree: loop })]);
+    const r = await runCli(['ls', 'latest', '--recursive'], { server: evil.addr });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/DATA_LOSS: directory \/loop\/again \(tree [0-9a-f]{64}\) contains itself/);
+  });
+
   it('refuses a bad name deep in the tree too', async () => {
     const r = await restore([dir('sub', [dir('deeper', [file('../../../escape', 'pwned')])])]);
     expect(r.code).toBe(1);
