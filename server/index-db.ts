@@ -71,6 +71,21 @@ export function prefixEnd(prefix: string): string {
 
 export type Batch = Array<{ type: 'put'; key: string; value: Buffer } | { type: 'del'; key: string }>;
 
+export interface IndexedPack {
+  id: Buffer;
+  size: number;
+  kind: BlobKind;
+  entries: ReadonlyArray<{ id: Buffer; offset: number; storedLength: number; rawLength: number; kind: BlobKind; compressed: boolean }>;
+}
+
+/** The LevelDB puts that make a stored pack's blobs findable: its pack/ record, then one chunk/ location per blob. */
+export function* packIndexOps(p: IndexedPack): Generator<Batch[number]> {
+  yield { type: 'put', key: packInfoKey(toHex(p.id)), value: Buffer.from(JSON.stringify({ size: p.size, entries: p.entries.length, kind: p.kind })) };
+  for (const e of p.entries) {
+    yield { type: 'put', key: chunkKey(e.id), value: encodeLocation({ pack: p.id, offset: e.offset, storedLength: e.storedLength, rawLength: e.rawLength, kind: e.kind, compressed: e.compressed }) };
+  }
+}
+
 const EMPTY = Buffer.alloc(0);
 
 export class IndexDb {

@@ -5,7 +5,7 @@ import { encodeTrailer, packKey, type PackEntry } from '../common/pack-format.js
 import type { BlobKind } from '../common/messages.js';
 import type { ObjectStore } from './object-store.js';
 import { encodeSegment, segmentKey, type SegmentPack } from './index-segment.js';
-import { chunkKey, encodeLocation, packInfoKey, type Batch, type IndexDb } from './index-db.js';
+import { packIndexOps, type Batch, type IndexDb } from './index-db.js';
 import { toCairnError } from '../common/errors.js';
 
 export interface VerifiedBlob {
@@ -144,10 +144,8 @@ export class PackWriter {
       await this.store.put(segmentKey(segment.id), segment.data);
       let ops: Batch = [];
       for (const p of packs) {
-        const packHex = toHex(p.id);
-        ops.push({ type: 'put', key: packInfoKey(packHex), value: Buffer.from(JSON.stringify({ size: p.size, entries: p.entries.length, kind: p.kind })) });
-        for (const e of p.entries) {
-          ops.push({ type: 'put', key: chunkKey(e.id), value: encodeLocation({ pack: p.id, offset: e.offset, storedLength: e.storedLength, rawLength: e.rawLength, kind: e.kind, compressed: e.compressed }) });
+        for (const op of packIndexOps(p)) {
+          ops.push(op);
           if (ops.length >= BATCH_OPS) {
             await this.index.batch(ops);
             ops = [];

@@ -7,7 +7,7 @@ import { hash, ID_BYTES, isHexId, toHex } from '../common/hash.js';
 import type { Node, Snapshot } from '../common/messages.js';
 import { packKey, parsePack } from '../common/pack-format.js';
 import { decodeTree } from '../common/tree.js';
-import { chunkKey, encodeLocation, IndexDb, packInfoKey, protectKey, snapKey, snapTimeKey, verifiedKey, type Batch, type Location } from './index-db.js';
+import { IndexDb, packIndexOps, protectKey, snapKey, snapTimeKey, verifiedKey, type Batch, type Location } from './index-db.js';
 import { decodeSegment } from './index-segment.js';
 import type { ObjectStore } from './object-store.js';
 import { PackWriter, type VerifiedBlob } from './pack-writer.js';
@@ -318,7 +318,7 @@ export class Repository {
           const packHex = toHex(p.id);
           if (!(await this.store.head(packKey(packHex)))) continue;
           known.add(packHex);
-          ops.push(...packOps(packHex, p.id, p.size, p.kind, p.entries));
+          ops.push(...packIndexOps(p));
         }
         await this.index.batch(ops);
         segments++;
@@ -334,7 +334,7 @@ export class Repository {
         const data = await this.store.get(o.key);
         const entries = parsePack(data, o.key);
         const kind = entries[0]?.kind ?? 'DATA';
-        await this.index.batch(packOps(packHex, Buffer.from(packHex, 'hex'), data.length, kind, entries));
+        await this.index.batch([...packIndexOps({ id: Buffer.from(packHex, 'hex'), size: data.length, kind, entries })]);
         packsFromTrailers++;
       } catch (err) {
         this.log.error({ pack: o.key, err: (err as Error).message }, 'unreadable pack skipped during rebuild');
@@ -361,14 +361,6 @@ export class Repository {
     this.log.info({ repository: this.name, segments, packsFromTrailers, snapshots }, 'index rebuilt');
     return { segments, packsFromTrailers, snapshots };
   }
-}
-
-function packOps(packHex: string, packId: Buffer, size: number, kind: string, entries: Array<{ id: Buffer; offset: number; storedLength: number; rawLength: number; kind: 'DATA' | 'TREE'; compressed: boolean }>): Batch {
-  const ops: Batch = [{ type: 'put', key: packInfoKey(packHex), value: Buffer.from(JSON.stringify({ size, entries: entries.length, kind })) }];
-  for (const e of entries) {
-    ops.push({ type: 'put', key: chunkKey(e.id), value: encodeLocation({ pack: packId, offset: e.offset, storedLength: e.storedLength, rawLength: e.rawLength, kind: e.kind, compressed: e.compressed }) });
-  }
-  return ops;
 }
 
 function recordToSnapshot(id: string, r: SnapshotRecord, isProtected: boolean): Snapshot {
