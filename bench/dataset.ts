@@ -420,24 +420,7 @@ export async function generateDataset(dir: string, opts: DatasetOptions): Promis
   await pool(p.vectors, 4, async (v) => add('vectors', await writeFloatFile(await ensureParent(dir, v.rel), v.size, `${opts.seed}/${v.rel}`)));
   await pool(p.images, 4, async (v) => add('images', await writeImageFile(await ensureParent(dir, v.rel), v.size, `${opts.seed}/${v.rel}`)));
   for (const d of p.dbs) add('databases', await writeDbFile(await ensureParent(dir, d.rel), d.pages, opts.seed, d.name));
-  const dirsMade = new Map<string, Promise<void>>();
-  await pool(
-    Array.from({ length: opts.small }, (_, i) => i),
-    32,
-    async (i) => {
-      const rel = smallPath(i);
-      const parent = path.dirname(rel);
-      let made = dirsMade.get(parent);
-      if (!made) {
-        made = mkdir(path.join(dir, parent), { recursive: true }).then(() => undefined);
-        dirsMade.set(parent, made);
-      }
-      await made;
-      const s = smallJson(i, 0, opts.seed);
-      await writeFile(path.join(dir, rel), s);
-      add('small json', Buffer.byteLength(s));
-    },
-  );
+  await writeSmallFiles(dir, opts.small, opts.seed, Infinity, (bytes) => add('small json', bytes));
   for (let r = 0; r < 8; r++) {
     const rel = `runs/run-${String(r).padStart(3, '0')}/config.json`;
     const s = JSON.stringify({ run: r, model: WORDS[r % WORDS.length], lr: 3e-4 * (r + 1), batch: 256, seed: opts.seed + r }, null, 2) + '\n';
@@ -542,12 +525,8 @@ export async function applyDayOfChanges(dir: string, opts: DatasetOptions): Prom
   return s;
 }
 
-/** Many small files only, for the scaling runs: `count` JSON files in directories of 500. */
-export async function generateSmallTree(dir: string, count: number, seed: number): Promise<{ files: number; bytes: number; seconds: number }> {
-  const started = Date.now();
-  await rm(dir, { recursive: true, force: true });
-  await mkdir(dir, { recursive: true });
-  let bytes = 0;
+/** `count` small JSON documents at smallPath(i), at most `maxLength` characters each, 32 written at once. */
+async function writeSmallFiles(dir: string, count: number, seed: number, maxLength: number, written: (bytes: number) => void): Promise<void> {
   const dirsMade = new Map<string, Promise<void>>();
   await pool(
     Array.from({ length: count }, (_, i) => i),
@@ -561,12 +540,21 @@ export async function generateSmallTree(dir: string, count: number, seed: number
         dirsMade.set(parent, made);
       }
       await made;
-      // Shorter documents than the main dataset: the scaling runs are about file count.
-      const s = smallJson(i, 0, seed).slice(0, 400);
+      const s = smallJson(i, 0, seed).slice(0, maxLength);
       await writeFile(path.join(dir, rel), s);
-      bytes += s.length;
+      written(Buffer.byteLength(s));
     },
   );
+}
+
+/** Many small files only, for the scaling runs: `count` JSON files in directories of 500. */
+export async function generateSmallTree(dir: string, count: number, seed: number): Promise<{ files: number; bytes: number; seconds: number }> {
+  const started = Date.now();
+  await rm(dir, { recursive: true, force: true });
+  await mkdir(dir, { recursive: true });
+  let bytes = 0;
+  // Shorter documents than the main dataset: the scaling runs are about file count.
+  await writeSmallFiles(dir, count, seed, 400, (n) => (bytes += n));
   await ageTree(dir, seed);
   return { files: count, bytes, seconds: (Date.now() - started) / 1000 };
 }
