@@ -33,24 +33,33 @@ export function packKey(packIdHex: string): string {
   return `packs/${packIdHex.slice(0, 2)}/${packIdHex}`;
 }
 
+/** The trailer and footer describing `entries`, as bytes to append after the blobs. */
 export function encodeTrailer(entries: PackEntry[]): Buffer {
-  const trailer = Buffer.allocUnsafe(entries.length * ENTRY_BYTES);
+  const out = Buffer.allocUnsafe(entries.length * ENTRY_BYTES + FOOTER_BYTES);
+  writeTrailer(out, 0, entries);
+  return out;
+}
+
+/** Writes the trailer and footer into `buf` at `at` (right after the blobs); returns the pack's length. */
+export function writeTrailer(buf: Buffer, at: number, entries: PackEntry[]): number {
+  const trailerLength = entries.length * ENTRY_BYTES;
+  if (at + trailerLength + FOOTER_BYTES > buf.length) throw new RangeError(`pack buffer of ${buf.length} bytes has no room for a ${trailerLength}-byte trailer at ${at}`);
   entries.forEach((e, i) => {
-    const o = i * ENTRY_BYTES;
-    e.id.copy(trailer, o);
-    trailer.writeBigUInt64BE(BigInt(e.offset), o + 32);
-    trailer.writeUInt32BE(e.storedLength, o + 40);
-    trailer.writeUInt32BE(e.rawLength, o + 44);
-    trailer.writeUInt8(e.kind === 'TREE' ? 1 : 0, o + 48);
-    trailer.writeUInt8(e.compressed ? 1 : 0, o + 49);
+    const o = at + i * ENTRY_BYTES;
+    e.id.copy(buf, o);
+    buf.writeBigUInt64BE(BigInt(e.offset), o + 32);
+    buf.writeUInt32BE(e.storedLength, o + 40);
+    buf.writeUInt32BE(e.rawLength, o + 44);
+    buf.writeUInt8(e.kind === 'TREE' ? 1 : 0, o + 48);
+    buf.writeUInt8(e.compressed ? 1 : 0, o + 49);
   });
-  const footer = Buffer.allocUnsafe(FOOTER_BYTES);
-  PACK_MAGIC.copy(footer, 0);
-  footer.writeUInt32BE(PACK_VERSION, 8);
-  footer.writeUInt32BE(entries.length, 12);
-  footer.writeUInt32BE(trailer.length, 16);
-  hash(trailer).copy(footer, 20);
-  return Buffer.concat([trailer, footer]);
+  const f = at + trailerLength;
+  PACK_MAGIC.copy(buf, f);
+  buf.writeUInt32BE(PACK_VERSION, f + 8);
+  buf.writeUInt32BE(entries.length, f + 12);
+  buf.writeUInt32BE(trailerLength, f + 16);
+  hash(buf.subarray(at, f)).copy(buf, f + 20);
+  return f + FOOTER_BYTES;
 }
 
 export interface ParsedFooter {

@@ -1,7 +1,7 @@
 import fastq from 'fastq';
 import type { queueAsPromised } from 'fastq';
 import { hash, toHex } from '../common/hash.js';
-import { encodeTrailer, packKey, type PackEntry } from '../common/pack-format.js';
+import { ENTRY_BYTES, FOOTER_BYTES, packKey, writeTrailer, type PackEntry } from '../common/pack-format.js';
 import type { BlobKind } from '../common/messages.js';
 import type { ObjectStore } from './object-store.js';
 import { encodeSegment, segmentKey, type SegmentPack } from './index-segment.js';
@@ -30,15 +30,22 @@ const SEGMENT_MAX_ENTRIES = 20_000;
 /** LevelDB puts per batch: one batch per segment would hold every entry's key and value at once. */
 const BATCH_OPS = 5_000;
 
+/**
+ * Room a pack buffer keeps beyond the target pack size: the blob that crosses the target and
+ * the trailer must still fit. A data blob is at most the chunker's 4 MiB maximum.
+ */
+const PACK_HEADROOM = 4 * 1024 * 1024 + 64 * 1024;
+
 interface OpenPack {
-  parts: Buffer[];
+  buf: Buffer;
   entries: PackEntry[];
   size: number;
 }
 
 interface SealedPack {
   kind: BlobKind;
-  data: Buffer;
+  buf: Buffer;
+  size: number;
   entries: PackEntry[];
 }
 
@@ -47,6 +54,12 @@ interface SealedPack {
  * bounded concurrency, and makes them findable in the crash-safe order:
  * pack objects, then an index segment naming them, then the LevelDB entries.
  * Until a blob's entry is in LevelDB it is "pending": known to dedup, not yet readable.
+ *
+ * Blobs are copied into pack buffers that are reused from pack to pack. Building each pack
+ * from the received messages and concatenating them made a gigabyte of fresh buffers per
+ * gigabyte uploaded, and freeing those cost the server more CPU (in garbage collection) than
+ * verifying the blobs did. The buffers in use are bounded: one open pack per kind plus
+ * maxQueuedPacks sealed ones.
  */
 export class PackWriter {
   private readonly open = new Map<BlobKind, OpenPack>();
@@ -58,6 +71,8 @@ export class PackWriter {
   private waiters: Array<() => void> = [];
   private failure: Error | undefined;
   private indexing: Promise<void> = Promise.resolve();
+  private readonly freeBuffers: Buffer[] = [];
+  private readonly bufferSize: number;
 
   constructor(
     private readonly store: ObjectStore,
@@ -65,24 +80,32 @@ export class PackWriter {
     private readonly opts: PackWriterOptions,
   ) {
     this.queue = fastq.promise(this, this.upload, opts.uploadConcurrency);
+    this.bufferSize = opts.packSize + PACK_HEADROOM;
   }
 
   isPending(idHex: string): boolean {
     return this.pending.has(idHex);
   }
 
-  /** Adds a blob; resolves when the writer can take more (the caller should stop reading until then). */
+  /**
+   * Adds a blob; resolves when the writer can take more (the caller should stop reading until
+   * then). The bytes are copied before this returns, so the caller may reuse `blob.data`.
+   */
   async add(blob: VerifiedBlob): Promise<void> {
     const hex = toHex(blob.id);
     if (this.pending.has(hex)) return;
     this.pending.add(hex);
     let pack = this.open.get(blob.kind);
+    if (pack && !fits(pack, blob.data.length)) {
+      this.seal(blob.kind);
+      pack = undefined;
+    }
     if (!pack) {
-      pack = { parts: [], entries: [], size: 0 };
+      pack = { buf: this.takeBuffer(blob.data.length), entries: [], size: 0 };
       this.open.set(blob.kind, pack);
     }
     pack.entries.push({ id: blob.id, offset: pack.size, storedLength: blob.data.length, rawLength: blob.rawLength, kind: blob.kind, compressed: blob.compressed });
-    pack.parts.push(blob.data);
+    blob.data.copy(pack.buf, pack.size);
     pack.size += blob.data.length;
     if (pack.size >= this.opts.packSize) this.seal(blob.kind);
     while (this.queued >= this.opts.maxQueuedPacks) {
@@ -90,26 +113,40 @@ export class PackWriter {
     }
   }
 
+  /** A pooled buffer, or a one-off one for a blob larger than the pool's (a big tree). */
+  private takeBuffer(blobLength: number): Buffer {
+    const need = blobLength + ENTRY_BYTES + FOOTER_BYTES;
+    if (need > this.bufferSize) return Buffer.allocUnsafeSlow(need);
+    return this.freeBuffers.pop() ?? Buffer.allocUnsafeSlow(this.bufferSize);
+  }
+
+  private giveBuffer(buf: Buffer): void {
+    // Two open packs (data, trees) and the sealed ones waiting: more would only sit there.
+    if (buf.length === this.bufferSize && this.freeBuffers.length < 2 + this.opts.maxQueuedPacks) this.freeBuffers.push(buf);
+  }
+
   private seal(kind: BlobKind): void {
     const pack = this.open.get(kind);
     if (!pack || pack.entries.length === 0) return;
     this.open.delete(kind);
-    const data = Buffer.concat([...pack.parts, encodeTrailer(pack.entries)]);
+    const size = writeTrailer(pack.buf, pack.size, pack.entries);
     this.queued++;
-    this.queue.push({ kind, data, entries: pack.entries }).catch(() => undefined);
+    this.queue.push({ kind, buf: pack.buf, size, entries: pack.entries }).catch(() => undefined);
   }
 
   private async upload(sealed: SealedPack): Promise<void> {
-    const id = hash(sealed.data);
+    const data = sealed.buf.subarray(0, sealed.size);
+    const id = hash(data);
     try {
-      await this.store.put(packKey(toHex(id)), sealed.data);
-      this.uploaded.push({ id, size: sealed.data.length, kind: sealed.kind, entries: sealed.entries });
+      await this.store.put(packKey(toHex(id)), data);
+      this.uploaded.push({ id, size: sealed.size, kind: sealed.kind, entries: sealed.entries });
       this.uploadedEntries += sealed.entries.length;
     } catch (err) {
       // The blobs of a lost pack must be uploadable again: forget them and report at the next flush.
       for (const e of sealed.entries) this.pending.delete(toHex(e.id));
       this.failure ??= toCairnError(err);
     } finally {
+      this.giveBuffer(sealed.buf);
       this.queued--;
       const waiters = this.waiters;
       this.waiters = [];
@@ -160,4 +197,9 @@ export class PackWriter {
     // Indexed blobs are found through LevelDB now; lost ones must be uploadable again.
     for (const p of packs) for (const e of p.entries) this.pending.delete(toHex(e.id));
   }
+}
+
+/** Whether one more blob and the trailer that will then describe it still fit the buffer. */
+function fits(pack: OpenPack, blobLength: number): boolean {
+  return pack.size + blobLength + (pack.entries.length + 1) * ENTRY_BYTES + FOOTER_BYTES <= pack.buf.length;
 }

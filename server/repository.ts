@@ -62,6 +62,8 @@ export class Repository {
   readonly writer: PackWriter;
   /** Backups hold it shared from lookup to pin, prune exclusive while it unindexes (prune.ts). */
   readonly gcLock = new GcLock();
+  /** Uploaded data blobs inflate into this to be hashed, then the bytes are dropped (see verifyBlob). */
+  private verifyScratch: Buffer | undefined;
 
   private constructor(
     readonly name: string,
@@ -119,7 +121,10 @@ export class Repository {
     }
     let raw: Buffer;
     if (blob.compression === 'ZSTD') {
-      raw = this.decompressor.decompress(blob.data, blob.rawLength, `blob ${hex}`);
+      // Only the hash of the inflated bytes is needed, so one reused buffer does for every
+      // data blob; trees keep their own, they may be 64 MiB and are rare.
+      const into = blob.kind === 'DATA' ? (this.verifyScratch ??= Buffer.allocUnsafeSlow(this.maxBlobRaw)) : undefined;
+      raw = this.decompressor.decompress(blob.data, blob.rawLength, `blob ${hex}`, into);
     } else if (blob.compression === 'NONE') {
       if (blob.data.length !== blob.rawLength) throw invalidArgument(`blob ${hex}: ${blob.data.length} bytes but raw_length says ${blob.rawLength}`);
       raw = blob.data;
