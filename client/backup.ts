@@ -13,6 +13,7 @@ import type { Connection } from './connection.js';
 import type { ExcludeMatcher } from './excludes.js';
 import { FIND_MISSING_BATCH } from './limits.js';
 import { describeLargest, prescan, type ScanSummary } from './scan.js';
+import { ParentTreeReader } from './parent-trees.js';
 import { readTree } from './tree-reader.js';
 import { Uploader } from './uploader.js';
 
@@ -160,7 +161,8 @@ export async function runBackup(conn: Connection, opts: BackupOptions): Promise<
   const { roots, hello, begin, scan } = await startSession(conn, opts);
   const pool = new CompressPool(hello.compressionLevel);
   const uploader = new Uploader(conn, begin.sessionId, pool);
-  const archiver = new Archiver(new Chunker(hello.chunker), uploader, opts.excludes, (id) => readTree(conn, id, `parent tree ${toHex(id)}`), opts.onProgress, opts.signal);
+  const parentTrees = new ParentTreeReader((id) => readTree(conn, id, `parent tree ${toHex(id)}`));
+  const archiver = new Archiver(new Chunker(hello.chunker), uploader, opts.excludes, (id) => parentTrees.read(id), opts.onProgress, opts.signal);
   const onAbort = () => uploader.abort();
   opts.signal?.addEventListener('abort', onAbort);
   try {
@@ -251,7 +253,8 @@ export async function dryRunBackup(conn: Connection, opts: BackupOptions): Promi
   const { roots, hello, begin, scan } = await startSession(conn, opts);
   try {
     const counter = new MissingCounter(conn, begin.sessionId, opts.signal);
-    const archiver = new Archiver(new Chunker(hello.chunker), counter, opts.excludes, (id) => readTree(conn, id, `parent tree ${toHex(id)}`), opts.onProgress, opts.signal);
+    const parentTrees = new ParentTreeReader((id) => readTree(conn, id, `parent tree ${toHex(id)}`));
+    const archiver = new Archiver(new Chunker(hello.chunker), counter, opts.excludes, (id) => parentTrees.read(id), opts.onProgress, opts.signal);
     await archiver.archive(roots, begin.parent ? Buffer.from(begin.parent.rootTree, 'hex') : undefined);
     await counter.flush();
     return { dataset: opts.dataset, host: opts.host, parent: begin.parent, scan, stats: archiver.stats, problems: archiver.problems, upload: counter.upload, seconds: (Date.now() - started) / 1000 };

@@ -409,9 +409,7 @@ class Pruner {
       const live = await this.stillIn(hex, await this.members(hex));
       for await (const b of readBlobsByPack(this.repo, live)) {
         this.repo.inflateVerified(b.id, b.loc, b.stored);
-        // A copy: the writer keeps what it is given until the pack is sealed, and a slice
-        // would keep the whole ranged read alive with it.
-        await this.repo.writer.add({ id: b.id, kind: b.loc.kind, compressed: b.loc.compressed, rawLength: b.loc.rawLength, data: Buffer.from(b.stored) });
+        await this.repo.writer.add({ id: b.id, kind: b.loc.kind, compressed: b.loc.compressed, rawLength: b.loc.rawLength, data: b.stored });
         written += b.stored.length + ENTRY_BYTES;
       }
     }
