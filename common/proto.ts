@@ -2,6 +2,8 @@ import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import protobuf from 'protobufjs';
 import { fileURLToPath } from 'node:url';
+import type { Node } from './messages.js';
+import { decodeNodes, encodeNodes } from './tree.js';
 
 /** proto/ sits at the package root; this file runs from common/ (sources) or dist/common/. */
 function protoPath(): string {
@@ -17,6 +19,13 @@ function protoPath(): string {
 export const CONVERSION = { keepCase: false, longs: String, enums: String, defaults: true, arrays: true, oneofs: false } as const;
 
 const packageDefinition = protoLoader.loadSync(protoPath(), CONVERSION);
+// TreeEntries has the shape of a tree blob (repeated Node nodes = 1), so ReadTree pages go
+// through the tree codec: the generic path parsed and printed every 64-bit field as a Long,
+// which made reading the parent snapshot's trees a large part of an unchanged snapshot.
+// Patched before the client constructor is made: it captures the functions.
+const readTree = (packageDefinition['cairn.v1.Cairn'] as grpc.ServiceDefinition).ReadTree;
+readTree.responseSerialize = (msg: { nodes: Node[] }) => encodeNodes(msg.nodes);
+readTree.responseDeserialize = (bytes: Buffer) => ({ nodes: decodeNodes(bytes, 'ReadTree reply') });
 const loaded = grpc.loadPackageDefinition(packageDefinition) as unknown as {
   cairn: { v1: { Cairn: grpc.ServiceClientConstructor } };
 };

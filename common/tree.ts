@@ -60,6 +60,11 @@ export function validateNodes(nodes: Node[], what: string, code: Code = Code.INV
  */
 export function encodeTree(nodes: Node[]): Buffer {
   validateNodes(nodes, 'tree');
+  return encodeNodes(nodes);
+}
+
+/** encodeTree without the checks, for nodes already checked (a page of a stored tree). */
+export function encodeNodes(nodes: Node[]): Buffer {
   const w = new TreeWriter();
   for (const n of nodes) {
     const start = w.beginMessage(1);
@@ -330,6 +335,16 @@ function forEachNode(data: Buffer, fn: (start: number, end: number) => void): vo
 
 /** Decodes untrusted bytes; any malformation is a CairnError with `code`, never a crash. */
 export function decodeTree(data: Uint8Array, what: string, code: Code = Code.DATA_LOSS): Node[] {
+  const nodes = decodeNodes(data, what, code);
+  validateNodes(nodes, what, code);
+  return nodes;
+}
+
+/**
+ * decodeTree without the tree rules (order, names), for a page of a tree whose reader checks
+ * the whole; the structure is still checked.
+ */
+export function decodeNodes(data: Uint8Array, what: string, code: Code = Code.DATA_LOSS): Node[] {
   const buf = Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
   const nodes: Node[] = [];
   try {
@@ -343,7 +358,6 @@ export function decodeTree(data: Uint8Array, what: string, code: Code = Code.DAT
     if (err instanceof CairnError) throw err;
     throw new CairnError(code, `${what}: not a valid tree (${(err as Error).message})`);
   }
-  validateNodes(nodes, what, code);
   return nodes;
 }
 
