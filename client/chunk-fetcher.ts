@@ -4,10 +4,20 @@ import { hash, toHex } from '../common/hash.js';
 import type { Blob } from '../common/messages.js';
 import type { Connection } from './connection.js';
 import { MAX_CLIENT_MESSAGE_BYTES } from './limits.js';
+import { Arena, contiguousRuns, SlabPool } from './slab-pool.js';
 
 /** Raw bytes asked for in one ReadChunks call; the server coalesces them into few ranged reads. */
 const BATCH_BYTES = 8 * 1024 * 1024;
 const BATCH_IDS = 256;
+/** A batch fills one slab or two; the restore holds at most two batches per running job. */
+const SLAB_BYTES = 8 * 1024 * 1024;
+const MAX_FREE_SLABS = 16;
+
+/** Verified chunks in the order asked, valid until release(): their memory is reused after. */
+export interface FetchedBatch {
+  chunks: Buffer[];
+  release(): void;
+}
 
 /**
  * Streams a file's chunks in order: batches of ids go out as ReadChunks calls (one ahead of
@@ -16,10 +26,25 @@ const BATCH_IDS = 256;
  */
 export class ChunkFetcher {
   private readonly decompressor = new BlobDecompressor();
+  private readonly pool: SlabPool | undefined;
 
-  constructor(private readonly conn: Connection) {}
+  /**
+   * With `reuseFor` (the chunker's largest chunk), chunk memory is reused: only for a consumer
+   * that is done with a chunk when it asks for the next one (a write it awaited, not a stream
+   * that may still queue it) and with a batch when it releases it.
+   */
+  constructor(
+    private readonly conn: Connection,
+    reuseFor?: { maxChunk: number },
+  ) {
+    this.pool = reuseFor && new SlabPool(Math.max(SLAB_BYTES, reuseFor.maxChunk), MAX_FREE_SLABS);
+  }
 
-  /** `avgChunk` estimates raw bytes per chunk, to size the batches. */
+  /**
+   * `avgChunk` estimates raw bytes per chunk, to size the batches. Chunks that lie next to
+   * each other in memory come merged, so a yielded buffer may hold several; each is valid
+   * until the consumer asks for the next.
+   */
   async *chunks(ids: Buffer[], what: string, avgChunk: number): AsyncGenerator<Buffer> {
     const batches: Buffer[][] = [];
     let cur: Buffer[] = [];
@@ -32,12 +57,24 @@ export class ChunkFetcher {
     }
     if (cur.length > 0) batches.push(cur);
     let next = batches.length > 0 ? this.fetchBatch(batches[0], what) : undefined;
-    for (let i = 0; i < batches.length; i++) {
-      const current = next!;
-      next = i + 1 < batches.length ? this.fetchBatch(batches[i + 1], what) : undefined;
-      // Keep the prefetch from becoming an unhandled rejection if we stop early.
-      next?.catch(() => undefined);
-      yield* await current;
+    try {
+      for (let i = 0; i < batches.length; i++) {
+        const current = await next!;
+        next = i + 1 < batches.length ? this.fetchBatch(batches[i + 1], what) : undefined;
+        // A prefetch that fails while this batch is written is reported when its turn comes.
+        next?.catch(() => undefined);
+        try {
+          yield* contiguousRuns(current.chunks);
+        } finally {
+          current.release();
+        }
+      }
+    } finally {
+      // A prefetch nobody will consume gives its memory back.
+      next?.then(
+        (b) => b.release(),
+        () => undefined,
+      );
     }
   }
 
@@ -45,10 +82,11 @@ export class ChunkFetcher {
    * One ReadChunks call: the raw, verified bytes of `ids`, in the order asked. `what` names
    * the file a chunk belongs to, so every error says which file it hurts.
    */
-  async fetchBatch(ids: Buffer[], what: string | ((id: Buffer) => string)): Promise<Buffer[]> {
+  async fetchBatch(ids: Buffer[], what: string | ((id: Buffer) => string)): Promise<FetchedBatch> {
     const describe = typeof what === 'string' ? () => what : what;
     const unique = [...new Map(ids.map((id) => [toHex(id), id])).values()];
     const got = new Map<string, Buffer>();
+    const arena = new Arena(this.pool);
     const stream = this.conn.stream<Blob>('ReadChunks', { ids: unique });
     try {
       for (;;) {
@@ -65,26 +103,30 @@ export class ChunkFetcher {
           throw err;
         }
         if (next.done) break;
-        got.set(toHex(next.value.id), this.verify(next.value, describe(next.value.id)));
+        got.set(toHex(next.value.id), this.verify(next.value, describe(next.value.id), arena));
       }
+      const chunks = ids.map((id) => {
+        const raw = got.get(toHex(id));
+        if (!raw) throw dataLoss(`${describe(id)}: server did not return chunk ${toHex(id)}`);
+        return raw;
+      });
+      return { chunks, release: () => arena.release() };
+    } catch (err) {
+      arena.release();
+      throw err;
     } finally {
       // Stops the call when verification throws mid-stream.
       await stream.return(undefined);
     }
-    return ids.map((id) => {
-      const raw = got.get(toHex(id));
-      if (!raw) throw dataLoss(`${describe(id)}: server did not return chunk ${toHex(id)}`);
-      return raw;
-    });
   }
 
-  private verify(blob: Blob, what: string): Buffer {
+  private verify(blob: Blob, what: string, arena: Arena): Buffer {
     const hex = toHex(blob.id);
-    // Inflating allocates raw_length up front: a hostile server must not size that at will.
+    // Inflating takes raw_length bytes up front: a hostile server must not size that at will.
     if (blob.rawLength > MAX_CLIENT_MESSAGE_BYTES) throw dataLoss(`${what}: chunk ${hex} claims ${blob.rawLength} raw bytes, more than any chunk may hold`);
     let raw: Buffer;
     try {
-      raw = blob.compression === 'ZSTD' ? this.decompressor.decompress(blob.data, blob.rawLength, `chunk ${hex}`) : blob.data;
+      raw = blob.compression === 'ZSTD' ? this.decompressor.decompress(blob.data, blob.rawLength, `chunk ${hex}`, arena.alloc(blob.rawLength)) : blob.data;
     } catch (err) {
       throw dataLoss(`${what}: chunk ${hex} is corrupt (${(err as Error).message})`);
     }

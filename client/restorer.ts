@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { closeSync, constants, fchmodSync, futimesSync, openSync, promises as fs, renameSync, rmSync, writeSync } from 'node:fs';
+import { constants, promises as fs } from 'node:fs';
 import path from 'node:path';
 import picomatch from 'picomatch';
 import { Chunker } from '../common/chunker.js';
@@ -9,6 +9,7 @@ import { hash, toHex } from '../common/hash.js';
 import type { HelloReply, Node, Snapshot } from '../common/messages.js';
 import { badName } from '../common/tree.js';
 import { ChunkFetcher } from './chunk-fetcher.js';
+import { FileWriter, type WholeFile } from './file-writer.js';
 import { readTree } from './tree-reader.js';
 import type { Connection } from './connection.js';
 
@@ -93,6 +94,7 @@ export class Restorer {
   /** Symlinks not made because of confineSymlinks. */
   readonly refused: PlannedConflict[] = [];
   private readonly fetcher: ChunkFetcher;
+  private readonly writer = new FileWriter();
   private readonly chunker: Chunker;
   private readonly target: string;
   private readonly include: ((p: string) => boolean) | undefined;
@@ -111,13 +113,21 @@ export class Restorer {
     hello: HelloReply,
     private readonly opts: RestoreOptions,
   ) {
-    this.fetcher = new ChunkFetcher(conn);
+    this.fetcher = new ChunkFetcher(conn, { maxChunk: hello.chunker.maxSize });
     this.chunker = new Chunker(hello.chunker);
     this.target = path.resolve(opts.target);
     this.include = opts.includes.length > 0 ? picomatch(opts.includes, { dot: true }) : undefined;
   }
 
   async restore(snapshot: Snapshot): Promise<RestoreStats> {
+    try {
+      return await this.restoreAll(snapshot);
+    } finally {
+      await this.writer.close();
+    }
+  }
+
+  private async restoreAll(snapshot: Snapshot): Promise<RestoreStats> {
     if (!this.opts.dryRun) await this.ensureDir(this.target);
     await this.restoreDir(Buffer.from(snapshot.rootTree, 'hex'), this.target, '', false);
     await this.flushSmall();
@@ -278,35 +288,17 @@ export class Restorer {
       const toWrite = (await Promise.all(batch.map(async (f) => ((await this.shouldWrite(f.abs, f.node)) ? f : undefined)))).filter((f): f is SmallFile => f !== undefined);
       const withData = toWrite.filter((f) => f.node.chunks.length === 1);
       const owners = new Map(withData.map((f) => [toHex(f.node.chunks[0]), f.abs]));
-      const chunks = withData.length > 0 ? await this.fetcher.fetchBatch(withData.map((f) => f.node.chunks[0]), (id) => `file ${owners.get(toHex(id))}`) : [];
-      const data = new Map(withData.map((f, i) => [f, chunks[i]]));
-      for (const f of toWrite) this.writeSmall(f.abs, f.node, data.get(f) ?? Buffer.alloc(0));
-    });
-  }
-
-  /**
-   * The same steps as writeFile, done synchronously: for a file of a few KiB, six promise round
-   * trips through the libuv pool cost ten times the system calls themselves.
-   */
-  private writeSmall(abs: string, node: Node, data: Buffer): void {
-    if (data.length !== Number(node.size)) throw dataLoss(`file ${abs}: snapshot says ${node.size} bytes, its chunks hold ${data.length}`);
-    const tmp = tempName(abs);
-    const fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
-    try {
+      const fetched = withData.length > 0 ? await this.fetcher.fetchBatch(withData.map((f) => f.node.chunks[0]), (id) => `file ${owners.get(toHex(id))}`) : undefined;
       try {
-        for (let off = 0; off < data.length; ) off += writeSync(fd, data, off, data.length - off, off);
-        fchmodSync(fd, restoredMode(node));
-        futimesSync(fd, mtimeSeconds(node), mtimeSeconds(node));
+        const data = new Map(withData.map((f, i) => [f, fetched!.chunks[i]]));
+        const files = toWrite.map((f) => wholeFile(f.abs, f.node, data.get(f) ?? Buffer.alloc(0)));
+        await this.writer.write(files);
+        for (const f of files) this.stats.bytes += f.data.length;
+        this.opts.onProgress?.(this.stats);
       } finally {
-        closeSync(fd);
+        fetched?.release();
       }
-      renameSync(tmp, abs);
-    } catch (err) {
-      rmSync(tmp, { force: true });
-      throw err;
-    }
-    this.stats.bytes += data.length;
-    this.opts.onProgress?.(this.stats);
+    });
   }
 
   private async restoreFile(abs: string, node: Node): Promise<void> {
@@ -359,6 +351,12 @@ export class Restorer {
       throw err;
     }
   }
+}
+
+/** A small file as the writer thread takes it, once its size is checked against the snapshot. */
+function wholeFile(abs: string, node: Node, data: Buffer): WholeFile {
+  if (data.length !== Number(node.size)) throw dataLoss(`file ${abs}: snapshot says ${node.size} bytes, its chunks hold ${data.length}`);
+  return { abs, tmp: tempName(abs), mode: restoredMode(node), mtime: mtimeSeconds(node), data };
 }
 
 const TEMP_NAME = /^\..*\.cairn-[0-9a-f]{8}$/;

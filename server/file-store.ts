@@ -3,6 +3,7 @@ import { constants, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { CairnError, Code, invalidArgument, notFound } from '../common/errors.js';
 import { emptyCounts, type ObjectInfo, type ObjectStore, type RequestCounts } from './object-store.js';
+import { OpenFiles } from './open-files.js';
 
 const TMP_SUFFIX = '.tmp-';
 
@@ -14,6 +15,7 @@ const TMP_SUFFIX = '.tmp-';
 export class FileStore implements ObjectStore {
   readonly description: string;
   private readonly stats = emptyCounts();
+  private readonly openFiles = new OpenFiles();
 
   constructor(private readonly root: string) {
     this.description = `file:${root}`;
@@ -29,6 +31,7 @@ export class FileStore implements ObjectStore {
   async put(key: string, data: Buffer): Promise<void> {
     const dest = this.resolve(key);
     await this.writeAtomically(dest, data, async (tmp) => fs.rename(tmp, dest));
+    this.openFiles.retire(dest);
   }
 
   async putIfAbsent(key: string, data: Buffer): Promise<boolean> {
@@ -45,6 +48,7 @@ export class FileStore implements ObjectStore {
         await fs.rm(tmp, { force: true });
       }
     });
+    this.openFiles.retire(dest);
     return created;
   }
 
@@ -86,27 +90,23 @@ export class FileStore implements ObjectStore {
 
   async getRange(key: string, offset: number, length: number): Promise<Buffer> {
     this.stats.get++;
-    let fh: fs.FileHandle;
     try {
-      fh = await fs.open(this.resolve(key), 'r');
+      return await this.openFiles.use(this.resolve(key), async (fh) => {
+        const buf = Buffer.allocUnsafe(length);
+        let got = 0;
+        while (got < length) {
+          const { bytesRead } = await fh.read(buf, got, length - got, offset + got);
+          if (bytesRead === 0) break;
+          got += bytesRead;
+        }
+        if (got !== length) {
+          throw new CairnError(Code.DATA_LOSS, `object ${key} is shorter than expected: wanted bytes ${offset}..${offset + length}, it ends at ${offset + got}`);
+        }
+        this.stats.bytesDown += length;
+        return buf;
+      });
     } catch (err) {
       throw this.mapError(err, key);
-    }
-    try {
-      const buf = Buffer.allocUnsafe(length);
-      let got = 0;
-      while (got < length) {
-        const { bytesRead } = await fh.read(buf, got, length - got, offset + got);
-        if (bytesRead === 0) break;
-        got += bytesRead;
-      }
-      if (got !== length) {
-        throw new CairnError(Code.DATA_LOSS, `object ${key} is shorter than expected: wanted bytes ${offset}..${offset + length}, it ends at ${offset + got}`);
-      }
-      this.stats.bytesDown += length;
-      return buf;
-    } finally {
-      await fh.close();
     }
   }
 
@@ -151,7 +151,9 @@ export class FileStore implements ObjectStore {
   async delete(keys: string[]): Promise<void> {
     for (const key of keys) {
       this.stats.delete++;
-      await fs.rm(this.resolve(key), { force: true });
+      const file = this.resolve(key);
+      await fs.rm(file, { force: true });
+      this.openFiles.retire(file);
     }
   }
 
@@ -159,7 +161,9 @@ export class FileStore implements ObjectStore {
     return { ...this.stats };
   }
 
-  async close(): Promise<void> {}
+  async close(): Promise<void> {
+    await this.openFiles.close();
+  }
 
   private mapError(err: unknown, key: string): unknown {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return notFound(`object ${key} does not exist in ${this.description}`);
