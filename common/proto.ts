@@ -2,7 +2,8 @@ import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import protobuf from 'protobufjs';
 import { fileURLToPath } from 'node:url';
-import type { Node } from './messages.js';
+import { BlobEncoder } from './blob-codec.js';
+import type { Blob, Node } from './messages.js';
 import { decodeNodes, encodeNodes } from './tree.js';
 
 /** proto/ sits at the package root; this file runs from common/ (sources) or dist/common/. */
@@ -26,6 +27,8 @@ const packageDefinition = protoLoader.loadSync(protoPath(), CONVERSION);
 const readTree = (packageDefinition['cairn.v1.Cairn'] as grpc.ServiceDefinition).ReadTree;
 readTree.responseSerialize = (msg: { nodes: Node[] }) => encodeNodes(msg.nodes);
 readTree.responseDeserialize = (bytes: Buffer) => ({ nodes: decodeNodes(bytes, 'ReadTree reply') });
+const readChunksEncoder = new BlobEncoder();
+(packageDefinition['cairn.v1.Cairn'] as grpc.ServiceDefinition).ReadChunks.responseSerialize = (blob: Blob) => readChunksEncoder.encode(blob);
 const loaded = grpc.loadPackageDefinition(packageDefinition) as unknown as {
   cairn: { v1: { Cairn: grpc.ServiceClientConstructor } };
 };
