@@ -1,11 +1,10 @@
 import { closeSync, openSync, promises as fs, readSync, type BigIntStats } from 'node:fs';
 import path from 'node:path';
 import { Chunker } from '../common/chunker.js';
-import { readBufferSize, readChunks } from '../common/chunk-reader.js';
+import { chunkViews, readBufferSize } from '../common/chunk-reader.js';
 import { hash } from '../common/hash.js';
 import type { Node } from '../common/messages.js';
 import { compareNames, emptyNode, encodeTree } from '../common/tree.js';
-import { ownedBuffer } from '../common/compression.js';
 import type { ExcludeMatcher } from './excludes.js';
 import { DirReader, rootRel } from './scan.js';
 
@@ -27,7 +26,11 @@ export interface ArchiveProblem {
   message: string;
 }
 
-/** Where chunks and trees go: the uploader in a real run, a FindMissing counter in a dry run. */
+/**
+ * Where chunks and trees go: the uploader in a real run, a FindMissing counter in a dry run.
+ * `raw` is a view of a read buffer, valid only until the returned promise settles: a sink
+ * that keeps the bytes copies them.
+ */
 export interface BlobSink {
   offer(id: Buffer, raw: Buffer, kind: 'DATA' | 'TREE'): Promise<void>;
 }
@@ -67,7 +70,8 @@ export class Archiver {
   readonly stats: ArchiveStats = { files: 0, dirs: 0, symlinks: 0, bytes: 0, bytesRead: 0, filesReused: 0, bytesReused: 0, errors: 0, skipped: 0 };
   readonly problems: ArchiveProblem[] = [];
   private readonly reader: DirReader;
-  private readonly fileSlots = new Slots<number>(Array.from({ length: FILES_IN_FLIGHT }, (_, i) => i));
+  /** One buffer per file in flight, which a small file is read into whole. */
+  private readonly fileSlots: Slots<Buffer>;
   private readonly readBuffers: Slots<Buffer>;
 
   constructor(
@@ -79,6 +83,7 @@ export class Archiver {
     signal?: AbortSignal,
   ) {
     this.reader = new DirReader(excludes, { problem: (p, err) => this.problem(p, err), skipped: () => this.stats.skipped++ }, signal);
+    this.fileSlots = new Slots<Buffer>(Array.from({ length: FILES_IN_FLIGHT }, () => Buffer.allocUnsafeSlow(chunker.minSize)));
     this.readBuffers = new Slots<Buffer>(Array.from({ length: LARGE_FILES_IN_FLIGHT }, () => Buffer.allocUnsafeSlow(readBufferSize(chunker))));
   }
 
@@ -146,7 +151,7 @@ export class Archiver {
         }
         const slot = await this.fileSlots.take();
         reading.push(
-          this.archiveFile(e.abs, e.name, e.st)
+          this.archiveFile(e.abs, e.name, e.st, slot)
             .then((node) => void (nodes[i] = node))
             .finally(() => this.fileSlots.give(slot)),
         );
@@ -169,11 +174,11 @@ export class Archiver {
     return node;
   }
 
-  private async archiveFile(abs: string, name: string, st: BigIntStats): Promise<Node | undefined> {
+  private async archiveFile(abs: string, name: string, st: BigIntStats, smallBuffer: Buffer): Promise<Node | undefined> {
     const node = metaNode(name, 'FILE', st);
     try {
       // Below the minimum chunk size a file is exactly one chunk.
-      const small = Number(st.size) < this.chunker.minSize ? readSmall(abs, Number(st.size)) : undefined;
+      const small = Number(st.size) < this.chunker.minSize ? readSmall(abs, smallBuffer.subarray(0, Number(st.size) + 1)) : undefined;
       let size: number;
       if (small) {
         if (small.length > 0) await this.offerChunk(small, node);
@@ -197,7 +202,7 @@ export class Archiver {
     const buf = await this.readBuffers.take();
     try {
       let size = 0;
-      for await (const chunk of readChunks(fh, this.chunker, undefined, buf)) {
+      for await (const chunk of chunkViews(fh, this.chunker, undefined, buf)) {
         size += chunk.length;
         await this.offerChunk(chunk, node);
       }
@@ -224,7 +229,7 @@ export class Archiver {
   private async storeTree(nodes: Node[], parentTree: Buffer | undefined): Promise<Buffer> {
     const data = encodeTree(nodes);
     const id = hash(data);
-    if (!parentTree?.equals(id)) await this.sink.offer(id, ownedBuffer(data), 'TREE');
+    if (!parentTree?.equals(id)) await this.sink.offer(id, data, 'TREE');
     return id;
   }
 }
@@ -232,14 +237,12 @@ export class Archiver {
 /**
  * A small file in one synchronous open-read-close: on a cached tree that is a few microseconds,
  * where three promise round trips through the libuv pool cost ten times more, and small files
- * are most of the files in a dataset. Undefined when the file has grown past its stat size
- * (it is then streamed like a large one). The buffer is the file's own, so it can be
- * transferred to a compression worker.
+ * are most of the files in a dataset. `buf` has room for one byte more than the stat size;
+ * undefined when the file has grown into it (it is then streamed like a large one).
  */
-function readSmall(abs: string, size: number): Buffer | undefined {
+function readSmall(abs: string, buf: Buffer): Buffer | undefined {
   const fd = openSync(abs, 'r');
   try {
-    const buf = Buffer.allocUnsafeSlow(size + 1);
     let got = 0;
     for (;;) {
       const n = readSync(fd, buf, got, buf.length - got, got);
@@ -247,7 +250,7 @@ function readSmall(abs: string, size: number): Buffer | undefined {
       got += n;
       if (got === buf.length) return undefined;
     }
-    return ownedBuffer(buf.subarray(0, got));
+    return buf.subarray(0, got);
   } finally {
     closeSync(fd);
   }

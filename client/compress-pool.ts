@@ -1,7 +1,7 @@
 import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { CairnError, Code } from '../common/errors.js';
-import { ownedBuffer, type Packed } from '../common/compression.js';
+import type { Packed } from '../common/compression.js';
 
 interface Pending {
   resolve: (p: Packed) => void;
@@ -11,7 +11,8 @@ interface Pending {
 /**
  * zstd-napi runs on the calling thread, so compression lives in worker threads: the event
  * loop keeps reading, hashing and talking gRPC while the workers compress.
- * Chunks go to a worker by transfer (no copy) and come back the same way.
+ * A chunk goes to a worker by transfer (no copy) and comes back, compressed or not, in the
+ * same ArrayBuffer, so a caller that pools its buffers gets them back for reuse.
  */
 export class CompressPool {
   private readonly workers: Worker[] = [];
@@ -43,17 +44,20 @@ export class CompressPool {
     this.inflight.clear();
   }
 
-  /** `raw` must own its whole ArrayBuffer: it is transferred and unusable afterwards. */
+  /**
+   * `raw` must start at offset 0 of an ArrayBuffer nothing else uses: the ArrayBuffer is
+   * transferred (unusable here afterwards) and the result is a view of it from offset 0.
+   */
   compress(raw: Buffer): Promise<Packed> {
     if (this.failed) return Promise.reject(this.failed);
+    if (raw.byteOffset !== 0) return Promise.reject(new CairnError(Code.INTERNAL, 'compress() needs a buffer at offset 0 of its own ArrayBuffer'));
     let best = 0;
     for (let i = 1; i < this.load.length; i++) if (this.load[i] < this.load[best]) best = i;
     const seq = this.seq++;
     this.load[best]++;
     return new Promise<Packed>((resolve, reject) => {
       this.inflight.set(seq, { resolve, reject });
-      const data = ownedBuffer(raw);
-      this.workers[best].postMessage({ seq, data }, [data.buffer as ArrayBuffer]);
+      this.workers[best].postMessage({ seq, data: raw }, [raw.buffer as ArrayBuffer]);
     });
   }
 

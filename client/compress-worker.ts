@@ -1,5 +1,5 @@
 import { parentPort, workerData } from 'node:worker_threads';
-import { BlobCompressor, ownedBuffer } from '../common/compression.js';
+import { BlobCompressor } from '../common/compression.js';
 
 interface Job {
   seq: number;
@@ -10,8 +10,10 @@ const compressor = new BlobCompressor((workerData as { level: number }).level);
 
 parentPort!.on('message', (job: Job) => {
   const raw = Buffer.from(job.data.buffer, job.data.byteOffset, job.data.byteLength);
-  const packed = compressor.compress(raw);
-  // Whatever comes back goes by transfer, so no chunk is copied between threads.
-  const data = ownedBuffer(packed.data);
-  parentPort!.postMessage({ seq: job.seq, data, compressed: packed.compressed }, [data.buffer as ArrayBuffer]);
+  const packed = compressor.pack(raw);
+  // The result goes back in the chunk's own buffer (kept compressed only when smaller), so
+  // no thread allocates per chunk and the caller can reuse the buffer.
+  if (packed) packed.copy(raw);
+  const data = packed ? raw.subarray(0, packed.length) : raw;
+  parentPort!.postMessage({ seq: job.seq, data, compressed: packed !== undefined }, [data.buffer as ArrayBuffer]);
 });

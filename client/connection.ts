@@ -146,11 +146,23 @@ export class Connection {
     }
   }
 
-  clientStream<Res>(method: string, channel?: number): { call: grpc.ClientWritableStream<unknown>; result: Promise<Res> } {
-    const client = this.pick(channel) as unknown as Record<string, ClientStreamFn>;
+  /**
+   * `serialize`, when given, replaces the proto's request encoder: it gets each written
+   * object and returns the message bytes, which gRPC copies into its frame before the write
+   * callback fires.
+   */
+  clientStream<Res>(method: string, channel?: number, serialize?: (req: never) => Buffer): { call: grpc.ClientWritableStream<unknown>; result: Promise<Res> } {
+    const client = this.pick(channel);
     let call!: grpc.ClientWritableStream<unknown>;
     const result = new Promise<Res>((resolve, reject) => {
-      call = client[method].call(client, this.metadata(), {}, (err, res) => (err ? reject(explain(err, this.opts.tls)) : resolve(res as Res)));
+      const cb = (err: grpc.ServiceError | null, res: unknown) => (err ? reject(explain(err, this.opts.tls)) : resolve(res as Res));
+      if (serialize) {
+        const def = CairnService.service[method];
+        call = client.makeClientStreamRequest(def.path, serialize as (req: unknown) => Buffer, def.responseDeserialize, this.metadata(), {}, cb);
+      } else {
+        const fns = client as unknown as Record<string, ClientStreamFn>;
+        call = fns[method].call(client, this.metadata(), {}, cb);
+      }
     });
     return { call, result };
   }

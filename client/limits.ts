@@ -8,6 +8,12 @@ export const UPLOAD_MESSAGE_BYTES = 1024 * 1024;
  * ~130 MiB of heap on client and server at 100k small files).
  */
 export const UPLOAD_MESSAGE_BLOBS = 256;
+/**
+ * Bytes of written Upload messages one stream holds before gRPC has framed and sent them:
+ * enough to keep the socket busy, where gRPC's own limit of sixteen messages let a hundred
+ * megabytes of chunks queue beyond the window.
+ */
+export const UPLOAD_STREAM_QUEUE_BYTES = 2 * 1024 * 1024;
 /** Ids per FindMissing call. */
 export const FIND_MISSING_BATCH = 512;
 /** Chunk bytes between reading and acknowledged upload: the snapshot's memory bound. */

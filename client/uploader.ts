@@ -1,10 +1,10 @@
-import { once } from 'node:events';
-import type * as grpc from '@grpc/grpc-js';
 import { toHex } from '../common/hash.js';
 import type { Blob, BlobKind, UploadReply } from '../common/messages.js';
+import { BufferPool } from './buffer-pool.js';
 import type { CompressPool } from './compress-pool.js';
 import type { Connection } from './connection.js';
-import { FIND_MISSING_BATCH, SNAPSHOT_WINDOW_BLOBS, SNAPSHOT_WINDOW_BYTES, UPLOAD_MESSAGE_BLOBS, UPLOAD_MESSAGE_BYTES } from './limits.js';
+import { FIND_MISSING_BATCH, SNAPSHOT_WINDOW_BLOBS, SNAPSHOT_WINDOW_BYTES, UPLOAD_STREAM_QUEUE_BYTES } from './limits.js';
+import { UploadStream } from './upload-stream.js';
 
 interface Asked {
   id: Buffer;
@@ -27,6 +27,9 @@ const MAX_REMEMBERED_IDS = 100_000;
  * compresses only those in worker threads, and streams them in ~1 MiB messages over one
  * Upload call per channel, honouring the stream's backpressure. Chunk bytes between the
  * reader and the socket are bounded by a window, so memory stays flat for any file size.
+ * Each chunk lives in one pooled buffer from its copy out of the read buffer until gRPC has
+ * framed the message carrying it (the worker compresses it in place), so a snapshot
+ * allocates next to nothing per chunk.
  */
 export class Uploader {
   readonly stats: UploadStats = { blobsOffered: 0, blobsUploaded: 0, bytesUploaded: 0 };
@@ -38,7 +41,9 @@ export class Uploader {
   private windowWaiters: Array<() => void> = [];
   private readonly tasks = new Set<Promise<void>>();
   private failure: unknown;
-  private readonly streams: Array<{ call: grpc.ClientWritableStream<unknown>; result: Promise<UploadReply>; batch: Blob[]; batchBytes: number; drained?: Promise<void> }>;
+  private readonly streams: UploadStream[];
+  /** Keeps as many free bytes as can be out at once: the window plus what the streams queue. */
+  private readonly buffers: BufferPool;
   private nextStream = 0;
 
   constructor(
@@ -46,10 +51,13 @@ export class Uploader {
     private readonly sessionId: string,
     private readonly pool: CompressPool,
   ) {
+    this.buffers = new BufferPool(SNAPSHOT_WINDOW_BYTES + conn.channelCount * UPLOAD_STREAM_QUEUE_BYTES);
     this.streams = Array.from({ length: conn.channelCount }, (_, i) => {
-      const { call, result } = conn.clientStream<UploadReply>('Upload', i);
-      result.catch((err) => this.fail(err));
-      return { call, result, batch: [], batchBytes: 0 };
+      const stream = new UploadStream(conn, i, sessionId, (blobs) => {
+        for (const b of blobs) this.buffers.give(b.data);
+      });
+      stream.result.catch((err) => this.fail(err));
+      return stream;
     });
   }
 
@@ -65,7 +73,7 @@ export class Uploader {
   /**
    * Hands a blob over. Resolves once the blob has a place in the window (not when it is
    * uploaded), so the caller keeps reading while earlier chunks are compressed and sent.
-   * `raw` must own its ArrayBuffer: it is transferred to a compression worker.
+   * `raw` is copied once it has its place, so the caller may reuse it when this resolves.
    */
   async offer(id: Buffer, raw: Buffer, kind: BlobKind): Promise<void> {
     this.throwIfFailed();
@@ -80,7 +88,9 @@ export class Uploader {
     }
     this.throwIfFailed();
     this.windowUsed += cost;
-    const task = this.process(id, raw, kind).then(
+    const own = this.buffers.take(raw.length);
+    raw.copy(own);
+    const task = this.process(id, own, kind).then(
       () => undefined,
       (err) => this.fail(err),
     );
@@ -94,7 +104,10 @@ export class Uploader {
   }
 
   private async process(id: Buffer, raw: Buffer, kind: BlobKind): Promise<void> {
-    if (!(await this.isMissing(id))) return;
+    if (!(await this.isMissing(id))) {
+      this.buffers.give(raw);
+      return;
+    }
     const rawLength = raw.length;
     const packed = await this.pool.compress(raw);
     await this.send({ id, kind, compression: packed.compressed ? 'ZSTD' : 'NONE', rawLength, data: packed.data });
@@ -138,41 +151,21 @@ export class Uploader {
 
   private async send(blob: Blob): Promise<void> {
     const s = this.streams[this.nextStream++ % this.streams.length];
-    s.batch.push(blob);
-    s.batchBytes += blob.data.length;
     this.stats.blobsUploaded++;
     this.stats.bytesUploaded += blob.data.length;
-    if (s.batchBytes >= UPLOAD_MESSAGE_BYTES || s.batch.length >= UPLOAD_MESSAGE_BLOBS) await this.writeBatch(s);
-  }
-
-  private async writeBatch(s: (typeof this.streams)[number]): Promise<void> {
-    if (s.batch.length === 0) return;
-    // One shared wait per stream: concurrent senders queue behind it instead of each piling
-    // more bytes into a stream that already said stop.
-    while (s.drained) await s.drained;
-    const msg = { sessionId: this.sessionId, blobs: s.batch };
-    s.batch = [];
-    s.batchBytes = 0;
-    if (!s.call.write(msg)) {
-      s.drained = Promise.race([once(s.call, 'drain').then(() => undefined), s.result.then(() => undefined)]).finally(() => (s.drained = undefined));
-      await s.drained;
-    }
+    await s.add(blob);
   }
 
   /** Waits for every offered blob to be decided and sent, closes the streams, returns the server's totals. */
   async finish(): Promise<UploadReply[]> {
     while (this.tasks.size > 0) await Promise.all([...this.tasks]);
     this.throwIfFailed();
-    for (const s of this.streams) {
-      await this.writeBatch(s);
-      s.call.end();
-    }
-    const replies = await Promise.all(this.streams.map((s) => s.result));
+    const replies = await Promise.all(this.streams.map((s) => s.end()));
     this.throwIfFailed();
     return replies;
   }
 
   abort(): void {
-    for (const s of this.streams) s.call.cancel();
+    for (const s of this.streams) s.cancel();
   }
 }

@@ -5,16 +5,29 @@ const MIN_READ_BUFFER = 8 * 1024 * 1024;
 
 /** Reads a file sequentially from offset 0 and yields its content-defined chunks, each in its OWN
  *  ArrayBuffer (allocated with Buffer.allocUnsafeSlow and copied) so callers can transfer it to a
- *  worker thread. Memory is bounded: one read buffer of max(8 MiB, 2*maxSize) whatever the file
- *  size. A file smaller than minSize is one chunk; an empty file yields nothing.
- *  readSize caps the bytes asked of each read() (default: all the room in the buffer); a small
- *  one only makes more, shorter reads and never changes the chunks. */
+ *  worker thread. Otherwise as chunkViews. */
 export async function* readChunks(
   fh: FileHandle,
   chunker: Chunker,
   readSize?: number,
   readBuffer?: Buffer,
 ): AsyncGenerator<Buffer<ArrayBuffer>> {
+  for await (const view of chunkViews(fh, chunker, readSize, readBuffer)) yield copyOut(view);
+}
+
+/** Reads a file sequentially from offset 0 and yields its content-defined chunks as views of
+ *  the read buffer, each valid only until the generator is resumed: a caller that keeps one
+ *  copies it (into a buffer it reuses, say). Memory is bounded: one read buffer of
+ *  max(8 MiB, 2*maxSize) whatever the file size. A file smaller than minSize is one chunk; an
+ *  empty file yields nothing.
+ *  readSize caps the bytes asked of each read() (default: all the room in the buffer); a small
+ *  one only makes more, shorter reads and never changes the chunks. */
+export async function* chunkViews(
+  fh: FileHandle,
+  chunker: Chunker,
+  readSize?: number,
+  readBuffer?: Buffer,
+): AsyncGenerator<Buffer> {
   if (readSize !== undefined && !(Number.isSafeInteger(readSize) && readSize > 0)) {
     throw new RangeError(`readSize must be a positive integer, got ${readSize}`);
   }
@@ -41,11 +54,11 @@ export async function* readChunks(
     end += bytesRead;
     filePos += bytesRead;
     for (let n = chunker.cut(buf, start, end); n > 0; n = chunker.cut(buf, start, end)) {
-      yield copyOut(buf, start, n);
+      yield buf.subarray(start, start + n);
       start += n;
     }
   }
-  if (start < end) yield copyOut(buf, start, end - start);
+  if (start < end) yield buf.subarray(start, end);
 }
 
 /** The read buffer readChunks needs; callers that read many files allocate it once and pass it in. */
@@ -53,9 +66,9 @@ export function readBufferSize(chunker: Chunker): number {
   return Math.max(MIN_READ_BUFFER, 2 * chunker.maxSize);
 }
 
-function copyOut(buf: Buffer, start: number, len: number): Buffer<ArrayBuffer> {
-  const out = Buffer.allocUnsafeSlow(len);
-  buf.copy(out, 0, start, start + len);
+function copyOut(view: Buffer): Buffer<ArrayBuffer> {
+  const out = Buffer.allocUnsafeSlow(view.length);
+  view.copy(out);
   return out;
 }
 

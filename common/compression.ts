@@ -22,13 +22,22 @@ export class BlobCompressor {
   constructor(private readonly level = DEFAULT_LEVEL) {}
 
   compress(raw: Buffer): Packed {
+    const packed = this.pack(raw);
+    if (!packed) return { data: raw, compressed: false };
+    const data = Buffer.allocUnsafeSlow(packed.length);
+    packed.copy(data);
+    return { data, compressed: true };
+  }
+
+  /**
+   * The compressed bytes as a view of the reused output buffer, valid until the next call;
+   * undefined when the blob is to be stored raw. For callers that copy the result anyway.
+   */
+  pack(raw: Buffer): Buffer | undefined {
     const bound = binding.compressBound(raw.length);
     if (this.out.length < bound) this.out = Buffer.allocUnsafeSlow(bound);
     const n = this.cctx.compress(this.out, raw, this.level);
-    if (n > raw.length * (1 - MIN_SAVING)) return { data: raw, compressed: false };
-    const data = Buffer.allocUnsafeSlow(n);
-    this.out.copy(data, 0, 0, n);
-    return { data, compressed: true };
+    return n > raw.length * (1 - MIN_SAVING) ? undefined : this.out.subarray(0, n);
   }
 }
 
