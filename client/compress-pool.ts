@@ -21,21 +21,29 @@ export class CompressPool {
   private seq = 0;
   private failed: Error | undefined;
 
-  constructor(level: number, size = Math.max(1, Math.min(4, availableParallelism()))) {
-    const url = new URL('./compress-worker.js', import.meta.url);
-    for (let i = 0; i < size; i++) {
-      const w = new Worker(url, { workerData: { level } });
-      w.on('message', (m: { seq: number; data: Uint8Array; compressed: boolean }) => {
-        this.load[i]--;
-        const p = this.inflight.get(m.seq);
-        this.inflight.delete(m.seq);
-        p?.resolve({ data: Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength), compressed: m.compressed });
-      });
-      w.on('error', (err) => this.fail(err));
-      w.unref();
-      this.workers.push(w);
-      this.load.push(0);
-    }
+  /**
+   * Workers start when the ones running are all busy, up to `size`: an unchanged snapshot
+   * compresses nothing and should not pay for starting threads, a small change needs one.
+   */
+  constructor(
+    private readonly level: number,
+    private readonly size = Math.max(1, Math.min(4, availableParallelism())),
+  ) {}
+
+  private spawn(): number {
+    const i = this.workers.length;
+    const w = new Worker(new URL('./compress-worker.js', import.meta.url), { workerData: { level: this.level } });
+    w.on('message', (m: { seq: number; data: Uint8Array; compressed: boolean }) => {
+      this.load[i]--;
+      const p = this.inflight.get(m.seq);
+      this.inflight.delete(m.seq);
+      p?.resolve({ data: Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength), compressed: m.compressed });
+    });
+    w.on('error', (err) => this.fail(err));
+    w.unref();
+    this.workers.push(w);
+    this.load.push(0);
+    return i;
   }
 
   private fail(err: Error): void {
@@ -53,6 +61,7 @@ export class CompressPool {
     if (raw.byteOffset !== 0) return Promise.reject(new CairnError(Code.INTERNAL, 'compress() needs a buffer at offset 0 of its own ArrayBuffer'));
     let best = 0;
     for (let i = 1; i < this.load.length; i++) if (this.load[i] < this.load[best]) best = i;
+    if ((this.workers.length === 0 || this.load[best] > 0) && this.workers.length < this.size) best = this.spawn();
     const seq = this.seq++;
     this.load[best]++;
     return new Promise<Packed>((resolve, reject) => {
