@@ -3,6 +3,6 @@
 set -e
 if [ "$1" = "server" ]; then
   shift
-  exec node /app/dist/server/main.js "$@"
+  exec /app/bin/cairn-server "$@"
 fi
-exec node /app/dist/client/cli.js "$@"
+exec /app/bin/cairn "$@"

@@ -11,7 +11,7 @@
  * client caches (in the bench work dir); cairn has none.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import path from 'node:path';
@@ -25,6 +25,20 @@ import { dirBytes, run, waitForReady, Watched, type RunResult } from './measure.
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 export const SERVER_JS = path.join(ROOT, 'dist/server/main.js');
 export const CLI_JS = path.join(ROOT, 'dist/client/cli.js');
+
+/**
+ * The node flags a user gets from bin/cairn and bin/cairn-server (their `#!/usr/bin/env -S
+ * node ...` line), so the bench runs the programs as installed while still adding its own
+ * flags (profiling) in front of the script.
+ */
+function shebangFlags(bin: string): string[] {
+  const first = readFileSync(path.join(ROOT, 'bin', bin), 'utf8').split('\n')[0];
+  const m = /^#!\/usr\/bin\/env -S node(.*)$/.exec(first);
+  if (!m) throw new Error(`bin/${bin} does not start with #!/usr/bin/env -S node`);
+  return m[1].trim().split(/\s+/).filter(Boolean);
+}
+const SERVER_FLAGS = shebangFlags('cairn-server');
+export const CLI_FLAGS = shebangFlags('cairn');
 
 export interface StepMeasure {
   seconds: number;
@@ -83,7 +97,7 @@ interface ServerProc {
 
 export async function startCairnServer(opts: { store: string; index: string; env?: NodeJS.ProcessEnv; extraArgs?: string[]; nodeArgs?: string[] }): Promise<ServerProc> {
   const logs: string[] = [];
-  const child = spawn(process.execPath, [...(opts.nodeArgs ?? []), SERVER_JS, '--listen', '127.0.0.1:0', '--store', opts.store, '--index', opts.index, '--log-level', 'info', ...(opts.extraArgs ?? [])], {
+  const child = spawn(process.execPath, [...SERVER_FLAGS, ...(opts.nodeArgs ?? []), SERVER_JS, '--listen', '127.0.0.1:0', '--store', opts.store, '--index', opts.index, '--log-level', 'info', ...(opts.extraArgs ?? [])], {
     env: opts.env ?? process.env,
     stdio: ['ignore', 'ignore', 'pipe'],
   });
@@ -170,7 +184,7 @@ export class CairnTool implements Tool {
     s.watched.resetPeak();
     const cpu0 = s.watched.cpuSeconds();
     const channels = this.opts.channels ? ['--channels', String(this.opts.channels)] : [];
-    const r = await run(process.execPath, [...nodeArgs, CLI_JS, ...channels, '--json', ...args], { env: this.clientEnv(), timeoutMs: this.opts.timeoutMs });
+    const r = await run(process.execPath, [...CLI_FLAGS, ...nodeArgs, CLI_JS, ...channels, '--json', ...args], { env: this.clientEnv(), timeoutMs: this.opts.timeoutMs });
     return { r, serverPeak: s.watched.peak(), serverPeakAnon: s.watched.peakAnon(), cpuSeconds: r.cpuSeconds + s.watched.cpuSeconds() - cpu0 };
   }
 
