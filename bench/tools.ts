@@ -11,12 +11,13 @@
  * client caches (in the bench work dir); cairn has none.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { mkdir, rm } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { EXCLUDED_DIRS } from './dataset.js';
+import { binNodeFlags } from './node-flags.js';
 import { Connection } from '../client/connection.js';
 import type { HelloReply } from '../common/messages.js';
 import type { RequestCounts } from '../server/object-store.js';
@@ -26,19 +27,8 @@ export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '
 export const SERVER_JS = path.join(ROOT, 'dist/server/main.js');
 export const CLI_JS = path.join(ROOT, 'dist/client/cli.js');
 
-/**
- * The node flags a user gets from bin/cairn and bin/cairn-server (their `#!/usr/bin/env -S
- * node ...` line), so the bench runs the programs as installed while still adding its own
- * flags (profiling) in front of the script.
- */
-function shebangFlags(bin: string): string[] {
-  const first = readFileSync(path.join(ROOT, 'bin', bin), 'utf8').split('\n')[0];
-  const m = /^#!\/usr\/bin\/env -S node(.*)$/.exec(first);
-  if (!m) throw new Error(`bin/${bin} does not start with #!/usr/bin/env -S node`);
-  return m[1].trim().split(/\s+/).filter(Boolean);
-}
-const SERVER_FLAGS = shebangFlags('cairn-server');
-export const CLI_FLAGS = shebangFlags('cairn');
+const SERVER_FLAGS = binNodeFlags(ROOT, 'cairn-server');
+export const CLI_FLAGS = binNodeFlags(ROOT, 'cairn');
 
 export interface StepMeasure {
   seconds: number;
