@@ -59,17 +59,18 @@ export function blobSize(b: Blob): number {
 /** Writes a Blob's fields at `pos` (blobSize(b) bytes); returns the position after them. */
 export function writeBlob(buf: Buffer, pos: number, b: Blob): number {
   if (b.id.length > 0) pos = writeBytesField(buf, pos, K_ID, b.id);
-  for (const [key, v] of [
-    [K_KIND, KINDS[b.kind]],
-    [K_COMPRESSION, COMPRESSIONS[b.compression]],
-    [K_RAW_LENGTH, b.rawLength],
-  ] as const) {
-    if (v === 0) continue;
-    buf[pos++] = key;
-    pos = writeVarint(buf, pos, v);
-  }
+  pos = writeVarintField(buf, pos, K_KIND, KINDS[b.kind]);
+  pos = writeVarintField(buf, pos, K_COMPRESSION, COMPRESSIONS[b.compression]);
+  pos = writeVarintField(buf, pos, K_RAW_LENGTH, b.rawLength);
   if (b.data.length > 0) pos = writeBytesField(buf, pos, K_DATA, b.data);
   return pos;
+}
+
+/** A varint field, left out when zero as proto3 does; returns the position after it. */
+function writeVarintField(buf: Buffer, pos: number, key: number, v: number): number {
+  if (v === 0) return pos;
+  buf[pos++] = key;
+  return writeVarint(buf, pos, v);
 }
 
 /**
