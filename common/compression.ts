@@ -21,17 +21,9 @@ export class BlobCompressor {
 
   constructor(private readonly level = DEFAULT_LEVEL) {}
 
-  compress(raw: Buffer): Packed {
-    const packed = this.pack(raw);
-    if (!packed) return { data: raw, compressed: false };
-    const data = Buffer.allocUnsafeSlow(packed.length);
-    packed.copy(data);
-    return { data, compressed: true };
-  }
-
   /**
    * The compressed bytes as a view of the reused output buffer, valid until the next call;
-   * undefined when the blob is to be stored raw. For callers that copy the result anyway.
+   * undefined when the blob is to be stored raw (zstd saved less than MIN_SAVING).
    */
   pack(raw: Buffer): Buffer | undefined {
     const bound = binding.compressBound(raw.length);
@@ -76,16 +68,4 @@ export class BlobDecompressor {
     }
     return out;
   }
-}
-
-/**
- * A buffer that owns its whole ArrayBuffer, so it can be transferred to or from a worker.
- * Never Buffer.from(buf): small copies land in Node's shared pool, and transferring that
- * would detach every other buffer in it.
- */
-export function ownedBuffer(b: Buffer): Buffer {
-  if (b.byteOffset === 0 && b.byteLength === b.buffer.byteLength) return b;
-  const copy = Buffer.allocUnsafeSlow(b.byteLength);
-  b.copy(copy);
-  return copy;
 }

@@ -53,7 +53,7 @@ describe('the server refuses bad input with a status code and stores nothing', (
   it('refuses a zstd blob that inflates to other bytes than it claims', async () => {
     const { sessionId } = await begin();
     const real = randomBytes(4096, 9).toString('hex');
-    const packed = new BlobCompressor().compress(Buffer.from(real));
+    const packed = { data: Buffer.from(new BlobCompressor().pack(Buffer.from(real))!) };
     const lie: Blob = { id: hash(Buffer.from(real)), kind: 'DATA', compression: 'ZSTD', rawLength: real.length + 10, data: packed.data };
     expect(await failure(upload(conn, sessionId, [lie]))).toMatch(/^INVALID_ARGUMENT: blob [0-9a-f]{64}: zstd frame declares \d+ bytes but the blob says \d+$/);
   });
