@@ -21,7 +21,7 @@ import { applyDayOfChanges, buildManifest, ByteStream, generateDataset, generate
 import { dirBytes, run } from './measure.js';
 import { formatSummary, summarise } from './profile.js';
 import { selfCheck } from './selfcheck.js';
-import { BorgTool, CairnS3Tool, CairnTool, CLI_FLAGS, CLI_JS, ensureInstalled, ResticTool, startCairnServer, stopCairnServer, toolVersion, type StepMeasure, type Tool, type ToolOptions } from './tools.js';
+import { BorgTool, CairnS3Tool, CairnTool, CLI_BIN, CLI_JS, ensureInstalled, ResticTool, startCairnServer, stopCairnServer, toolVersion, type StepMeasure, type Tool, type ToolOptions } from './tools.js';
 
 const MiB = 1024 * 1024;
 const STEPS = ['first', 'nochange', 'changed', 'restore'] as const;
@@ -336,7 +336,7 @@ async function indexFill(o: Options, target: number, out: Record<string, unknown
       const data = path.join(dir, 'data');
       await generateDataset(data, { mib: 64, small: 2000, seed: seed + 1000 + ci });
       server.watched.resetPeak();
-      const r = await run(process.execPath, [...CLI_FLAGS, CLI_JS, '--json', 'snapshot', data, '--dataset', 'fill', '--host', 'bench'], { env: { ...process.env, CAIRN_SERVER: server.addr }, timeoutMs: Number(o.timeout) * 1000 });
+      const r = await run(process.execPath, [...CLI_BIN.flags, CLI_JS, '--json', 'snapshot', data, '--dataset', 'fill', '--host', 'bench'], { env: { ...process.env, ...CLI_BIN.env, CAIRN_SERVER: server.addr }, timeoutMs: Number(o.timeout) * 1000 });
       row.snapshotSeconds = r.seconds;
       row.snapshotClientPeakRss = r.peakRss;
       row.snapshotServerPeakRss = server.watched.peak();

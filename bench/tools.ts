@@ -17,7 +17,7 @@ import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { EXCLUDED_DIRS } from './dataset.js';
-import { binNodeFlags } from './node-flags.js';
+import { binCommand } from './node-flags.js';
 import { Connection } from '../client/connection.js';
 import type { HelloReply } from '../common/messages.js';
 import type { RequestCounts } from '../server/object-store.js';
@@ -27,8 +27,8 @@ export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '
 export const SERVER_JS = path.join(ROOT, 'dist/server/main.js');
 export const CLI_JS = path.join(ROOT, 'dist/client/cli.js');
 
-const SERVER_FLAGS = binNodeFlags(ROOT, 'cairn-server');
-export const CLI_FLAGS = binNodeFlags(ROOT, 'cairn');
+const SERVER_BIN = binCommand(ROOT, 'cairn-server');
+export const CLI_BIN = binCommand(ROOT, 'cairn');
 
 export interface StepMeasure {
   seconds: number;
@@ -87,8 +87,8 @@ interface ServerProc {
 
 export async function startCairnServer(opts: { store: string; index: string; env?: NodeJS.ProcessEnv; extraArgs?: string[]; nodeArgs?: string[] }): Promise<ServerProc> {
   const logs: string[] = [];
-  const child = spawn(process.execPath, [...SERVER_FLAGS, ...(opts.nodeArgs ?? []), SERVER_JS, '--listen', '127.0.0.1:0', '--store', opts.store, '--index', opts.index, '--log-level', 'info', ...(opts.extraArgs ?? [])], {
-    env: opts.env ?? process.env,
+  const child = spawn(process.execPath, [...SERVER_BIN.flags, ...(opts.nodeArgs ?? []), SERVER_JS, '--listen', '127.0.0.1:0', '--store', opts.store, '--index', opts.index, '--log-level', 'info', ...(opts.extraArgs ?? [])], {
+    env: { ...(opts.env ?? process.env), ...SERVER_BIN.env },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
@@ -174,7 +174,7 @@ export class CairnTool implements Tool {
     s.watched.resetPeak();
     const cpu0 = s.watched.cpuSeconds();
     const channels = this.opts.channels ? ['--channels', String(this.opts.channels)] : [];
-    const r = await run(process.execPath, [...CLI_FLAGS, ...nodeArgs, CLI_JS, ...channels, '--json', ...args], { env: this.clientEnv(), timeoutMs: this.opts.timeoutMs });
+    const r = await run(process.execPath, [...CLI_BIN.flags, ...nodeArgs, CLI_JS, ...channels, '--json', ...args], { env: { ...this.clientEnv(), ...CLI_BIN.env }, timeoutMs: this.opts.timeoutMs });
     return { r, serverPeak: s.watched.peak(), serverPeakAnon: s.watched.peakAnon(), cpuSeconds: r.cpuSeconds + s.watched.cpuSeconds() - cpu0 };
   }
 

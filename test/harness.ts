@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { binNodeFlags } from '../bench/node-flags.js';
+import { binCommand } from '../bench/node-flags.js';
 
 /**
  * Test harness: the real compiled server and CLI as child processes (what users run),
@@ -12,9 +12,9 @@ import { binNodeFlags } from '../bench/node-flags.js';
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const SERVER_JS = path.join(ROOT, 'dist/server/main.js');
 const CLI_JS = path.join(ROOT, 'dist/client/cli.js');
-/** The tests run the programs with the node flags users get from bin/. */
-const SERVER_FLAGS = binNodeFlags(ROOT, 'cairn-server');
-const CLI_FLAGS = binNodeFlags(ROOT, 'cairn');
+/** The tests run the programs the way users get them from bin/. */
+const SERVER_BIN = binCommand(ROOT, 'cairn-server');
+const CLI_BIN = binCommand(ROOT, 'cairn');
 
 const tmpDirs: string[] = [];
 
@@ -52,8 +52,8 @@ export async function startServer(opts: ServerOptions = {}): Promise<ServerHandl
   const dir = opts.store && opts.indexDir ? '' : tmpDir('cairn-srv-');
   const storeSpec = opts.store ?? `file:${path.join(dir, 'store')}`;
   const indexDir = opts.indexDir ?? path.join(dir, 'index');
-  const proc = spawn(process.execPath, [...SERVER_FLAGS, SERVER_JS, '--listen', '127.0.0.1:0', '--store', storeSpec, '--index', indexDir, '--log-level', 'info', ...(opts.args ?? [])], {
-    env: { ...process.env, ...opts.env },
+  const proc = spawn(process.execPath, [...SERVER_BIN.flags, SERVER_JS, '--listen', '127.0.0.1:0', '--store', storeSpec, '--index', indexDir, '--log-level', 'info', ...(opts.args ?? [])], {
+    env: { ...process.env, ...SERVER_BIN.env, ...opts.env },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   const logs: string[] = [];
@@ -108,9 +108,9 @@ export interface CliResult {
 
 export function runCli(args: string[], opts: { server: string; env?: Record<string, string>; cwd?: string; uid?: number }): Promise<CliResult> {
   return new Promise((resolve) => {
-    const proc = spawn(process.execPath, [...CLI_FLAGS, CLI_JS, ...args], {
+    const proc = spawn(process.execPath, [...CLI_BIN.flags, CLI_JS, ...args], {
       cwd: opts.cwd ?? ROOT,
-      env: { ...process.env, CAIRN_SERVER: opts.server, ...opts.env },
+      env: { ...process.env, ...CLI_BIN.env, CAIRN_SERVER: opts.server, ...opts.env },
       stdio: ['ignore', 'pipe', 'pipe'],
       ...(opts.uid !== undefined ? { uid: opts.uid, gid: opts.uid } : {}),
     });
