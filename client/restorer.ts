@@ -3,7 +3,7 @@ import { constants, promises as fs } from 'node:fs';
 import path from 'node:path';
 import picomatch from 'picomatch';
 import { Chunker } from '../common/chunker.js';
-import { readChunks } from '../common/chunk-reader.js';
+import { chunkViews } from '../common/chunk-reader.js';
 import { CairnError, Code, dataLoss, invalidArgument } from '../common/errors.js';
 import { hash, toHex } from '../common/hash.js';
 import type { HelloReply, Node, Snapshot } from '../common/messages.js';
@@ -259,7 +259,7 @@ export class Restorer {
 
   /** Resume: a file already holding the snapshot's bytes (same chunks by hash) is not fetched again. */
   private async sameContent(abs: string, node: Node): Promise<boolean> {
-    // A one-chunk file (the size was checked equal) is hashed whole: readChunks would take an
+    // A one-chunk file (the size was checked equal) is hashed whole: chunkViews would take an
     // 8 MiB read buffer for each of the hundreds of small files a batch decides at once.
     if (node.chunks.length <= 1) {
       const data = await fs.readFile(abs);
@@ -268,7 +268,7 @@ export class Restorer {
     const fh = await fs.open(abs, 'r');
     try {
       let i = 0;
-      for await (const chunk of readChunks(fh, this.chunker)) {
+      for await (const chunk of chunkViews(fh, this.chunker)) {
         if (i >= node.chunks.length || !hash(chunk).equals(node.chunks[i])) return false;
         i++;
       }

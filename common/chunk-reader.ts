@@ -3,18 +3,6 @@ import type { Chunker } from './chunker.js';
 
 const MIN_READ_BUFFER = 8 * 1024 * 1024;
 
-/** Reads a file sequentially from offset 0 and yields its content-defined chunks, each in its OWN
- *  ArrayBuffer (allocated with Buffer.allocUnsafeSlow and copied) so callers can transfer it to a
- *  worker thread. Otherwise as chunkViews. */
-export async function* readChunks(
-  fh: FileHandle,
-  chunker: Chunker,
-  readSize?: number,
-  readBuffer?: Buffer,
-): AsyncGenerator<Buffer<ArrayBuffer>> {
-  for await (const view of chunkViews(fh, chunker, readSize, readBuffer)) yield copyOut(view);
-}
-
 /** Reads a file sequentially from offset 0 and yields its content-defined chunks as views of
  *  the read buffer, each valid only until the generator is resumed: a caller that keeps one
  *  copies it (into a buffer it reuses, say). Memory is bounded: one read buffer of
@@ -61,18 +49,12 @@ export async function* chunkViews(
   if (start < end) yield buf.subarray(start, end);
 }
 
-/** The read buffer readChunks needs; callers that read many files allocate it once and pass it in. */
+/** The read buffer chunkViews needs; callers that read many files allocate it once and pass it in. */
 export function readBufferSize(chunker: Chunker): number {
   return Math.max(MIN_READ_BUFFER, 2 * chunker.maxSize);
 }
 
-function copyOut(view: Buffer): Buffer<ArrayBuffer> {
-  const out = Buffer.allocUnsafeSlow(view.length);
-  view.copy(out);
-  return out;
-}
-
-/** The chunk lengths of in-memory data, the same as readChunks would yield for a file of it. */
+/** The chunk lengths of in-memory data, the same as chunkViews would yield for a file of it. */
 export function splitBuffer(data: Uint8Array, chunker: Chunker): number[] {
   const lengths: number[] = [];
   for (let pos = 0; pos < data.length; ) {
