@@ -197,7 +197,7 @@ function utf8Like(s: string): Uint8Array {
 class TreeReader {
   pos: number;
   constructor(
-    readonly buf: Buffer,
+    private readonly buf: Buffer,
     start: number,
     readonly end: number,
   ) {
@@ -248,9 +248,16 @@ class TreeReader {
     return len;
   }
 
+  /** A length-delimited field's bytes, as a view of the tree. */
+  bytes(): Buffer {
+    const len = this.length();
+    this.pos += len;
+    return this.buf.subarray(this.pos - len, this.pos);
+  }
+
   skip(wire: number): void {
     if (wire === WIRE_VARINT) this.varint64(false);
-    else if (wire === WIRE_LEN) this.pos += this.length();
+    else if (wire === WIRE_LEN) this.bytes();
     else if (wire === 1 || wire === 5) {
       this.pos += wire === 1 ? 8 : 4;
       if (this.pos > this.end) throw new Error('truncated fixed field');
@@ -272,14 +279,11 @@ function decodeNode(r: TreeReader): Node {
     if (wire !== expected) throw new Error(`field ${field} has wire type ${wire}`);
     switch (field) {
       case 1:
-      case 8: {
-        const len = r.length();
-        const s = r.buf.toString('utf8', r.pos, r.pos + len);
-        r.pos += len;
-        if (field === 1) n.name = s;
-        else n.target = s;
+        n.name = r.bytes().toString('utf8');
         break;
-      }
+      case 8:
+        n.target = r.bytes().toString('utf8');
+        break;
       case 2: {
         const t = r.varint32();
         n.type = (NODE_TYPE_NAMES[t] ?? String(t)) as Node['type'];
@@ -295,14 +299,11 @@ function decodeNode(r: TreeReader): Node {
         n.size = r.varint64(false);
         break;
       case 6:
-      case 7: {
-        const len = r.length();
-        const b = r.buf.subarray(r.pos, r.pos + len);
-        r.pos += len;
-        if (field === 6) n.chunks.push(b);
-        else n.subtree = b;
+        n.chunks.push(r.bytes());
         break;
-      }
+      case 7:
+        n.subtree = r.bytes();
+        break;
       case 9:
         n.inode = r.varint64(false);
         break;
