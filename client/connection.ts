@@ -65,8 +65,9 @@ function explain(err: unknown, tls: TlsOptions | undefined): CairnError {
       return hint("TLS: the server's certificate is not trusted or does not name this server; pass --tls-ca with the CA that signed it, or --tls-server-name with the name it carries");
     }
     // TLS 1.3 checks the client certificate after the client considers the handshake done, so
-    // a refused one surfaces only as a connection closed during setup.
-    if (/Failed to connect \(|Connection dropped/i.test(m)) {
+    // a refused one surfaces only as a connection closed during setup: dropped, or reset when
+    // the server's alert loses the race with its close (seen in CI as "read ECONNRESET").
+    if (/Failed to connect \(|Connection dropped|ECONNRESET/i.test(m)) {
       return hint('TLS: the server closed the connection during setup; if it requires client certificates, --tls-cert must be signed by the CA it trusts (its --tls-client-ca)');
     }
   } else if (/Failed to connect \(|Connection dropped|Protocol error/i.test(m)) {
