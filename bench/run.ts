@@ -18,6 +18,7 @@ import path from 'node:path';
 import { Connection } from '../client/connection.js';
 import { encodeLocation, IndexDb, chunkKey } from '../server/index-db.js';
 import { applyDayOfChanges, buildManifest, ByteStream, generateDataset, generateSmallTree, manifestBytes, verifyTree, type ChangeSummary, type DatasetSummary, type Manifest } from './dataset.js';
+import { CACHE_MODES, checkCacheMode, parseCacheMode, prepareCache } from './page-cache.js';
 import { dirBytes, run } from './measure.js';
 import { formatSummary, summarise } from './profile.js';
 import { selfCheck } from './selfcheck.js';
@@ -69,6 +70,7 @@ interface Options {
   keep: boolean;
   timeout: string;
   selfCheck: boolean;
+  pageCache: string;
 }
 
 function log(msg: string): void {
@@ -130,8 +132,10 @@ async function mainComparison(o: Options, out: Record<string, unknown>): Promise
     live.push({ tool, result });
   }
 
+  const cacheMode = parseCacheMode(o.pageCache);
   const step = async (t: { tool: Tool; result: ToolResult }, s: Step, fn: () => Promise<StepMeasure>, bytes: number) => {
-    log(`${t.tool.name}: ${STEP_LABEL[s]} ...`);
+    await prepareCache(cacheMode, [dataDir, t.tool.stateDir]);
+    log(`${t.tool.name}: ${STEP_LABEL[s]} (page cache ${cacheMode}) ...`);
     const m = await fn();
     t.result.steps[s] = { ...m, bytes, mbps: bytes / 1e6 / m.seconds };
     log(`${t.tool.name}: ${STEP_LABEL[s]}: ${m.seconds.toFixed(2)} s, ${fmt(bytes / 1e6 / m.seconds)} MB/s, CPU ${m.cpuSeconds.toFixed(1)} s, peak RSS ${fmt(mib(m.peakRss))} MiB, repo ${fmt(mib(m.repoBytes))} MiB`);
@@ -171,7 +175,7 @@ async function mainComparison(o: Options, out: Record<string, unknown>): Promise
   const { table, ratios, targets } = report(results);
   out.ratios = ratios;
   out.targets = targets;
-  console.log(`\nDataset: ${summary.files} files, ${fmt(mib(bytesBefore))} MiB before / ${fmt(mib(bytesAfter))} MiB after the day of changes (${ds.small} small JSON files; node_modules/ and __pycache__/ excluded by every tool). MB = 10^6 bytes of source data per second; CPU s = user + system seconds of all the tool's processes.`);
+  console.log(`\nDataset: ${summary.files} files, ${fmt(mib(bytesBefore))} MiB before / ${fmt(mib(bytesAfter))} MiB after the day of changes (${ds.small} small JSON files; node_modules/ and __pycache__/ excluded by every tool). MB = 10^6 bytes of source data per second; CPU s = user + system seconds of all the tool's processes. Page cache before every step: ${o.pageCache}.`);
   console.log(table);
   for (const r of results) if (!r.available) console.log(`note: ${r.name} not available: ${r.reason}`);
   for (const r of results) for (const n of r.notes) console.log(`note: ${n}`);
@@ -260,7 +264,10 @@ async function scaling(o: Options, counts: number[], out: Record<string, unknown
       const row: Record<string, unknown> = { files: count, tool: name };
       try {
         await tool.init();
+        const cacheMode = parseCacheMode(o.pageCache);
+        await prepareCache(cacheMode, [path.join(dir, 'data'), tool.stateDir]);
         const first = await tool.backup(path.join(dir, 'data'));
+        await prepareCache(cacheMode, [path.join(dir, 'data'), tool.stateDir]);
         const noChange = await tool.backup(path.join(dir, 'data'));
         Object.assign(row, { firstSeconds: first.seconds, firstCpuSeconds: first.cpuSeconds, firstPeakRss: first.peakRss, noChangeSeconds: noChange.seconds, noChangeCpuSeconds: noChange.cpuSeconds, noChangePeakRss: noChange.peakRss, repoBytes: noChange.repoBytes, processes: noChange.processes });
         log(`scaling: ${name} @ ${count}: first ${first.seconds.toFixed(2)} s, no-change ${noChange.seconds.toFixed(2)} s, peak RSS ${fmt(mib(noChange.peakRss))} MiB`);
@@ -413,6 +420,7 @@ async function main(): Promise<void> {
     .option('--profile <dir>', 'cpu-profile cairn client and server during the first snapshot')
     .option('--keep', 'keep the scratch directory', false)
     .option('--no-self-check', 'skip the check of the generator and the restore verifier')
+    .addOption(new Option('--page-cache <mode>', 'before every timed step: warm (read the source and the tool\'s repository), cold (drop the page cache; root only) or as-is').choices([...CACHE_MODES]).default('warm'))
     .addOption(new Option('--timeout <s>', 'per command').default('1800'))
     .parse();
   const o = program.opts<Options>();
@@ -423,6 +431,7 @@ async function main(): Promise<void> {
     await mkdir(o.profile, { recursive: true });
   }
   if (!existsSync(path.join(path.dirname(new URL(import.meta.url).pathname), '../server/main.js'))) throw new Error('run `npm run build` first');
+  await checkCacheMode(parseCacheMode(o.pageCache));
   await mkdir(o.work, { recursive: true });
 
   const out: Record<string, unknown> = { date: new Date().toISOString(), machine: machine(), options: { ...o } };

@@ -45,6 +45,8 @@ export interface StepMeasure {
 export interface Tool {
   readonly name: string;
   readonly notes: string[];
+  /** The repository, index and caches: warmed or dropped with the source before each step. */
+  readonly stateDir: string;
   init(): Promise<void>;
   backup(src: string): Promise<StepMeasure>;
   /** Restores the latest snapshot; `root` is where the backed-up directory's contents landed. */
@@ -109,6 +111,7 @@ export class CairnTool implements Tool {
   readonly notes: string[] = [];
   protected server: ServerProc | undefined;
   protected readonly dir: string;
+  readonly stateDir: string;
   private backups = 0;
 
   constructor(
@@ -116,6 +119,7 @@ export class CairnTool implements Tool {
     protected readonly opts: ToolOptions,
   ) {
     this.dir = path.join(opts.work, name);
+    this.stateDir = this.dir;
   }
 
   protected get storeSpec(): string {
@@ -325,12 +329,14 @@ export class CairnS3Tool extends CairnTool {
 export class ResticTool implements Tool {
   readonly name = 'restic';
   readonly notes = ['restic always encrypts (AES-256-CTR + Poly1305); --compression auto (zstd)'];
+  readonly stateDir: string;
   private readonly repo: string;
   private readonly cache: string;
 
   constructor(private readonly opts: ToolOptions) {
-    this.repo = path.join(opts.work, 'restic', 'repo');
-    this.cache = path.join(opts.work, 'restic', 'cache');
+    this.stateDir = path.join(opts.work, 'restic');
+    this.repo = path.join(this.stateDir, 'repo');
+    this.cache = path.join(this.stateDir, 'cache');
   }
 
   private env(): NodeJS.ProcessEnv {
@@ -372,13 +378,15 @@ export class ResticTool implements Tool {
 export class BorgTool implements Tool {
   readonly name = 'borg';
   readonly notes = ['borg: -e none (no encryption), --compression zstd,3'];
+  readonly stateDir: string;
   private readonly repo: string;
   private readonly home: string;
   private archives = 0;
 
   constructor(private readonly opts: ToolOptions) {
-    this.repo = path.join(opts.work, 'borg', 'repo');
-    this.home = path.join(opts.work, 'borg', 'home');
+    this.stateDir = path.join(opts.work, 'borg');
+    this.repo = path.join(this.stateDir, 'repo');
+    this.home = path.join(this.stateDir, 'home');
   }
 
   private env(): NodeJS.ProcessEnv {

@@ -1,0 +1,54 @@
+/**
+ * The page-cache state every timed step starts from. On this kind of VM the kernel pages out
+ * idle page cache within a minute (DAMON `pageout`, measured: ~200 MiB per 15 s), so without
+ * this a step found whatever the previous tool's run had left: the first tool after the
+ * dataset was written read from memory, the next ones partly from disk.
+ */
+import { execFileSync } from 'node:child_process';
+import { open, readdir, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+
+export const CACHE_MODES = ['warm', 'cold', 'as-is'] as const;
+export type CacheMode = (typeof CACHE_MODES)[number];
+
+export function parseCacheMode(value: string): CacheMode {
+  if ((CACHE_MODES as readonly string[]).includes(value)) return value as CacheMode;
+  throw new Error(`--page-cache must be one of ${CACHE_MODES.join(', ')}, got ${JSON.stringify(value)}`);
+}
+
+/**
+ * warm: reads every file under `dirs` (the source and the tool's own repository, index and
+ * cache), as a machine that just wrote its data would have it; cold: drops the whole page
+ * cache (root only), as a nightly run on a busy machine would find it; as-is: does nothing.
+ */
+export async function prepareCache(mode: CacheMode, dirs: string[]): Promise<void> {
+  if (mode === 'as-is') return;
+  if (mode === 'cold') {
+    execFileSync('sync');
+    await writeFile('/proc/sys/vm/drop_caches', '3');
+    return;
+  }
+  const buf = Buffer.allocUnsafe(1024 * 1024);
+  for (const dir of dirs) await readAll(dir, buf);
+}
+
+async function readAll(dir: string, buf: Buffer): Promise<void> {
+  const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
+  for (const e of entries) {
+    const p = path.join(dir, e.name);
+    if (e.isDirectory()) await readAll(p, buf);
+    else if (e.isFile()) {
+      const fh = await open(p, 'r');
+      try {
+        while ((await fh.read(buf, 0, buf.length)).bytesRead > 0);
+      } finally {
+        await fh.close();
+      }
+    }
+  }
+}
+
+/** Throws unless `cold` can drop the cache here (it needs root). */
+export async function checkCacheMode(mode: CacheMode): Promise<void> {
+  if (mode === 'cold') await prepareCache('cold', []);
+}
