@@ -1,4 +1,4 @@
-import { closeSync, openSync, promises as fs, readSync, type BigIntStats } from 'node:fs';
+import { promises as fs, type BigIntStats } from 'node:fs';
 import path from 'node:path';
 import { Chunker } from '../common/chunker.js';
 import { chunkViews, readBufferSize } from '../common/chunk-reader.js';
@@ -7,6 +7,7 @@ import type { Node } from '../common/messages.js';
 import { compareNames, emptyNode, encodeTree } from '../common/tree.js';
 import type { ExcludeMatcher } from './excludes.js';
 import { DirReader, rootRel } from './scan.js';
+import type { SmallFile, SmallFileReader } from './small-file-reader.js';
 
 export interface ArchiveStats {
   files: number;
@@ -33,12 +34,12 @@ export interface ArchiveProblem {
  */
 export interface BlobSink {
   offer(id: Buffer, raw: Buffer, kind: 'DATA' | 'TREE'): Promise<void>;
+  /** A data chunk the small-file reader has already compressed, or found not worth it. */
+  offerPacked(id: Buffer, stored: Buffer, rawLength: number, compressed: boolean): Promise<void>;
 }
 
 export type ParentTreeReader = (id: Buffer) => Promise<Node[]>;
 
-/** Files read at once: enough to keep the libuv pool busy on small files. */
-const FILES_IN_FLIGHT = 16;
 /** Large files at once, each with its own read buffer (2 x the maximum chunk). */
 const LARGE_FILES_IN_FLIGHT = 2;
 
@@ -70,20 +71,18 @@ export class Archiver {
   readonly stats: ArchiveStats = { files: 0, dirs: 0, symlinks: 0, bytes: 0, bytesRead: 0, filesReused: 0, bytesReused: 0, errors: 0, skipped: 0 };
   readonly problems: ArchiveProblem[] = [];
   private readonly reader: DirReader;
-  /** One buffer per file in flight, which a small file is read into whole. */
-  private readonly fileSlots: Slots<Buffer>;
   private readonly readBuffers: Slots<Buffer>;
 
   constructor(
     private readonly chunker: Chunker,
     private readonly sink: BlobSink,
+    private readonly small: SmallFileReader,
     excludes: ExcludeMatcher,
     private readonly readParentTree: ParentTreeReader,
     private readonly onProgress: (stats: ArchiveStats) => void = () => undefined,
     signal?: AbortSignal,
   ) {
     this.reader = new DirReader(excludes, { problem: (p, err) => this.problem(p, err), skipped: () => this.stats.skipped++ }, signal);
-    this.fileSlots = new Slots<Buffer>(Array.from({ length: FILES_IN_FLIGHT }, () => Buffer.allocUnsafeSlow(chunker.minSize)));
     this.readBuffers = new Slots<Buffer>(Array.from({ length: LARGE_FILES_IN_FLIGHT }, () => Buffer.allocUnsafeSlow(readBufferSize(chunker))));
   }
 
@@ -125,8 +124,9 @@ export class Archiver {
     const parentNodes = parentTree ? await this.parentMap(parentTree) : new Map<string, Node>();
     const entries = await this.reader.entries(abs, rel, isRoot);
     const nodes: Array<Node | undefined> = new Array(entries.length);
-    // Files are read concurrently (bounded by fileSlots) while the walk goes on; each result
-    // lands at its entry's index, so the tree keeps the sorted order.
+    // Files are read concurrently while the walk goes on (small ones in batches on worker
+    // threads, large ones LARGE_FILES_IN_FLIGHT at a time); each result lands at its entry's
+    // index, so the tree keeps the sorted order.
     const reading: Array<Promise<void>> = [];
     for (let i = 0; i < entries.length; i++) {
       const e = entries[i];
@@ -149,14 +149,21 @@ export class Archiver {
           nodes[i] = reused;
           continue;
         }
-        const slot = await this.fileSlots.take();
+        // Below the minimum chunk size a file is exactly one chunk: read whole, in batches.
+        if (e.st.size < BigInt(this.chunker.minSize)) {
+          await this.small.room();
+          reading.push(this.small.read(e.abs, Number(e.st.size)).then((r) => this.archiveSmall(e.abs, e.name, e.st, r)).then((node) => void (nodes[i] = node)));
+          continue;
+        }
+        const buf = await this.readBuffers.take();
         reading.push(
-          this.archiveFile(e.abs, e.name, e.st, slot)
+          this.archiveLarge(e.abs, e.name, e.st, buf)
             .then((node) => void (nodes[i] = node))
-            .finally(() => this.fileSlots.give(slot)),
+            .finally(() => this.readBuffers.give(buf)),
         );
       }
     }
+    this.small.flush();
     await Promise.all(reading);
     return this.storeTree(nodes.filter((n): n is Node => n !== undefined), parentTree);
   }
@@ -174,19 +181,41 @@ export class Archiver {
     return node;
   }
 
-  private async archiveFile(abs: string, name: string, st: BigIntStats, smallBuffer: Buffer): Promise<Node | undefined> {
+  private async archiveSmall(abs: string, name: string, st: BigIntStats, r: SmallFile): Promise<Node | undefined> {
+    if (r.kind === 'error') {
+      this.problem(abs, r.error);
+      return undefined;
+    }
+    if (r.kind === 'grew') {
+      const buf = await this.readBuffers.take();
+      try {
+        return await this.archiveLarge(abs, name, st, buf);
+      } finally {
+        this.readBuffers.give(buf);
+      }
+    }
     const node = metaNode(name, 'FILE', st);
     try {
-      // Below the minimum chunk size a file is exactly one chunk.
-      const small = Number(st.size) < this.chunker.minSize ? readSmall(abs, smallBuffer.subarray(0, Number(st.size) + 1)) : undefined;
-      let size: number;
-      if (small) {
-        if (small.length > 0) await this.offerChunk(small, node);
-        size = small.length;
-      } else {
-        size = await this.readStreaming(abs, node);
+      if (r.rawLength > 0) {
+        node.chunks.push(r.id);
+        this.stats.bytesRead += r.rawLength;
+        await this.sink.offerPacked(r.id, r.data, r.rawLength, r.compressed);
       }
-      // A file that changed while we read it is recorded as what we read.
+    } finally {
+      r.done();
+    }
+    // A file that changed while we read it is recorded as what we read.
+    node.size = String(r.rawLength);
+    this.stats.files++;
+    this.stats.bytes += r.rawLength;
+    this.onProgress(this.stats);
+    return node;
+  }
+
+  private async archiveLarge(abs: string, name: string, st: BigIntStats, buf: Buffer): Promise<Node | undefined> {
+    const node = metaNode(name, 'FILE', st);
+    try {
+      const size = await this.readStreaming(abs, node, buf);
       node.size = String(size);
       this.stats.files++;
       this.stats.bytes += size;
@@ -197,9 +226,8 @@ export class Archiver {
     }
   }
 
-  private async readStreaming(abs: string, node: Node): Promise<number> {
+  private async readStreaming(abs: string, node: Node, buf: Buffer): Promise<number> {
     const fh = await fs.open(abs, 'r');
-    const buf = await this.readBuffers.take();
     try {
       let size = 0;
       for await (const chunk of chunkViews(fh, this.chunker, undefined, buf)) {
@@ -208,7 +236,6 @@ export class Archiver {
       }
       return size;
     } finally {
-      this.readBuffers.give(buf);
       await fh.close();
     }
   }
@@ -231,28 +258,6 @@ export class Archiver {
     const id = hash(data);
     if (!parentTree?.equals(id)) await this.sink.offer(id, data, 'TREE');
     return id;
-  }
-}
-
-/**
- * A small file in one synchronous open-read-close: on a cached tree that is a few microseconds,
- * where three promise round trips through the libuv pool cost ten times more, and small files
- * are most of the files in a dataset. `buf` has room for one byte more than the stat size;
- * undefined when the file has grown into it (it is then streamed like a large one).
- */
-function readSmall(abs: string, buf: Buffer): Buffer | undefined {
-  const fd = openSync(abs, 'r');
-  try {
-    let got = 0;
-    for (;;) {
-      const n = readSync(fd, buf, got, buf.length - got, got);
-      if (n === 0) break;
-      got += n;
-      if (got === buf.length) return undefined;
-    }
-    return buf.subarray(0, got);
-  } finally {
-    closeSync(fd);
   }
 }
 

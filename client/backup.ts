@@ -9,6 +9,7 @@ import { formatBytes } from '../common/units.js';
 import { CLIENT_VERSION } from '../common/version.js';
 import { Archiver, type ArchiveProblem, type ArchiveStats, type BlobSink } from './archiver.js';
 import { CompressPool } from './compress-pool.js';
+import { SmallFileReader } from './small-file-reader.js';
 import type { Connection } from './connection.js';
 import type { ExcludeMatcher } from './excludes.js';
 import { FIND_MISSING_BATCH } from './limits.js';
@@ -161,8 +162,10 @@ export async function runBackup(conn: Connection, opts: BackupOptions): Promise<
   const { roots, hello, begin, scan } = await startSession(conn, opts);
   const pool = new CompressPool(hello.compressionLevel);
   const uploader = new Uploader(conn, begin.sessionId, pool);
+  const chunker = new Chunker(hello.chunker);
+  const small = new SmallFileReader(hello.compressionLevel, chunker.minSize);
   const parentTrees = new ParentTreeReader((id) => readTree(conn, id, `parent tree ${toHex(id)}`));
-  const archiver = new Archiver(new Chunker(hello.chunker), uploader, opts.excludes, (id) => parentTrees.read(id), opts.onProgress, opts.signal);
+  const archiver = new Archiver(chunker, uploader, small, opts.excludes, (id) => parentTrees.read(id), opts.onProgress, opts.signal);
   const onAbort = () => uploader.abort();
   opts.signal?.addEventListener('abort', onAbort);
   try {
@@ -195,7 +198,7 @@ export async function runBackup(conn: Connection, opts: BackupOptions): Promise<
     throw err;
   } finally {
     opts.signal?.removeEventListener('abort', onAbort);
-    await pool.close();
+    await Promise.all([pool.close(), small.close()]);
   }
 }
 
@@ -214,13 +217,21 @@ class MissingCounter implements BlobSink {
     private readonly signal?: AbortSignal,
   ) {}
 
-  async offer(id: Buffer, raw: Buffer, kind: BlobKind): Promise<void> {
+  offer(id: Buffer, raw: Buffer, kind: BlobKind): Promise<void> {
+    return this.count(id, raw.length, kind);
+  }
+
+  offerPacked(id: Buffer, _stored: Buffer, rawLength: number): Promise<void> {
+    return this.count(id, rawLength, 'DATA');
+  }
+
+  private async count(id: Buffer, length: number, kind: BlobKind): Promise<void> {
     if (this.signal?.aborted) throw new CairnError(Code.CANCELLED, 'dry run interrupted');
     const hex = toHex(id);
     if (this.seen.has(hex)) return;
     if (this.seen.size >= MAX_REMEMBERED_IDS) this.seen.clear();
     this.seen.add(hex);
-    this.batch.push({ id, length: raw.length, kind });
+    this.batch.push({ id, length, kind });
     if (this.batch.length >= FIND_MISSING_BATCH) await this.flush();
   }
 
@@ -251,14 +262,18 @@ class MissingCounter implements BlobSink {
 export async function dryRunBackup(conn: Connection, opts: BackupOptions): Promise<DryRunResult> {
   const started = Date.now();
   const { roots, hello, begin, scan } = await startSession(conn, opts);
+  const chunker = new Chunker(hello.chunker);
+  // Nothing is uploaded: small files are read and hashed, not compressed.
+  const small = new SmallFileReader(undefined, chunker.minSize);
   try {
     const counter = new MissingCounter(conn, begin.sessionId, opts.signal);
     const parentTrees = new ParentTreeReader((id) => readTree(conn, id, `parent tree ${toHex(id)}`));
-    const archiver = new Archiver(new Chunker(hello.chunker), counter, opts.excludes, (id) => parentTrees.read(id), opts.onProgress, opts.signal);
+    const archiver = new Archiver(chunker, counter, small, opts.excludes, (id) => parentTrees.read(id), opts.onProgress, opts.signal);
     await archiver.archive(roots, begin.parent ? Buffer.from(begin.parent.rootTree, 'hex') : undefined);
     await counter.flush();
     return { dataset: opts.dataset, host: opts.host, parent: begin.parent, scan, stats: archiver.stats, problems: archiver.problems, upload: counter.upload, seconds: (Date.now() - started) / 1000 };
   } finally {
+    await small.close();
     await abortSession(conn, begin.sessionId);
   }
 }

@@ -75,22 +75,37 @@ export class Uploader {
    * uploaded), so the caller keeps reading while earlier chunks are compressed and sent.
    * `raw` is copied once it has its place, so the caller may reuse it when this resolves.
    */
-  async offer(id: Buffer, raw: Buffer, kind: BlobKind): Promise<void> {
+  offer(id: Buffer, raw: Buffer, kind: BlobKind): Promise<void> {
+    return this.admit(id, raw, (own) => this.process(id, own, kind));
+  }
+
+  /**
+   * A data chunk already compressed (or found not worth it) by the caller: `stored` holds
+   * the bytes to upload, zstd when `compressed`. Same window and copy rule as offer().
+   */
+  offerPacked(id: Buffer, stored: Buffer, rawLength: number, compressed: boolean): Promise<void> {
+    return this.admit(id, stored, async (own) => {
+      if (!(await this.isMissing(id))) return this.buffers.give(own);
+      await this.send({ id, kind: 'DATA', compression: compressed ? 'ZSTD' : 'NONE', rawLength, data: own });
+    });
+  }
+
+  private async admit(id: Buffer, bytes: Buffer, then: (own: Buffer) => Promise<void>): Promise<void> {
     this.throwIfFailed();
     this.stats.blobsOffered++;
     const hex = toHex(id);
     if (this.offered.has(hex)) return;
     if (this.offered.size >= MAX_REMEMBERED_IDS) this.offered.clear();
     this.offered.add(hex);
-    const cost = raw.length + 256;
+    const cost = bytes.length + 256;
     while (this.windowUsed > 0 && (this.windowUsed + cost > SNAPSHOT_WINDOW_BYTES || this.tasks.size >= SNAPSHOT_WINDOW_BLOBS) && !this.failure) {
       await new Promise<void>((resolve) => this.windowWaiters.push(resolve));
     }
     this.throwIfFailed();
     this.windowUsed += cost;
-    const own = this.buffers.take(raw.length);
-    raw.copy(own);
-    const task = this.process(id, own, kind).then(
+    const own = this.buffers.take(bytes.length);
+    bytes.copy(own);
+    const task = then(own).then(
       () => undefined,
       (err) => this.fail(err),
     );
