@@ -8,7 +8,7 @@ import { createToken } from './auth-helpers.js';
 import { cleanupTmp, ROOT, runCli, startServer, tmpDir, type ServerHandle } from './harness.js';
 import { randomBytes, writeFile } from './tree-gen.js';
 
-const CLI_JS = path.join(ROOT, 'dist/client/cli.js');
+const CLI_JS = path.join(ROOT, 'dist/client/cli.bundle.js');
 const MiB = 1024 * 1024;
 
 describe('agent config validation', () => {
