@@ -1,3 +1,5 @@
+import os from 'node:os';
+import path from 'node:path';
 import { defineConfig } from 'vitest/config';
 
 export default defineConfig({
@@ -8,5 +10,7 @@ export default defineConfig({
     pool: 'forks',
     fileParallelism: true,
     maxWorkers: 2,
+    // Every CLI the tests start keeps its tree cache here, not in the user's ~/.cache.
+    env: { CAIRN_CACHE_DIR: path.join(os.tmpdir(), 'cairn-test-cache') },
   },
 });

@@ -52,7 +52,7 @@ export interface Tool {
   /** Restores the latest snapshot; `root` is where the backed-up directory's contents landed. */
   restore(target: string): Promise<StepMeasure & { root: string }>;
   repoBytes(): Promise<number>;
-  /** Bytes of client-side cache (restic, borg), not counted in the repository size. */
+  /** Bytes of client-side cache (every tool has one), not counted in the repository size. */
   cacheBytes(): Promise<number>;
   close(): Promise<void>;
 }
@@ -168,8 +168,13 @@ export class CairnTool implements Tool {
     this.server = await startCairnServer({ store: this.storeSpec, index: this.indexDir, env: this.serverEnv(), extraArgs: this.serverArgs(), nodeArgs });
   }
 
+  /** The client's tree cache, in the tool's state like restic's and borg's caches. */
+  private get cacheDir(): string {
+    return path.join(this.dir, 'cache');
+  }
+
   private clientEnv(): NodeJS.ProcessEnv {
-    return { ...process.env, CAIRN_SERVER: this.server!.addr };
+    return { ...process.env, CAIRN_SERVER: this.server!.addr, CAIRN_CACHE_DIR: this.cacheDir };
   }
 
   private async measured(args: string[], nodeArgs: string[] = []): Promise<{ r: RunResult; serverPeak: number; serverPeakAnon: number; cpuSeconds: number }> {
@@ -203,8 +208,8 @@ export class CairnTool implements Tool {
     return (await dirBytes(path.join(this.dir, 'store'))) + (await dirBytes(this.indexDir));
   }
 
-  async cacheBytes(): Promise<number> {
-    return 0;
+  cacheBytes(): Promise<number> {
+    return dirBytes(this.cacheDir);
   }
 
   async close(): Promise<void> {

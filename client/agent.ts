@@ -4,6 +4,7 @@ import { createLogger, type Logger } from '../common/log.js';
 import type { HeartbeatRequest } from '../common/query-messages.js';
 import { loadAgentConfig, type AgentConfig, type DatasetConfig } from './agent-config.js';
 import { runBackup } from './backup.js';
+import { defaultCacheDir } from './tree-cache.js';
 import { EXIT, type GlobalOpts } from './cli-common.js';
 import { Connection, tlsFromFlags, type TlsOptions } from './connection.js';
 import { ExcludeMatcher } from './excludes.js';
@@ -135,11 +136,12 @@ export class Agent {
             excludes: await ExcludeMatcher.create(d.excludes),
             maxSize: d.maxSize,
             maxShrink: d.maxShrink,
+            cacheDir: defaultCacheDir(),
             signal,
           });
           const s = r.stats;
           this.log.info(
-            { dataset: d.name, snapshot: r.snapshot.id, files: s.files, filesUnchanged: s.filesReused, bytes: s.bytes, bytesRead: s.bytesRead, skipped: s.skipped, newBytes: Number(r.snapshot.summary.newBytes), seconds: r.seconds },
+            { dataset: d.name, snapshot: r.snapshot.id, files: s.files, filesUnchanged: s.filesReused, bytes: s.bytes, bytesRead: s.bytesRead, skipped: s.skipped, newBytes: Number(r.snapshot.summary.newBytes), treeCache: r.treeCache, seconds: r.seconds },
             'snapshot saved',
           );
           if (r.problems.length > 0) this.log.warn({ dataset: d.name, unreadable: r.problems.length, first: r.problems.slice(0, 5) }, 'snapshot saved without some unreadable entries');

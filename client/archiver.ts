@@ -38,7 +38,13 @@ export interface BlobSink {
   offerPacked(id: Buffer, stored: Buffer, rawLength: number, compressed: boolean): Promise<void>;
 }
 
-export type ParentTreeReader = (id: Buffer) => Promise<Node[]>;
+/** Where trees come from and go besides the sink: the parent snapshot's, and the new ones as stored. */
+export interface TreeSource {
+  /** A tree of the parent snapshot. */
+  readParent(id: Buffer): Promise<Node[]>;
+  /** Every tree of the snapshot being made, offered or not (an unchanged one is not). */
+  made(id: Buffer, bytes: Buffer): void;
+}
 
 /** Large files at once, each with its own read buffer (2 x the maximum chunk). */
 const LARGE_FILES_IN_FLIGHT = 2;
@@ -78,7 +84,7 @@ export class Archiver {
     private readonly sink: BlobSink,
     private readonly small: SmallFileReader,
     excludes: ExcludeMatcher,
-    private readonly readParentTree: ParentTreeReader,
+    private readonly trees: TreeSource,
     private readonly onProgress: (stats: ArchiveStats) => void = () => undefined,
     signal?: AbortSignal,
   ) {
@@ -112,7 +118,7 @@ export class Archiver {
 
   private async parentMap(treeId: Buffer): Promise<Map<string, Node>> {
     try {
-      return new Map((await this.readParentTree(treeId)).map((n) => [n.name, n]));
+      return new Map((await this.trees.readParent(treeId)).map((n) => [n.name, n]));
     } catch {
       // An unreadable parent only costs re-reading: every file is then treated as changed.
       return new Map();
@@ -256,6 +262,7 @@ export class Archiver {
   private async storeTree(nodes: Node[], parentTree: Buffer | undefined): Promise<Buffer> {
     const data = encodeTree(nodes);
     const id = hash(data);
+    this.trees.made(id, data);
     if (!parentTree?.equals(id)) await this.sink.offer(id, data, 'TREE');
     return id;
   }

@@ -15,6 +15,7 @@ import type { ExcludeMatcher } from './excludes.js';
 import { FIND_MISSING_BATCH } from './limits.js';
 import { describeLargest, prescan, type ScanSummary } from './scan.js';
 import { ParentTreeReader } from './parent-trees.js';
+import { TreeCache, type TreeCacheStats } from './tree-cache.js';
 import { readTree } from './tree-reader.js';
 import { Uploader } from './uploader.js';
 
@@ -36,6 +37,8 @@ export interface BackupOptions {
   maxShrink?: number;
   /** Record the snapshot even when a root is empty or the dataset shrank past maxShrink. */
   allowShrink?: boolean;
+  /** Keep the new snapshot's trees here and read the parent's from here (TreeCache); none when unset. */
+  cacheDir?: string;
 }
 
 export interface BackupResult {
@@ -44,6 +47,8 @@ export interface BackupResult {
   stats: ArchiveStats;
   problems: ArchiveProblem[];
   uploadedBytes: number;
+  /** Parent trees read from the local cache or the server, and trees written to the cache. */
+  treeCache?: TreeCacheStats;
   seconds: number;
 }
 
@@ -156,6 +161,15 @@ async function startSession(conn: Connection, opts: BackupOptions): Promise<Star
   return { roots, hello, begin, scan };
 }
 
+async function openCache(opts: BackupOptions, hello: HelloReply): Promise<TreeCache | undefined> {
+  return opts.cacheDir === undefined ? undefined : TreeCache.open(opts.cacheDir, hello.repositoryId, opts.dataset, opts.host);
+}
+
+function parentTreeReader(conn: Connection, cache: TreeCache | undefined): ParentTreeReader {
+  const fromServer = (id: Buffer) => readTree(conn, id, `parent tree ${toHex(id)}`);
+  return new ParentTreeReader(cache ? (id) => cache.read(id, fromServer) : fromServer);
+}
+
 /** One snapshot, end to end: guards, Begin, walk + upload, Commit; any failure aborts the session. */
 export async function runBackup(conn: Connection, opts: BackupOptions): Promise<BackupResult> {
   const started = Date.now();
@@ -164,8 +178,10 @@ export async function runBackup(conn: Connection, opts: BackupOptions): Promise<
   const uploader = new Uploader(conn, begin.sessionId, pool);
   const chunker = new Chunker(hello.chunker);
   const small = new SmallFileReader(hello.compressionLevel, chunker.minSize);
-  const parentTrees = new ParentTreeReader((id) => readTree(conn, id, `parent tree ${toHex(id)}`));
-  const archiver = new Archiver(chunker, uploader, small, opts.excludes, (id) => parentTrees.read(id), opts.onProgress, opts.signal);
+  const cache = await openCache(opts, hello);
+  const parentTrees = parentTreeReader(conn, cache);
+  const trees = { readParent: (id: Buffer) => parentTrees.read(id), made: (id: Buffer, bytes: Buffer) => cache?.record(id, bytes) };
+  const archiver = new Archiver(chunker, uploader, small, opts.excludes, trees, opts.onProgress, opts.signal);
   const onAbort = () => uploader.abort();
   opts.signal?.addEventListener('abort', onAbort);
   try {
@@ -190,7 +206,8 @@ export async function runBackup(conn: Connection, opts: BackupOptions): Promise<
         newChunks: '0',
       },
     });
-    return { snapshot, scan, stats: archiver.stats, problems: archiver.problems, uploadedBytes: uploader.stats.bytesUploaded, seconds: (Date.now() - started) / 1000 };
+    await cache?.prune();
+    return { snapshot, scan, stats: archiver.stats, problems: archiver.problems, uploadedBytes: uploader.stats.bytesUploaded, treeCache: cache?.stats, seconds: (Date.now() - started) / 1000 };
   } catch (err) {
     uploader.abort();
     await abortSession(conn, begin.sessionId);
@@ -198,7 +215,7 @@ export async function runBackup(conn: Connection, opts: BackupOptions): Promise<
     throw err;
   } finally {
     opts.signal?.removeEventListener('abort', onAbort);
-    await Promise.all([pool.close(), small.close()]);
+    await Promise.all([pool.close(), small.close(), cache?.flush()]);
   }
 }
 
@@ -267,8 +284,9 @@ export async function dryRunBackup(conn: Connection, opts: BackupOptions): Promi
   const small = new SmallFileReader(undefined, chunker.minSize);
   try {
     const counter = new MissingCounter(conn, begin.sessionId, opts.signal);
-    const parentTrees = new ParentTreeReader((id) => readTree(conn, id, `parent tree ${toHex(id)}`));
-    const archiver = new Archiver(chunker, counter, small, opts.excludes, (id) => parentTrees.read(id), opts.onProgress, opts.signal);
+    // Read from the cache, never written: a dry run records nothing.
+    const parentTrees = parentTreeReader(conn, await openCache(opts, hello));
+    const archiver = new Archiver(chunker, counter, small, opts.excludes, { readParent: (id) => parentTrees.read(id), made: () => undefined }, opts.onProgress, opts.signal);
     await archiver.archive(roots, begin.parent ? Buffer.from(begin.parent.rootTree, 'hex') : undefined);
     await counter.flush();
     return { dataset: opts.dataset, host: opts.host, parent: begin.parent, scan, stats: archiver.stats, problems: archiver.problems, upload: counter.upload, seconds: (Date.now() - started) / 1000 };

@@ -5,6 +5,7 @@ import { formatBytes, parseSize } from '../common/units.js';
 import { CLIENT_VERSION } from '../common/version.js';
 import type { ArchiveStats } from './archiver.js';
 import { defaultHost, dryRunBackup, parseShare, runBackup, type BackupOptions } from './backup.js';
+import { defaultCacheDir } from './tree-cache.js';
 import { collect, connect, EXIT, out, snapshotRow } from './cli-common.js';
 import { ExcludeMatcher } from './excludes.js';
 import { localTime, table } from './format.js';
@@ -69,6 +70,8 @@ export function buildProgram(): Command {
     .option('--max-shrink <percent>', 'refuse when the dataset lost more than this share of its files or bytes since its last snapshot', '50%')
     .option('--allow-shrink', 'record the snapshot even if a directory is empty or shrank past --max-shrink', false)
     .option('--dry-run', 'show what would be read, skipped and uploaded; upload and record nothing', false)
+    .option('--cache-dir <dir>', "keep each dataset's latest trees here, so the next snapshot reads its parent locally (default: $CAIRN_CACHE_DIR, else $XDG_CACHE_HOME/cairn or ~/.cache/cairn)")
+    .option('--no-cache', 'neither read nor write the local tree cache')
     .action(async (dirs: string[], o, cmd: Command) => {
       const { conn, g } = connect(cmd);
       const opts: BackupOptions = {
@@ -88,6 +91,7 @@ export function buildProgram(): Command {
         maxSize: o.maxSize ? parseSize(o.maxSize) : undefined,
         maxShrink: parseShare(o.maxShrink, '--max-shrink'),
         allowShrink: o.allowShrink,
+        cacheDir: o.cache ? (o.cacheDir ?? defaultCacheDir()) : undefined,
       };
       const progress = new Progress();
       const abort = new AbortController();
@@ -106,7 +110,7 @@ export function buildProgram(): Command {
         progress.done();
         for (const p of r.problems) process.stderr.write(`warning: ${p.path}: ${p.message}\n`);
         if (g.json) {
-          out(JSON.stringify({ snapshot: r.snapshot, stats: r.stats, problems: r.problems, uploadedBytes: r.uploadedBytes, seconds: r.seconds, peakRssBytes: peakRss() }));
+          out(JSON.stringify({ snapshot: r.snapshot, stats: r.stats, problems: r.problems, uploadedBytes: r.uploadedBytes, treeCache: r.treeCache, seconds: r.seconds, peakRssBytes: peakRss() }));
         } else {
           const s = r.stats;
           out(`snapshot ${r.snapshot.id.slice(0, 8)} saved (${r.snapshot.dataset}@${r.snapshot.host})`);

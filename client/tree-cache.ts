@@ -1,0 +1,135 @@
+import { promises as fs } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { hash, toHex } from '../common/hash.js';
+import type { Node } from '../common/messages.js';
+import { decodeTree } from '../common/tree.js';
+
+/** Beyond this many trees in one snapshot the cache stops tracking them and is not pruned. */
+const MAX_TRACKED = 1_000_000;
+
+/** Where the cache lives unless --cache-dir says: CAIRN_CACHE_DIR, else the XDG cache directory. */
+export function defaultCacheDir(env: NodeJS.ProcessEnv = process.env): string {
+  if (env.CAIRN_CACHE_DIR) return env.CAIRN_CACHE_DIR;
+  const base = env.XDG_CACHE_HOME || path.join(env.HOME || os.homedir(), '.cache');
+  return path.join(base, 'cairn');
+}
+
+export interface TreeCacheStats {
+  /** Parent trees read from the cache: no round trip to the server. */
+  hits: number;
+  /** Parent trees the cache did not have, or had damaged, so the server sent them. */
+  misses: number;
+  /** Trees of the new snapshot written to the cache. */
+  written: number;
+}
+
+/**
+ * The trees of a dataset's latest snapshot, kept on the client like restic's cache, so the
+ * next snapshot compares against its parent without asking the server for a tree per
+ * directory: over a network each of those is a round trip, and even on loopback they were
+ * the largest wait of an unchanged snapshot.
+ *
+ * One directory per repository, dataset and host holds one file per tree, named by its id.
+ * The id is the BLAKE3 of the bytes, so a file that does not hash to its name (a torn write,
+ * a flipped bit, a hand edit) is not used: the server is asked instead. The cache is an
+ * optimisation only: any error reading or writing it costs a round trip, never a snapshot.
+ * Writes go to a temporary name and are renamed into place, so kill -9 leaves no half tree
+ * under a tree's name. After a commit, the trees not in the new snapshot are removed.
+ */
+export class TreeCache {
+  readonly stats: TreeCacheStats = { hits: 0, misses: 0, written: 0 };
+  private readonly made = new Set<string>();
+  private present: Set<string> | undefined;
+  private writable = true;
+  private readonly writes = new Set<Promise<void>>();
+
+  private constructor(readonly dir: string) {}
+
+  /** The cache of one lineage (repository, dataset, host) under `root`. */
+  static async open(root: string, repositoryId: string, dataset: string, host: string): Promise<TreeCache> {
+    const lineage = hash(Buffer.from(JSON.stringify([repositoryId, dataset, host]))).toString('hex').slice(0, 32);
+    const cache = new TreeCache(path.join(root, 'trees', lineage));
+    try {
+      await fs.mkdir(cache.dir, { recursive: true });
+      cache.present = new Set((await fs.readdir(cache.dir)).filter((n) => n.length === 64));
+    } catch {
+      cache.writable = false;
+      cache.present = new Set();
+    }
+    return cache;
+  }
+
+  /** The tree `id` from the cache, or undefined when it is absent or damaged. */
+  async get(id: Buffer): Promise<Node[] | undefined> {
+    const hex = toHex(id);
+    if (!this.present?.has(hex)) return undefined;
+    try {
+      const bytes = await fs.readFile(path.join(this.dir, hex));
+      if (!hash(bytes).equals(id)) throw new Error('damaged');
+      const nodes = decodeTree(bytes, `cached tree ${hex}`);
+      this.stats.hits++;
+      return nodes;
+    } catch {
+      this.present?.delete(hex);
+      await fs.rm(path.join(this.dir, hex), { force: true }).catch(() => undefined);
+      return undefined;
+    }
+  }
+
+  /** The cache first, then `fetch` (the server); counts which one answered. */
+  async read(id: Buffer, fetch: (id: Buffer) => Promise<Node[]>): Promise<Node[]> {
+    const cached = await this.get(id);
+    if (cached) return cached;
+    this.stats.misses++;
+    return fetch(id);
+  }
+
+  /** A tree of the snapshot being made, as stored: written unless the cache has it. */
+  record(id: Buffer, bytes: Buffer): void {
+    const hex = toHex(id);
+    if (this.made.size < MAX_TRACKED) this.made.add(hex);
+    if (!this.writable || this.present?.has(hex)) return;
+    this.present?.add(hex);
+    const write = this.write(hex, bytes).finally(() => this.writes.delete(write));
+    this.writes.add(write);
+  }
+
+  private async write(hex: string, bytes: Buffer): Promise<void> {
+    const tmp = path.join(this.dir, `.${hex}.${process.pid}.tmp`);
+    try {
+      await fs.writeFile(tmp, bytes);
+      await fs.rename(tmp, path.join(this.dir, hex));
+      this.stats.written++;
+    } catch {
+      // A full or read-only disk: stop writing for this run; the snapshot goes on.
+      this.writable = false;
+      this.present?.delete(hex);
+      await fs.rm(tmp, { force: true }).catch(() => undefined);
+    }
+  }
+
+  /** Waits for the writes started so far. */
+  async flush(): Promise<void> {
+    while (this.writes.size > 0) await Promise.all([...this.writes]);
+  }
+
+  /**
+   * After the new snapshot is committed: removes every tree that is not in it (and any
+   * temporary file a killed run left), so the cache holds one snapshot's trees.
+   */
+  async prune(): Promise<void> {
+    await this.flush();
+    if (this.made.size >= MAX_TRACKED) return;
+    let names: string[];
+    try {
+      names = await fs.readdir(this.dir);
+    } catch {
+      return;
+    }
+    for (const name of names) {
+      if (this.made.has(name)) continue;
+      await fs.rm(path.join(this.dir, name), { force: true }).catch(() => undefined);
+    }
+  }
+}
