@@ -1,4 +1,4 @@
-import { promises as fs, type BigIntStats } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Chunker } from '../common/chunker.js';
 import { chunkViews, readBufferSize } from '../common/chunk-reader.js';
@@ -6,7 +6,8 @@ import { hash } from '../common/hash.js';
 import type { Node } from '../common/messages.js';
 import { compareNames, emptyNode, encodeTree } from '../common/tree.js';
 import type { ExcludeMatcher } from './excludes.js';
-import { DirReader, rootRel } from './scan.js';
+import { DirReader, rootRel, type EntryStat } from './scan.js';
+import type { WalkCache } from './walk-cache.js';
 import type { SmallFile, SmallFileReader } from './small-file-reader.js';
 
 export interface ArchiveStats {
@@ -67,6 +68,18 @@ class Slots<T> {
   }
 }
 
+export interface ArchiverParts {
+  chunker: Chunker;
+  sink: BlobSink;
+  small: SmallFileReader;
+  excludes: ExcludeMatcher;
+  trees: TreeSource;
+  /** The pre-scan's listings, used instead of listing those directories again. */
+  walked?: WalkCache;
+  onProgress?: (stats: ArchiveStats) => void;
+  signal?: AbortSignal;
+}
+
 /**
  * Walks directories depth first, turns each into a tree blob (entries sorted by name), and
  * reuses the chunk list of every file whose size, mtime, ctime and inode match the parent
@@ -79,17 +92,18 @@ export class Archiver {
   private readonly reader: DirReader;
   private readonly readBuffers: Slots<Buffer>;
 
-  constructor(
-    private readonly chunker: Chunker,
-    private readonly sink: BlobSink,
-    private readonly small: SmallFileReader,
-    excludes: ExcludeMatcher,
-    private readonly trees: TreeSource,
-    private readonly onProgress: (stats: ArchiveStats) => void = () => undefined,
-    signal?: AbortSignal,
-  ) {
-    this.reader = new DirReader(excludes, { problem: (p, err) => this.problem(p, err), skipped: () => this.stats.skipped++ }, signal);
-    this.readBuffers = new Slots<Buffer>(Array.from({ length: LARGE_FILES_IN_FLIGHT }, () => Buffer.allocUnsafeSlow(readBufferSize(chunker))));
+  private readonly chunker: Chunker;
+  private readonly sink: BlobSink;
+  private readonly small: SmallFileReader;
+  private readonly trees: TreeSource;
+  private readonly onProgress: (stats: ArchiveStats) => void;
+
+  constructor(parts: ArchiverParts) {
+    ({ chunker: this.chunker, sink: this.sink, small: this.small, trees: this.trees } = parts);
+    this.onProgress = parts.onProgress ?? (() => undefined);
+    const walked = parts.walked && { cache: parts.walked, role: 'replay' as const };
+    this.reader = new DirReader(parts.excludes, { problem: (p, err) => this.problem(p, err), skipped: () => this.stats.skipped++ }, parts.signal, walked);
+    this.readBuffers = new Slots<Buffer>(Array.from({ length: LARGE_FILES_IN_FLIGHT }, () => Buffer.allocUnsafeSlow(readBufferSize(this.chunker))));
   }
 
   private problem(p: string, err: unknown): void {
@@ -175,7 +189,7 @@ export class Archiver {
   }
 
   /** The parent's node for an unchanged file (same size, mtime, ctime, inode): nothing is read. */
-  private reuse(name: string, st: BigIntStats, prev: Node | undefined): Node | undefined {
+  private reuse(name: string, st: EntryStat, prev: Node | undefined): Node | undefined {
     const node = metaNode(name, 'FILE', st);
     if (!prev || prev.type !== 'FILE' || prev.size !== node.size || prev.mtimeNs !== node.mtimeNs || prev.ctimeNs !== node.ctimeNs || prev.inode !== node.inode) return undefined;
     node.chunks = prev.chunks;
@@ -187,7 +201,7 @@ export class Archiver {
     return node;
   }
 
-  private async archiveSmall(abs: string, name: string, st: BigIntStats, r: SmallFile): Promise<Node | undefined> {
+  private async archiveSmall(abs: string, name: string, st: EntryStat, r: SmallFile): Promise<Node | undefined> {
     if (r.kind === 'error') {
       this.problem(abs, r.error);
       return undefined;
@@ -218,7 +232,7 @@ export class Archiver {
     return node;
   }
 
-  private async archiveLarge(abs: string, name: string, st: BigIntStats, buf: Buffer): Promise<Node | undefined> {
+  private async archiveLarge(abs: string, name: string, st: EntryStat, buf: Buffer): Promise<Node | undefined> {
     const node = metaNode(name, 'FILE', st);
     try {
       const size = await this.readStreaming(abs, node, buf);
@@ -268,7 +282,7 @@ export class Archiver {
   }
 }
 
-function metaNode(name: string, type: Node['type'], st: BigIntStats): Node {
+function metaNode(name: string, type: Node['type'], st: EntryStat): Node {
   const node = emptyNode(name, type);
   node.mode = Number(st.mode & 0o7777n);
   node.mtimeNs = String(st.mtimeNs);
@@ -278,7 +292,7 @@ function metaNode(name: string, type: Node['type'], st: BigIntStats): Node {
   return node;
 }
 
-function dirNode(name: string, st: BigIntStats, subtree: Buffer): Node {
+function dirNode(name: string, st: EntryStat, subtree: Buffer): Node {
   const node = metaNode(name, 'DIR', st);
   // A directory's ctime and inode change with every entry added or removed; leaving them
   // out keeps an unchanged directory's tree bytes, and so its id, stable across snapshots.

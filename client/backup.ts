@@ -16,6 +16,7 @@ import { FIND_MISSING_BATCH } from './limits.js';
 import { describeLargest, prescan, type ScanSummary } from './scan.js';
 import { ParentTreeReader } from './parent-trees.js';
 import { TreeCache, type TreeCacheStats } from './tree-cache.js';
+import { WalkCache } from './walk-cache.js';
 import { readTree } from './tree-reader.js';
 import { Uploader } from './uploader.js';
 
@@ -130,6 +131,7 @@ function checkShrink(scan: ScanSummary, parent: Snapshot, maxShrink: number): vo
 }
 
 interface Started {
+  walked: WalkCache;
   roots: string[];
   hello: HelloReply;
   begin: BeginBackupReply;
@@ -147,7 +149,8 @@ async function abortSession(conn: Connection, sessionId: string): Promise<void> 
  */
 async function startSession(conn: Connection, opts: BackupOptions): Promise<Started> {
   const roots = await resolveRoots(opts.paths);
-  const scan = await prescan(roots, opts.excludes, opts.signal);
+  const walked = new WalkCache();
+  const scan = await prescan(roots, opts.excludes, opts.signal, walked);
   if (opts.maxSize !== undefined) checkSize(scan, opts.maxSize, opts.dataset);
   if (!opts.allowShrink) checkNotEmpty(scan, opts.dataset);
   const hello = await conn.unary<HelloReply>('Hello', {});
@@ -158,7 +161,7 @@ async function startSession(conn: Connection, opts: BackupOptions): Promise<Star
     await abortSession(conn, begin.sessionId);
     throw err;
   }
-  return { roots, hello, begin, scan };
+  return { roots, hello, begin, scan, walked };
 }
 
 async function openCache(opts: BackupOptions, hello: HelloReply): Promise<TreeCache | undefined> {
@@ -173,7 +176,7 @@ function parentTreeReader(conn: Connection, cache: TreeCache | undefined): Paren
 /** One snapshot, end to end: guards, Begin, walk + upload, Commit; any failure aborts the session. */
 export async function runBackup(conn: Connection, opts: BackupOptions): Promise<BackupResult> {
   const started = Date.now();
-  const { roots, hello, begin, scan } = await startSession(conn, opts);
+  const { roots, hello, begin, scan, walked } = await startSession(conn, opts);
   const pool = new CompressPool(hello.compressionLevel);
   const uploader = new Uploader(conn, begin.sessionId, pool);
   const chunker = new Chunker(hello.chunker);
@@ -181,7 +184,7 @@ export async function runBackup(conn: Connection, opts: BackupOptions): Promise<
   const cache = await openCache(opts, hello);
   const parentTrees = parentTreeReader(conn, cache);
   const trees = { readParent: (id: Buffer) => parentTrees.read(id), made: (id: Buffer, bytes: Buffer) => cache?.record(id, bytes) };
-  const archiver = new Archiver(chunker, uploader, small, opts.excludes, trees, opts.onProgress, opts.signal);
+  const archiver = new Archiver({ chunker, sink: uploader, small, excludes: opts.excludes, trees, walked, onProgress: opts.onProgress, signal: opts.signal });
   const onAbort = () => uploader.abort();
   opts.signal?.addEventListener('abort', onAbort);
   try {
@@ -278,7 +281,7 @@ class MissingCounter implements BlobSink {
  */
 export async function dryRunBackup(conn: Connection, opts: BackupOptions): Promise<DryRunResult> {
   const started = Date.now();
-  const { roots, hello, begin, scan } = await startSession(conn, opts);
+  const { roots, hello, begin, scan, walked } = await startSession(conn, opts);
   const chunker = new Chunker(hello.chunker);
   // Nothing is uploaded: small files are read and hashed, not compressed.
   const small = new SmallFileReader(undefined, chunker.minSize);
@@ -286,7 +289,8 @@ export async function dryRunBackup(conn: Connection, opts: BackupOptions): Promi
     const counter = new MissingCounter(conn, begin.sessionId, opts.signal);
     // Read from the cache, never written: a dry run records nothing.
     const parentTrees = parentTreeReader(conn, await openCache(opts, hello));
-    const archiver = new Archiver(chunker, counter, small, opts.excludes, { readParent: (id) => parentTrees.read(id), made: () => undefined }, opts.onProgress, opts.signal);
+    const trees = { readParent: (id: Buffer) => parentTrees.read(id), made: () => undefined };
+    const archiver = new Archiver({ chunker, sink: counter, small, excludes: opts.excludes, trees, walked, onProgress: opts.onProgress, signal: opts.signal });
     await archiver.archive(roots, begin.parent ? Buffer.from(begin.parent.rootTree, 'hex') : undefined);
     await counter.flush();
     return { dataset: opts.dataset, host: opts.host, parent: begin.parent, scan, stats: archiver.stats, problems: archiver.problems, upload: counter.upload, seconds: (Date.now() - started) / 1000 };

@@ -4,13 +4,23 @@ import { CairnError, Code } from '../common/errors.js';
 import { formatBytes } from '../common/units.js';
 import { compareNames } from '../common/tree.js';
 import type { ExcludeMatcher } from './excludes.js';
+import type { DirListing, WalkCache } from './walk-cache.js';
+
+/** What a snapshot keeps of an entry's lstat. */
+export interface EntryStat {
+  mode: bigint;
+  size: bigint;
+  mtimeNs: bigint;
+  ctimeNs: bigint;
+  ino: bigint;
+}
 
 export interface ScanEntry {
   name: string;
   abs: string;
   /** '/'-separated path inside the snapshot, as exclude patterns see it. */
   rel: string;
-  st: BigIntStats;
+  st: EntryStat;
   type: 'FILE' | 'DIR' | 'SYMLINK';
 }
 
@@ -28,22 +38,53 @@ export interface ScanHooks {
  * both walk through this, so the size a pre-scan measures is the size the snapshot reads.
  */
 export class DirReader {
+  /**
+   * `walked`: the pre-scan records each listing there (`record`), and the snapshot's walk
+   * takes them back (`replay`), reporting the same problems and skips as a fresh listing.
+   */
   constructor(
     private readonly excludes: ExcludeMatcher,
     private readonly hooks: ScanHooks,
     private readonly signal?: AbortSignal,
+    private readonly walked?: { cache: WalkCache; role: 'record' | 'replay' },
   ) {}
 
   /** `isRoot`: a directory named on the command line, whose unreadability fails the snapshot. */
   async entries(abs: string, rel: string, isRoot: boolean): Promise<ScanEntry[]> {
     if (this.signal?.aborted) throw new CairnError(Code.CANCELLED, 'snapshot interrupted');
+    if (this.walked?.role === 'replay') {
+      const kept = this.walked.cache.take(abs, rel);
+      if (kept) {
+        for (const p of kept.problems) this.hooks.problem(p.path, p.err);
+        for (let i = 0; i < kept.skipped; i++) this.hooks.skipped();
+        return kept.entries;
+      }
+    }
+    const listing = await this.list(abs, rel, isRoot);
+    if (this.walked?.role === 'record') this.walked.cache.put(abs, listing);
+    return listing.entries;
+  }
+
+  private async list(abs: string, rel: string, isRoot: boolean): Promise<DirListing> {
+    const problems: DirListing['problems'] = [];
+    let skipped = 0;
+    const hooks = {
+      problem: (p: string, err: unknown) => {
+        problems.push({ path: p, err });
+        this.hooks.problem(p, err);
+      },
+      skipped: () => {
+        skipped++;
+        this.hooks.skipped();
+      },
+    };
     let dirents: Dirent[];
     try {
       dirents = await fs.readdir(abs, { withFileTypes: true });
     } catch (err) {
       if (isRoot) throw err;
-      this.hooks.problem(abs, err);
-      return [];
+      hooks.problem(abs, err);
+      return { entries: [], problems, skipped };
     }
     dirents.sort((a, b) => compareNames(a.name, b.name));
     // lstat is a few microseconds of kernel time on a cached tree, while a promise round trip
@@ -52,7 +93,7 @@ export class DirReader {
       try {
         return lstatSync(path.join(abs, e.name), { bigint: true });
       } catch (err) {
-        this.hooks.problem(path.join(abs, e.name), err);
+        hooks.problem(path.join(abs, e.name), err);
         return undefined;
       }
     });
@@ -63,17 +104,17 @@ export class DirReader {
       const name = dirents[i].name;
       const entry = { name, abs: path.join(abs, name), rel: rel === '' ? name : `${rel}/${name}`, st };
       if (st.isDirectory()) {
-        if (this.excludes.excludesDir(entry.rel) || (await this.excludes.excludesCacheDir(entry.abs))) this.hooks.skipped();
+        if (this.excludes.excludesDir(entry.rel) || (await this.excludes.excludesCacheDir(entry.abs))) hooks.skipped();
         else out.push({ ...entry, type: 'DIR' });
       } else if (st.isSymbolicLink()) {
         out.push({ ...entry, type: 'SYMLINK' });
       } else if (st.isFile() && !this.excludes.excludesFile(entry.rel, Number(st.size))) {
         out.push({ ...entry, type: 'FILE' });
       } else {
-        this.hooks.skipped();
+        hooks.skipped();
       }
     }
-    return out;
+    return { entries: out, problems, skipped };
   }
 }
 
@@ -109,9 +150,9 @@ export const LARGEST_SHOWN = 5;
  * Walk + lstat with the snapshot's exclusion rules, opening no file: what a snapshot would
  * read, in a fraction of the time, so limits can refuse before anything is uploaded.
  */
-export async function prescan(roots: string[], excludes: ExcludeMatcher, signal?: AbortSignal): Promise<ScanSummary> {
+export async function prescan(roots: string[], excludes: ExcludeMatcher, signal?: AbortSignal, walked?: WalkCache): Promise<ScanSummary> {
   const summary: ScanSummary = { files: 0, dirs: 0, symlinks: 0, bytes: 0, skipped: 0, errors: 0, roots: [], largest: [] };
-  const reader = new DirReader(excludes, { problem: () => summary.errors++, skipped: () => summary.skipped++ }, signal);
+  const reader = new DirReader(excludes, { problem: () => summary.errors++, skipped: () => summary.skipped++ }, signal, walked && { cache: walked, role: 'record' });
   // Sorted largest first; a directory's total is known once its walk is done.
   const candidates: DirSize[] = [];
   const consider = (d: DirSize) => {
