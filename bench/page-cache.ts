@@ -5,8 +5,7 @@
  * dataset was written read from memory, the next ones partly from disk.
  */
 import { execFileSync } from 'node:child_process';
-import { open, readdir, writeFile } from 'node:fs/promises';
-import path from 'node:path';
+import { writeFile } from 'node:fs/promises';
 
 export const CACHE_MODES = ['warm', 'cold', 'as-is'] as const;
 export type CacheMode = (typeof CACHE_MODES)[number];
@@ -28,23 +27,10 @@ export async function prepareCache(mode: CacheMode, dirs: string[]): Promise<voi
     await writeFile('/proc/sys/vm/drop_caches', '3');
     return;
   }
-  const buf = Buffer.allocUnsafe(1024 * 1024);
-  for (const dir of dirs) await readAll(dir, buf);
-}
-
-async function readAll(dir: string, buf: Buffer): Promise<void> {
-  const entries = await readdir(dir, { withFileTypes: true }).catch(() => []);
-  for (const e of entries) {
-    const p = path.join(dir, e.name);
-    if (e.isDirectory()) await readAll(p, buf);
-    else if (e.isFile()) {
-      const fh = await open(p, 'r');
-      try {
-        while ((await fh.read(buf, 0, buf.length)).bytesRead > 0);
-      } finally {
-        await fh.close();
-      }
-    }
+  for (const dir of dirs) {
+    // find | xargs cat: a million small files in seconds, where reading them one promise at a
+    // time from node took minutes. A missing directory (no repository yet) is fine.
+    execFileSync('sh', ['-c', 'test -d "$1" || exit 0; find "$1" -type f -print0 | xargs -0 -r cat > /dev/null', 'sh', dir]);
   }
 }
 
