@@ -1,4 +1,4 @@
-import { promises as fs } from 'node:fs';
+import { constants, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Chunker } from '../common/chunker.js';
 import { chunkViews, readBufferSize } from '../common/chunk-reader.js';
@@ -247,8 +247,11 @@ export class Archiver {
   }
 
   private async readStreaming(abs: string, node: Node, buf: Buffer): Promise<number> {
-    const fh = await fs.open(abs, 'r');
+    // As on the small-file path: a FIFO or a symlink that took the file's place since the walk
+    // saw it must neither block a thread of the pool forever nor be followed.
+    const fh = await fs.open(abs, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
     try {
+      if (!(await fh.stat()).isFile()) throw Object.assign(new Error(`${abs} is no longer a regular file`), { code: 'EINVAL' });
       let size = 0;
       for await (const chunk of chunkViews(fh, this.chunker, undefined, buf)) {
         size += chunk.length;

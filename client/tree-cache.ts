@@ -1,12 +1,30 @@
-import { promises as fs } from 'node:fs';
+import { constants, promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { hash, toHex } from '../common/hash.js';
 import type { Node } from '../common/messages.js';
 import { decodeTree } from '../common/tree.js';
+import { MAX_CLIENT_MESSAGE_BYTES } from './limits.js';
 
 /** Beyond this many trees in one snapshot the cache stops tracking them and is not pruned. */
 const MAX_TRACKED = 1_000_000;
+
+/**
+ * A cached file's bytes, if it is a regular file no larger than the largest tree a server
+ * accepts: whatever else sits under a tree's name (a link to /dev/zero, a huge file) is not read.
+ */
+async function readBounded(file: string): Promise<Buffer> {
+  const fh = await fs.open(file, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  try {
+    const st = await fh.stat();
+    if (!st.isFile() || st.size > MAX_CLIENT_MESSAGE_BYTES) throw new Error('not a cached tree');
+    const bytes = Buffer.allocUnsafe(st.size);
+    const { bytesRead } = await fh.read(bytes, 0, st.size, 0);
+    return bytes.subarray(0, bytesRead);
+  } finally {
+    await fh.close();
+  }
+}
 
 /** Where the cache lives unless --cache-dir says: CAIRN_CACHE_DIR, else the XDG cache directory. */
 export function defaultCacheDir(env: NodeJS.ProcessEnv = process.env): string {
@@ -65,7 +83,7 @@ export class TreeCache {
     const hex = toHex(id);
     if (!this.present?.has(hex)) return undefined;
     try {
-      const bytes = await fs.readFile(path.join(this.dir, hex));
+      const bytes = await readBounded(path.join(this.dir, hex));
       if (!hash(bytes).equals(id)) throw new Error('damaged');
       const nodes = decodeTree(bytes, `cached tree ${hex}`);
       this.stats.hits++;

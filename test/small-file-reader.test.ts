@@ -1,4 +1,5 @@
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { execFileSync } from 'node:child_process';
+import { mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { blake3 } from '@napi-rs/blake-hash';
@@ -120,6 +121,18 @@ describe('SmallFileReader', () => {
       expect(read.data.toString()).toBe(`file ${names[i]}`);
       read.done();
     }
+  });
+
+  it('gives an error, not a thread blocked forever, for a FIFO or a symlink that took a file\'s place', async () => {
+    const fifo = path.join(dir, 'fifo');
+    execFileSync('mkfifo', [fifo]);
+    await symlink(path.join(dir, 'one'), path.join(dir, 'link'));
+    const r = await make(3);
+    const pending = [r.read(fifo, 10), r.read(path.join(dir, 'link'), 1)];
+    r.flush();
+    const [f, l] = await Promise.all(pending);
+    expect(f.kind === 'error' && f.error.message).toMatch(/no longer a regular file/);
+    expect(l.kind === 'error' && l.error.code).toBe('ELOOP');
   });
 
   it('refuses a file above its size limit', async () => {

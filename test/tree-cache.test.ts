@@ -74,6 +74,16 @@ describe('local tree cache', () => {
     expect(blake3(await fs.readFile(victim)).toString('hex')).toBe(path.basename(victim));
   });
 
+  it('does not read what is not a cached tree under a tree\'s name (a link to /dev/zero)', async () => {
+    const files = await treeFiles(cache);
+    await fs.rm(files[1]);
+    await fs.symlink('/dev/zero', files[1]);
+    const r = await snap(server, ['--cache-dir', cache]);
+    expect(r.treeCache?.misses).toBe(1);
+    expect(r.stats.filesReused).toBe(21);
+    expect((await fs.lstat(files[1])).isFile()).toBe(true);
+  });
+
   it('holds only the latest snapshot\'s trees after a directory is removed', async () => {
     await fs.rm(path.join(data, 'b', 'z'), { recursive: true });
     const r = await snap(server, ['--cache-dir', cache, '--allow-shrink']);
