@@ -146,9 +146,13 @@ export class Archiver {
     const nodes: Array<Node | undefined> = new Array(entries.length);
     // Files are read concurrently while the walk goes on (small ones in batches on worker
     // threads, large ones LARGE_FILES_IN_FLIGHT at a time); each result lands at its entry's
-    // index, so the tree keeps the sorted order.
+    // index, so the tree keeps the sorted order. A failure (the upload broke, a reader thread
+    // died) is caught at once and rethrown after the loop: left pending until then, it would
+    // reject while the walk is in a subdirectory, with nothing yet listening.
     const reading: Array<Promise<void>> = [];
-    for (let i = 0; i < entries.length; i++) {
+    let failure: { err: unknown } | undefined;
+    const track = (p: Promise<void>) => reading.push(p.catch((err: unknown) => void (failure ??= { err })));
+    for (let i = 0; i < entries.length && !failure; i++) {
       const e = entries[i];
       const prev = parentNodes.get(e.name);
       if (e.type === 'DIR') {
@@ -172,11 +176,11 @@ export class Archiver {
         // Below the minimum chunk size a file is exactly one chunk: read whole, in batches.
         if (e.st.size < BigInt(this.chunker.minSize)) {
           await this.small.room();
-          reading.push(this.small.read(e.abs, Number(e.st.size)).then((r) => this.archiveSmall(e.abs, e.name, e.st, r)).then((node) => void (nodes[i] = node)));
+          track(this.small.read(e.abs, Number(e.st.size)).then((r) => this.archiveSmall(e.abs, e.name, e.st, r)).then((node) => void (nodes[i] = node)));
           continue;
         }
         const buf = await this.readBuffers.take();
-        reading.push(
+        track(
           this.archiveLarge(e.abs, e.name, e.st, buf)
             .then((node) => void (nodes[i] = node))
             .finally(() => this.readBuffers.give(buf)),
@@ -185,6 +189,7 @@ export class Archiver {
     }
     this.small.flush();
     await Promise.all(reading);
+    if (failure) throw failure.err;
     return this.storeTree(nodes.filter((n): n is Node => n !== undefined), parentTree);
   }
 
