@@ -44,10 +44,11 @@ export interface TreeSource {
   /** A tree of the parent snapshot. */
   readParent(id: Buffer): Promise<Node[]>;
   /** Every tree of the snapshot being made, offered or not (an unchanged one is not). */
-  made(id: Buffer, bytes: Buffer): void;
+  made(id: Buffer, bytes: Buffer): Promise<void> | void;
 }
 
-/** Large files at once, each with its own read buffer (2 x the maximum chunk). */
+/** Large files at once, each with its own read buffer (2 x the maximum chunk); a small file
+ *  that grew past its stat size since the walk takes one of these too. */
 const LARGE_FILES_IN_FLIGHT = 2;
 
 /** A counting semaphore that hands out the read buffers of large files. */
@@ -284,7 +285,7 @@ export class Archiver {
   private async storeTree(nodes: Node[], parentTree: Buffer | undefined): Promise<Buffer> {
     const data = encodeTree(nodes);
     const id = hash(data);
-    this.trees.made(id, data);
+    await this.trees.made(id, data);
     if (!parentTree?.equals(id)) await this.sink.offer(id, data, 'TREE');
     return id;
   }

@@ -164,8 +164,8 @@ async function startSession(conn: Connection, opts: BackupOptions): Promise<Star
   return { roots, hello, begin, scan, walked };
 }
 
-async function openCache(opts: BackupOptions, hello: HelloReply): Promise<TreeCache | undefined> {
-  return opts.cacheDir === undefined ? undefined : TreeCache.open(opts.cacheDir, hello.repositoryId, opts.dataset, opts.host);
+async function openCache(opts: BackupOptions, hello: HelloReply, readOnly = false): Promise<TreeCache | undefined> {
+  return opts.cacheDir === undefined ? undefined : TreeCache.open(opts.cacheDir, hello.repositoryId, opts.dataset, opts.host, readOnly);
 }
 
 function parentTreeReader(conn: Connection, cache: TreeCache | undefined): ParentTreeReader {
@@ -288,7 +288,7 @@ export async function dryRunBackup(conn: Connection, opts: BackupOptions): Promi
   try {
     const counter = new MissingCounter(conn, begin.sessionId, opts.signal);
     // Read from the cache, never written: a dry run records nothing.
-    const parentTrees = parentTreeReader(conn, await openCache(opts, hello));
+    const parentTrees = parentTreeReader(conn, await openCache(opts, hello, true));
     const trees = { readParent: (id: Buffer) => parentTrees.read(id), made: () => undefined };
     const archiver = new Archiver({ chunker, sink: counter, small, excludes: opts.excludes, trees, walked, onProgress: opts.onProgress, signal: opts.signal });
     await archiver.archive(roots, begin.parent ? Buffer.from(begin.parent.rootTree, 'hex') : undefined);

@@ -4,7 +4,7 @@ import { CairnError, Code } from '../common/errors.js';
 import { formatBytes } from '../common/units.js';
 import { compareNames } from '../common/tree.js';
 import type { ExcludeMatcher } from './excludes.js';
-import type { DirListing, WalkCache } from './walk-cache.js';
+import type { DirListing, DirStamp, WalkCache } from './walk-cache.js';
 
 /** What a snapshot keeps of an entry's lstat. */
 export interface EntryStat {
@@ -53,15 +53,17 @@ export class DirReader {
   async entries(abs: string, rel: string, isRoot: boolean): Promise<ScanEntry[]> {
     if (this.signal?.aborted) throw new CairnError(Code.CANCELLED, 'snapshot interrupted');
     if (this.walked?.role === 'replay') {
-      const kept = this.walked.cache.take(abs, rel);
+      const kept = this.walked.cache.take(abs, rel, dirStamp(abs));
       if (kept) {
         for (const p of kept.problems) this.hooks.problem(p.path, p.err);
         for (let i = 0; i < kept.skipped; i++) this.hooks.skipped();
         return kept.entries;
       }
     }
+    // Stamped before listing, so a change while listing makes the walk list it again.
+    const stamp = this.walked?.role === 'record' ? dirStamp(abs) : undefined;
     const listing = await this.list(abs, rel, isRoot);
-    if (this.walked?.role === 'record') this.walked.cache.put(abs, listing);
+    if (stamp) this.walked!.cache.put(abs, stamp, listing);
     return listing.entries;
   }
 
@@ -115,6 +117,16 @@ export class DirReader {
       }
     }
     return { entries: out, problems, skipped };
+  }
+}
+
+/** The directory's own stamp; undefined when it is gone or no longer a directory. */
+function dirStamp(abs: string): DirStamp | undefined {
+  try {
+    const st = lstatSync(abs, { bigint: true });
+    return st.isDirectory() ? { ino: st.ino, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs } : undefined;
+  } catch {
+    return undefined;
   }
 }
 

@@ -38,7 +38,8 @@ function readWhole(abs: string, size: number): number | 'grew' {
 function run(job: ReadBatch): { result: ReadBatchResult; transfer: ArrayBuffer[] } {
   const ab = spare.pop() ?? new ArrayBuffer(setup.outputBytes);
   const out = Buffer.from(ab);
-  const ids = Buffer.allocUnsafeSlow(job.files.length * ID_BYTES);
+  // Zeroed: the slots of files not read are sent too, and must not carry stale memory.
+  const ids = Buffer.alloc(job.files.length * ID_BYTES);
   const outcomes: SmallFileOutcome[] = [];
   let at = 0;
   for (let i = 0; i < job.files.length; i++) {
@@ -61,7 +62,7 @@ function run(job: ReadBatch): { result: ReadBatchResult; transfer: ArrayBuffer[]
     // here saves a trip to a compression worker per file. An empty file has no chunk.
     const packed = got > 0 && compressor ? compressor.pack(raw) : undefined;
     const data = packed ?? raw;
-    data.copy(out, at);
+    if (data.copy(out, at) !== data.length) throw new Error(`batch buffer of ${out.length} bytes overflowed at ${abs}`);
     outcomes.push({ kind: 'read', offset: at, length: data.length, rawLength: got, compressed: packed !== undefined });
     at += data.length;
   }

@@ -8,6 +8,12 @@ import { MAX_CLIENT_MESSAGE_BYTES } from './limits.js';
 
 /** Beyond this many trees in one snapshot the cache stops tracking them and is not pruned. */
 const MAX_TRACKED = 1_000_000;
+/** Tree writes at once: a first run records every directory's tree, and unbounded that was an fd and a buffer per directory. */
+const WRITES_IN_FLIGHT = 8;
+const TREE_NAME = /^[0-9a-f]{64}$/;
+const TEMP_NAME = /^\.[0-9a-f]{64}\.\d+\.tmp$/;
+/** https://bford.info/cachedir/: backups of $HOME (cairn's own default excludes among them) skip the cache. */
+const CACHEDIR_TAG = 'Signature: 8a477f597d28d172789f06886806bc55\n# This file marks the cairn tree cache: backups need not include it.\n';
 
 /**
  * A cached file's bytes, if it is a regular file no larger than the largest tree a server
@@ -17,7 +23,7 @@ async function readBounded(file: string): Promise<Buffer> {
   const fh = await fs.open(file, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
   try {
     const st = await fh.stat();
-    if (!st.isFile() || st.size > MAX_CLIENT_MESSAGE_BYTES) throw new Error('not a cached tree');
+    if (!st.isFile() || st.size > MAX_CLIENT_MESSAGE_BYTES) throw Object.assign(new Error('not a cached tree'), { code: 'ENOTTREE' });
     const bytes = Buffer.allocUnsafe(st.size);
     const { bytesRead } = await fh.read(bytes, 0, st.size, 0);
     return bytes.subarray(0, bytesRead);
@@ -64,13 +70,21 @@ export class TreeCache {
 
   private constructor(readonly dir: string) {}
 
-  /** The cache of one lineage (repository, dataset, host) under `root`. */
-  static async open(root: string, repositoryId: string, dataset: string, host: string): Promise<TreeCache> {
+  /**
+   * The cache of one lineage (repository, dataset, host) under `root`. The directories are
+   * the user's alone: tree files hold every path, size and time backed up, and a small file's
+   * chunk id would confirm a guess at its content. `readOnly` (a dry run) creates nothing.
+   */
+  static async open(root: string, repositoryId: string, dataset: string, host: string, readOnly = false): Promise<TreeCache> {
     const lineage = hash(Buffer.from(JSON.stringify([repositoryId, dataset, host]))).toString('hex').slice(0, 32);
     const cache = new TreeCache(path.join(root, 'trees', lineage));
+    cache.writable = !readOnly;
     try {
-      await fs.mkdir(cache.dir, { recursive: true });
-      cache.present = new Set((await fs.readdir(cache.dir)).filter((n) => n.length === 64));
+      if (!readOnly) {
+        await fs.mkdir(cache.dir, { recursive: true, mode: 0o700 });
+        await fs.writeFile(path.join(root, 'CACHEDIR.TAG'), CACHEDIR_TAG, { flag: 'wx', mode: 0o600 }).catch(() => undefined);
+      }
+      cache.present = new Set((await fs.readdir(cache.dir)).filter((n) => TREE_NAME.test(n)));
     } catch {
       cache.writable = false;
       cache.present = new Set();
@@ -82,17 +96,31 @@ export class TreeCache {
   async get(id: Buffer): Promise<Node[] | undefined> {
     const hex = toHex(id);
     if (!this.present?.has(hex)) return undefined;
+    let bytes: Buffer;
     try {
-      const bytes = await readBounded(path.join(this.dir, hex));
+      bytes = await readBounded(path.join(this.dir, hex));
+    } catch (err) {
+      // A link or a device under a tree's name is replaced; a file missing (its write still in
+      // flight) or unreadable for now (EMFILE, EACCES) is left alone.
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ELOOP' || code === 'ENOTTREE') await this.discard(hex);
+      return undefined;
+    }
+    try {
       if (!hash(bytes).equals(id)) throw new Error('damaged');
       const nodes = decodeTree(bytes, `cached tree ${hex}`);
       this.stats.hits++;
       return nodes;
     } catch {
-      this.present?.delete(hex);
-      await fs.rm(path.join(this.dir, hex), { force: true }).catch(() => undefined);
+      await this.discard(hex);
       return undefined;
     }
+  }
+
+  /** Removes a bad entry (the link itself, not what it points to), so this run writes it afresh. */
+  private async discard(hex: string): Promise<void> {
+    this.present?.delete(hex);
+    await fs.rm(path.join(this.dir, hex), { force: true }).catch(() => undefined);
   }
 
   /** The cache first, then `fetch` (the server); counts which one answered. */
@@ -103,12 +131,16 @@ export class TreeCache {
     return fetch(id);
   }
 
-  /** A tree of the snapshot being made, as stored: written unless the cache has it. */
-  record(id: Buffer, bytes: Buffer): void {
+  /**
+   * A tree of the snapshot being made, as stored: written unless the cache has it. Resolves
+   * once the write has a place among WRITES_IN_FLIGHT, so the walk slows rather than piles up.
+   */
+  async record(id: Buffer, bytes: Buffer): Promise<void> {
     const hex = toHex(id);
     if (this.made.size < MAX_TRACKED) this.made.add(hex);
     if (!this.writable || this.present?.has(hex)) return;
     this.present?.add(hex);
+    while (this.writes.size >= WRITES_IN_FLIGHT) await Promise.race(this.writes);
     const write = this.write(hex, bytes).finally(() => this.writes.delete(write));
     this.writes.add(write);
   }
@@ -116,7 +148,7 @@ export class TreeCache {
   private async write(hex: string, bytes: Buffer): Promise<void> {
     const tmp = path.join(this.dir, `.${hex}.${process.pid}.tmp`);
     try {
-      await fs.writeFile(tmp, bytes);
+      await fs.writeFile(tmp, bytes, { mode: 0o600 });
       await fs.rename(tmp, path.join(this.dir, hex));
       this.stats.written++;
     } catch {
@@ -134,19 +166,21 @@ export class TreeCache {
 
   /**
    * After the new snapshot is committed: removes every tree that is not in it (and any
-   * temporary file a killed run left), so the cache holds one snapshot's trees.
+   * temporary file a killed run left), so the cache holds one snapshot's trees. Only names the
+   * cache itself writes are touched, and only in a real directory, never through a link.
    */
   async prune(): Promise<void> {
     await this.flush();
     if (this.made.size >= MAX_TRACKED) return;
     let names: string[];
     try {
+      if (!(await fs.lstat(this.dir)).isDirectory()) return;
       names = await fs.readdir(this.dir);
     } catch {
       return;
     }
     for (const name of names) {
-      if (this.made.has(name)) continue;
+      if (this.made.has(name) || !(TREE_NAME.test(name) || TEMP_NAME.test(name))) continue;
       await fs.rm(path.join(this.dir, name), { force: true }).catch(() => undefined);
     }
   }

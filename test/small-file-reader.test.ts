@@ -135,6 +135,29 @@ describe('SmallFileReader', () => {
     expect(l.kind === 'error' && l.error.code).toBe('ELOOP');
   });
 
+  it('fits a small file larger than the usual batch buffer whole (a repository with a large minimum chunk)', async () => {
+    const big = Buffer.concat(Array.from({ length: 160 }, (_, i) => blake3(Buffer.from(`block ${i}`)))); // 5 KiB, incompressible
+    const data = Buffer.concat(Array.from({ length: 1024 }, () => big)).subarray(0, 5 * 1024 * 1024);
+    // Repeated blocks would compress: flip bytes so zstd finds nothing to save.
+    for (let i = 0; i < data.length; i += 4096) data.writeUInt32LE(i * 2654435761 >>> 0, i);
+    await writeFile(path.join(dir, 'five-mib'), data);
+    const r = await make(undefined, 8 * 1024 * 1024);
+    const p = r.read(path.join(dir, 'five-mib'), data.length);
+    r.flush();
+    const read = expectRead(await p);
+    expect(read.data.length).toBe(data.length);
+    expect(read.data.equals(data)).toBe(true);
+    expect(read.id.equals(blake3(data))).toBe(true);
+    read.done();
+  });
+
+  it('rejects the reads still pending when closed', async () => {
+    const r = await reader(3, 64 * KiB);
+    const pending = r.read(path.join(dir, 'one'), 1);
+    await r.close();
+    await expect(pending).rejects.toThrow(/closed/);
+  });
+
   it('refuses a file above its size limit', async () => {
     const r = await make(3, 1000);
     await expect(r.read(path.join(dir, 'big'), 1001)).rejects.toThrow(/1001 bytes is not a small file/);

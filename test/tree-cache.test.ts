@@ -53,6 +53,10 @@ describe('local tree cache', () => {
     const { blake3 } = await import('@napi-rs/blake-hash');
     for (const f of files) expect(blake3(await fs.readFile(f)).toString('hex')).toBe(path.basename(f));
     expect(files.map((f) => path.basename(f))).toContain(first.snapshot.rootTree);
+    // The user's alone: tree files name every path backed up. Tagged, so backups of $HOME skip it.
+    for (const f of files) expect((await fs.stat(f)).mode & 0o777).toBe(0o600);
+    expect((await fs.stat(path.dirname(files[0]))).mode & 0o777).toBe(0o700);
+    expect(await fs.readFile(path.join(cache, 'CACHEDIR.TAG'), 'utf8')).toMatch(/^Signature: 8a477f597d28d172789f06886806bc55/);
 
     const second = await snap(server, ['--cache-dir', cache]);
     expect(second.treeCache).toEqual({ hits: 7, misses: 0, written: 0 });
@@ -128,6 +132,13 @@ describe('local tree cache', () => {
     } finally {
       await s.stop();
     }
+  });
+
+  it('creates nothing in the cache for a dry run', async () => {
+    const fresh = path.join(tmpDir('cairn-tc-dry-'), 'cache');
+    const r = await runCli(['--json', 'snapshot', data, '--dataset', 'dry', '--host', 'h', '--cache-dir', fresh, '--dry-run'], { server: server.addr });
+    expect(r.code).toBe(0);
+    await expect(fs.stat(fresh)).rejects.toThrow(/ENOENT/);
   });
 
   it('never fails a snapshot over a cache it cannot write', async () => {

@@ -7,6 +7,11 @@ import { DirReader, prescan, type ScanEntry } from '../client/scan.js';
 import { WalkCache } from '../client/walk-cache.js';
 import { cleanupTmp, tmpDir } from './harness.js';
 
+async function stampOf(abs: string) {
+  const st = await fs.lstat(abs, { bigint: true });
+  return { ino: st.ino, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs };
+}
+
 const plain = (entries: ScanEntry[]) => entries.map((e) => ({ name: e.name, abs: e.abs, rel: e.rel, type: e.type, mode: e.st.mode, size: e.st.size, ino: e.st.ino, mtimeNs: e.st.mtimeNs, ctimeNs: e.st.ctimeNs }));
 
 describe('WalkCache: the pre-scan\'s listings replayed to the snapshot walk', () => {
@@ -44,26 +49,44 @@ describe('WalkCache: the pre-scan\'s listings replayed to the snapshot walk', ()
     const a = (await freshReader.entries(root, '', true)).find((e) => e.name === 'a.txt')!;
     expect(a.st.mtimeNs).toBe(-86_400_000_000_000n);
     // Given out once: the listing is gone from the cache afterwards.
-    expect(cache.take(root, '')).toBeUndefined();
+    expect(cache.take(root, '', await stampOf(root))).toBeUndefined();
   });
 
   it('keeps no more than its budget: the rest is listed again', async () => {
     const cache = new WalkCache(3);
     await prescan([root], excludes, undefined, cache);
     // The root holds three entries (a.txt, link, sub) and fits; sub's would pass the budget.
-    expect(cache.take(root, '')?.entries.map((e) => e.name)).toEqual(['a.txt', 'link', 'sub']);
-    expect(cache.take(path.join(root, 'sub'), 'sub')).toBeUndefined();
+    expect(cache.take(root, '', await stampOf(root))?.entries.map((e) => e.name)).toEqual(['a.txt', 'link', 'sub']);
+    expect(cache.take(path.join(root, 'sub'), 'sub', await stampOf(path.join(root, 'sub')))).toBeUndefined();
   });
 
   it('replays the problems and skips a listing reported, in the walk\'s own hooks', async () => {
     const cache = new WalkCache();
     const err = Object.assign(new Error('permission denied'), { code: 'EACCES' });
-    cache.put('/data/locked-parent', { entries: [], problems: [{ path: '/data/locked-parent/secret', err }], skipped: 2 });
+    const locked = path.join(root, 'locked-parent');
+    await fs.mkdir(locked);
+    cache.put(locked, await stampOf(locked), { entries: [], problems: [{ path: path.join(locked, 'secret'), err }], skipped: 2 });
     const seen: Array<[string, unknown]> = [];
     let skipped = 0;
     const reader = new DirReader(excludes, { problem: (p, e) => seen.push([p, e]), skipped: () => skipped++ }, undefined, { cache, role: 'replay' });
-    expect(await reader.entries('/data/locked-parent', 'locked-parent', false)).toEqual([]);
-    expect(seen).toEqual([['/data/locked-parent/secret', err]]);
+    expect(await reader.entries(locked, 'locked-parent', false)).toEqual([]);
+    expect(seen).toEqual([[path.join(locked, 'secret'), err]]);
     expect(skipped).toBe(2);
+    await fs.rm(locked, { recursive: true });
+  });
+
+  it('lists a directory again when it changed since the pre-scan: a file added or removed is seen', async () => {
+    const dir = path.join(root, 'changing');
+    await fs.mkdir(dir);
+    await fs.writeFile(path.join(dir, 'old'), 'old');
+    const cache = new WalkCache();
+    await prescan([root], excludes, undefined, cache);
+    await fs.rm(path.join(dir, 'old'));
+    await fs.writeFile(path.join(dir, 'new'), 'new');
+    const reader = new DirReader(excludes, { problem: () => undefined, skipped: () => undefined }, undefined, { cache, role: 'replay' });
+    expect((await reader.entries(dir, 'changing', false)).map((e) => e.name)).toEqual(['new']);
+    // An unchanged directory still comes from the cache: its stamp matches.
+    expect(cache.take(path.join(root, 'sub'), 'sub', await stampOf(path.join(root, 'sub')))?.entries.map((e) => e.name)).toEqual(['b.bin']);
+    await fs.rm(dir, { recursive: true });
   });
 });
