@@ -2,6 +2,7 @@ import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { CairnError, Code } from '../common/errors.js';
 import type { Packed } from '../common/compression.js';
+import { chooseWorker } from './worker-choice.js';
 
 interface Pending {
   resolve: (p: Packed) => void;
@@ -59,9 +60,7 @@ export class CompressPool {
   compress(raw: Buffer): Promise<Packed> {
     if (this.failed) return Promise.reject(this.failed);
     if (raw.byteOffset !== 0) return Promise.reject(new CairnError(Code.INTERNAL, 'compress() needs a buffer at offset 0 of its own ArrayBuffer'));
-    let best = 0;
-    for (let i = 1; i < this.load.length; i++) if (this.load[i] < this.load[best]) best = i;
-    if ((this.workers.length === 0 || this.load[best] > 0) && this.workers.length < this.size) best = this.spawn();
+    const best = chooseWorker(this.load, this.size, () => this.spawn());
     const seq = this.seq++;
     this.load[best]++;
     return new Promise<Packed>((resolve, reject) => {

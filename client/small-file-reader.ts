@@ -2,6 +2,7 @@ import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { CairnError, Code } from '../common/errors.js';
 import { ID_BYTES } from '../common/hash.js';
+import { chooseWorker } from './worker-choice.js';
 
 export interface ReaderSetup {
   /** zstd level; undefined reads and hashes only (a dry run uploads nothing). */
@@ -119,19 +120,12 @@ export class SmallFileReader {
   private pump(): void {
     while (this.ready.length > 0 && this.sent.size < this.limit && !this.failed) {
       const batch = this.ready.shift()!;
-      const w = this.pickWorker();
+      const w = chooseWorker(this.busy, this.size, () => this.spawn());
       this.busy[w]++;
       this.sent.set(batch.seq, { batch, worker: w });
       this.workers[w].postMessage({ seq: batch.seq, files: batch.files } satisfies ReadBatch);
     }
     if (this.ready.length === 0) for (const wake of this.roomWaiters.splice(0)) wake();
-  }
-
-  private pickWorker(): number {
-    let best = 0;
-    for (let i = 1; i < this.busy.length; i++) if (this.busy[i] < this.busy[best]) best = i;
-    if ((this.workers.length === 0 || this.busy[best] > 0) && this.workers.length < this.size) return this.spawn();
-    return best;
   }
 
   private spawn(): number {
