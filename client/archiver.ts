@@ -1,4 +1,4 @@
-import { constants, promises as fs } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { Chunker } from '../common/chunker.js';
 import { chunkViews, readBufferSize } from '../common/chunk-reader.js';
@@ -7,6 +7,7 @@ import type { Node } from '../common/messages.js';
 import { compareNames, emptyNode, encodeTree } from '../common/tree.js';
 import type { ExcludeMatcher } from './excludes.js';
 import { DirReader, rootRel, type EntryStat } from './scan.js';
+import { noLongerRegular, READ_REGULAR_FLAGS } from './regular-file.js';
 import type { WalkCache } from './walk-cache.js';
 import type { SmallFile, SmallFileReader } from './small-file-reader.js';
 
@@ -253,11 +254,9 @@ export class Archiver {
   }
 
   private async readStreaming(abs: string, node: Node, buf: Buffer): Promise<number> {
-    // As on the small-file path: a FIFO or a symlink that took the file's place since the walk
-    // saw it must neither block a thread of the pool forever nor be followed.
-    const fh = await fs.open(abs, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+    const fh = await fs.open(abs, READ_REGULAR_FLAGS);
     try {
-      if (!(await fh.stat()).isFile()) throw Object.assign(new Error(`${abs} is no longer a regular file`), { code: 'EINVAL' });
+      if (!(await fh.stat()).isFile()) throw noLongerRegular(abs);
       let size = 0;
       for await (const chunk of chunkViews(fh, this.chunker, undefined, buf)) {
         size += chunk.length;

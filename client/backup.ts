@@ -7,7 +7,7 @@ import { shortId, toHex } from '../common/hash.js';
 import type { BeginBackupReply, BlobKind, HelloReply, Snapshot } from '../common/messages.js';
 import { formatBytes } from '../common/units.js';
 import { CLIENT_VERSION } from '../common/version.js';
-import { Archiver, type ArchiveProblem, type ArchiveStats, type BlobSink } from './archiver.js';
+import { Archiver, type ArchiveProblem, type ArchiveStats, type BlobSink, type TreeSource } from './archiver.js';
 import { CompressPool } from './compress-pool.js';
 import { SmallFileReader } from './small-file-reader.js';
 import type { Connection } from './connection.js';
@@ -168,9 +168,11 @@ async function openCache(opts: BackupOptions, hello: HelloReply, readOnly = fals
   return opts.cacheDir === undefined ? undefined : TreeCache.open(opts.cacheDir, hello.repositoryId, opts.dataset, opts.host, readOnly);
 }
 
-function parentTreeReader(conn: Connection, cache: TreeCache | undefined): ParentTreeReader {
+/** Parent trees from the cache, else the server, read ahead of the walk; new trees go to the cache when `record`. */
+function treeSource(conn: Connection, cache: TreeCache | undefined, record: boolean): TreeSource {
   const fromServer = (id: Buffer) => readTree(conn, id, `parent tree ${toHex(id)}`);
-  return new ParentTreeReader(cache ? (id) => cache.read(id, fromServer) : fromServer);
+  const parents = new ParentTreeReader(cache ? (id) => cache.read(id, fromServer) : fromServer);
+  return { readParent: (id) => parents.read(id), made: (id, bytes) => (record ? cache?.record(id, bytes) : undefined) };
 }
 
 /** One snapshot, end to end: guards, Begin, walk + upload, Commit; any failure aborts the session. */
@@ -182,8 +184,7 @@ export async function runBackup(conn: Connection, opts: BackupOptions): Promise<
   const chunker = new Chunker(hello.chunker);
   const small = new SmallFileReader(hello.compressionLevel, chunker.minSize);
   const cache = await openCache(opts, hello);
-  const parentTrees = parentTreeReader(conn, cache);
-  const trees = { readParent: (id: Buffer) => parentTrees.read(id), made: (id: Buffer, bytes: Buffer) => cache?.record(id, bytes) };
+  const trees = treeSource(conn, cache, true);
   const archiver = new Archiver({ chunker, sink: uploader, small, excludes: opts.excludes, trees, walked, onProgress: opts.onProgress, signal: opts.signal });
   const onAbort = () => uploader.abort();
   opts.signal?.addEventListener('abort', onAbort);
@@ -288,8 +289,7 @@ export async function dryRunBackup(conn: Connection, opts: BackupOptions): Promi
   try {
     const counter = new MissingCounter(conn, begin.sessionId, opts.signal);
     // Read from the cache, never written: a dry run records nothing.
-    const parentTrees = parentTreeReader(conn, await openCache(opts, hello, true));
-    const trees = { readParent: (id: Buffer) => parentTrees.read(id), made: () => undefined };
+    const trees = treeSource(conn, await openCache(opts, hello, true), false);
     const archiver = new Archiver({ chunker, sink: counter, small, excludes: opts.excludes, trees, walked, onProgress: opts.onProgress, signal: opts.signal });
     await archiver.archive(roots, begin.parent ? Buffer.from(begin.parent.rootTree, 'hex') : undefined);
     await counter.flush();

@@ -1,7 +1,8 @@
-import { closeSync, constants, fstatSync, openSync, readSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
 import { BlobCompressor } from '../common/compression.js';
 import { hash, ID_BYTES } from '../common/hash.js';
+import { noLongerRegular, READ_REGULAR_FLAGS } from './regular-file.js';
 import type { ReadBatch, ReadBatchResult, ReaderSetup, SmallFileOutcome } from './small-file-reader.js';
 
 const setup = workerData as ReaderSetup;
@@ -17,11 +18,9 @@ const spare: ArrayBuffer[] = [];
  * a cold one it blocks only this thread while the others keep the disk busy.
  */
 function readWhole(abs: string, size: number): number | 'grew' {
-  // The walk saw a regular file; if a FIFO or a symlink took its place since, opening it
-  // must neither block this thread forever nor follow the link.
-  const fd = openSync(abs, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  const fd = openSync(abs, READ_REGULAR_FLAGS);
   try {
-    if (!fstatSync(fd).isFile()) throw Object.assign(new Error(`${abs} is no longer a regular file`), { code: 'EINVAL' });
+    if (!fstatSync(fd).isFile()) throw noLongerRegular(abs);
     const want = Math.min(size + 1, scratch.length);
     let got = 0;
     while (got < want) {

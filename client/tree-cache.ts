@@ -1,10 +1,11 @@
-import { constants, promises as fs } from 'node:fs';
+import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { hash, toHex } from '../common/hash.js';
 import type { Node } from '../common/messages.js';
 import { decodeTree } from '../common/tree.js';
 import { MAX_CLIENT_MESSAGE_BYTES } from './limits.js';
+import { READ_REGULAR_FLAGS } from './regular-file.js';
 
 /** Beyond this many trees in one snapshot the cache stops tracking them and is not pruned. */
 const MAX_TRACKED = 1_000_000;
@@ -20,7 +21,7 @@ const CACHEDIR_TAG = 'Signature: 8a477f597d28d172789f06886806bc55\n# This file m
  * accepts: whatever else sits under a tree's name (a link to /dev/zero, a huge file) is not read.
  */
 async function readBounded(file: string): Promise<Buffer> {
-  const fh = await fs.open(file, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  const fh = await fs.open(file, READ_REGULAR_FLAGS);
   try {
     const st = await fh.stat();
     if (!st.isFile() || st.size > MAX_CLIENT_MESSAGE_BYTES) throw Object.assign(new Error('not a cached tree'), { code: 'ENOTTREE' });

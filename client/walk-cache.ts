@@ -15,7 +15,7 @@ export interface DirStamp {
   ctimeNs: bigint;
 }
 
-export function sameStamp(a: DirStamp, b: DirStamp): boolean {
+function sameStamp(a: DirStamp, b: DirStamp): boolean {
   return a.ino === b.ino && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs;
 }
 
