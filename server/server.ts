@@ -121,11 +121,16 @@ export class CairnServer {
   }
 
   async stop(): Promise<void> {
-    await new Promise<void>((resolve) => this.grpc.tryShutdown(() => resolve()));
-    await this.sessions.close();
-    for (const repo of this.repos.values()) await repo.close();
-    for (const lease of this.leases) await lease.release();
-    await this.opts.store.close();
+    try {
+      await new Promise<void>((resolve) => this.grpc.tryShutdown(() => resolve()));
+      await this.sessions.close();
+      for (const repo of this.repos.values()) await repo.close();
+    } finally {
+      // This process writes nothing more either way: a repository that failed to close must
+      // not keep the next writer waiting out the lease.
+      for (const lease of this.leases) await lease.release();
+      await this.opts.store.close();
+    }
   }
 }
 
