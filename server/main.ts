@@ -44,7 +44,7 @@ function positiveInt(value: string, flag: string): number {
 
 async function serve(opts: ServeOptions): Promise<void> {
   const log = createLogger(opts.logLevel, 'cairn-server');
-  const server = await CairnServer.start({
+  const started = CairnServer.start({
     listen: opts.listen,
     store: openStore(opts.store, opts, log),
     indexDir: opts.index ?? defaultIndexDir(opts.store),
@@ -57,12 +57,22 @@ async function serve(opts: ServeOptions): Promise<void> {
     maxSessionsPerToken: positiveInt(opts.maxSessionsPerToken, '--max-sessions-per-token'),
     tokenCacheMs: parseDurationMs(opts.tokenCache),
   });
+  // The handlers go in before start() announces it is ready: a SIGTERM that arrived between the
+  // announcement and their installation took Node's default action and left the writer lease
+  // behind. A signal during start-up stops the server once it has started; a second one exits.
+  let stopping = false;
   const shutdown = (signal: string) => {
+    if (stopping) {
+      log.warn({ signal }, 'second signal: exiting without a clean stop');
+      process.exit(1);
+    }
+    stopping = true;
     log.info({ signal }, 'shutting down');
-    server.stop().then(() => process.exit(0), () => process.exit(1));
+    started.then((server) => server.stop()).then(() => process.exit(0), () => process.exit(1));
   };
-  process.once('SIGINT', () => shutdown('SIGINT'));
-  process.once('SIGTERM', () => shutdown('SIGTERM'));
+  process.on('SIGINT', () => shutdown('SIGINT'));
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+  await started;
 }
 
 const program = new Command('cairn-server')

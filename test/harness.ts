@@ -46,6 +46,8 @@ export interface ServerOptions {
   indexDir?: string;
   args?: string[];
   env?: Record<string, string>;
+  /** Sees each log line as it arrives, before the server is ready (to act at a given point of start-up). */
+  onLog?: (line: string, proc: ChildProcess) => void;
 }
 
 export async function startServer(opts: ServerOptions = {}): Promise<ServerHandle> {
@@ -68,6 +70,7 @@ export async function startServer(opts: ServerOptions = {}): Promise<ServerHandl
         const line = buf.slice(0, nl);
         buf = buf.slice(nl + 1);
         logs.push(line);
+        opts.onLog?.(line, proc);
         try {
           const j = JSON.parse(line) as { port?: number; msg?: string };
           if (j.msg?.startsWith('cairn-server ready') && j.port) resolve(j.port);
@@ -76,7 +79,8 @@ export async function startServer(opts: ServerOptions = {}): Promise<ServerHandl
         }
       }
     });
-    exited.then((code) => reject(new Error(`server exited with ${code} before it was ready:\n${logs.join('\n')}${buf}`)));
+    // 'close' comes after the last of stderr, so a server that logged ready and then exited resolves.
+    proc.once('close', (code) => reject(new Error(`server exited with ${code} before it was ready:\n${logs.join('\n')}${buf}`)));
   });
   const handle: ServerHandle = {
     addr: `127.0.0.1:${port}`,

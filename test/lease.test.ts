@@ -46,4 +46,23 @@ describe.each(storeBackends())('one writer per repository on the $name store', (
     // A clean stop releases the lease for the next writer at once.
     await expect(store.head(key)).resolves.toBeUndefined();
   });
+
+  it('a SIGTERM while the server is starting stops it cleanly once started, releasing the lease', async () => {
+    const opts = await sharedOptions();
+    const store = inspectStore(opts);
+    let signalled = false;
+    const server = await startServer({
+      ...opts,
+      onLog(line, proc) {
+        // The lease is taken mid start-up, before the server says it is ready.
+        if (!signalled && line.includes('writer lease acquired')) {
+          signalled = true;
+          proc.kill('SIGTERM');
+        }
+      },
+    });
+    expect(await server.exited).toBe(0);
+    expect(server.logs.some((l) => l.includes('shutting down'))).toBe(true);
+    await expect(store.head(`repos/default/${LEASE_KEY}`)).resolves.toBeUndefined();
+  });
 });
