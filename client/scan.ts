@@ -1,4 +1,4 @@
-import { lstatSync, promises as fs, type BigIntStats, type Dirent } from 'node:fs';
+import { lstatSync, readdirSync, type BigIntStats, type Dirent } from 'node:fs';
 import path from 'node:path';
 import { CairnError, Code } from '../common/errors.js';
 import { formatBytes } from '../common/units.js';
@@ -82,7 +82,9 @@ export class DirReader {
     };
     let dirents: Dirent[];
     try {
-      dirents = await fs.readdir(abs, { withFileTypes: true });
+      // Synchronous like the lstat calls below, for the same reason: awaiting the libuv pool
+      // once per directory left the event loop idle for a fifth of an unchanged snapshot's scan.
+      dirents = readdirSync(abs, { withFileTypes: true });
     } catch (err) {
       if (isRoot) throw err;
       hooks.problem(abs, err);
@@ -93,9 +95,9 @@ export class DirReader {
     // through the libuv pool costs ten times that: a no-change snapshot is mostly lstat calls.
     const stats: Array<BigIntStats | undefined> = dirents.map((e) => {
       try {
-        return lstatSync(path.join(abs, e.name), { bigint: true });
+        return lstatSync(childPath(abs, e.name), { bigint: true });
       } catch (err) {
-        hooks.problem(path.join(abs, e.name), err);
+        hooks.problem(childPath(abs, e.name), err);
         return undefined;
       }
     });
@@ -104,7 +106,7 @@ export class DirReader {
       const st = stats[i];
       if (!st) continue;
       const name = dirents[i].name;
-      const entry = { name, abs: path.join(abs, name), rel: rel === '' ? name : `${rel}/${name}`, st };
+      const entry = { name, abs: childPath(abs, name), rel: rel === '' ? name : `${rel}/${name}`, st };
       if (st.isDirectory()) {
         if (this.excludes.excludesDir(entry.rel) || (await this.excludes.excludesCacheDir(entry.abs))) hooks.skipped();
         else out.push({ ...entry, type: 'DIR' });
@@ -118,6 +120,15 @@ export class DirReader {
     }
     return { entries: out, problems, skipped };
   }
+}
+
+/**
+ * `dir` is absolute and normalised (the walk starts from resolved roots and appends names
+ * that hold no '/'), so concatenation gives what path.join would, without re-normalising
+ * the whole path for each of a scan's hundreds of thousands of entries.
+ */
+export function childPath(dir: string, name: string): string {
+  return dir.endsWith('/') ? dir + name : `${dir}/${name}`;
 }
 
 /** The directory's own stamp; undefined when it is gone or no longer a directory. */
