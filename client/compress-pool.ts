@@ -1,8 +1,7 @@
-import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { CairnError, Code } from '../common/errors.js';
 import type { Packed } from '../common/compression.js';
-import { chooseWorker } from './worker-choice.js';
+import { chooseWorker, workerLimit } from './worker-choice.js';
 
 interface Pending {
   resolve: (p: Packed) => void;
@@ -28,7 +27,7 @@ export class CompressPool {
    */
   constructor(
     private readonly level: number,
-    private readonly size = Math.max(1, Math.min(4, availableParallelism())),
+    private readonly size = workerLimit(4),
   ) {}
 
   private spawn(): number {

@@ -1,8 +1,7 @@
-import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import { CairnError, Code } from '../common/errors.js';
 import { ID_BYTES } from '../common/hash.js';
-import { chooseWorker } from './worker-choice.js';
+import { chooseWorker, workerLimit } from './worker-choice.js';
 
 export interface ReaderSetup {
   /** zstd level; undefined reads and hashes only (a dry run uploads nothing). */
@@ -86,7 +85,7 @@ export class SmallFileReader {
   constructor(
     private readonly level: number | undefined,
     private readonly maxFileSize: number,
-    private readonly size = Math.max(1, Math.min(2, availableParallelism())),
+    private readonly size = workerLimit(2),
   ) {
     this.limit = this.size * BATCHES_PER_WORKER;
     this.outputBytes = Math.max(OUTPUT_BYTES, maxFileSize);
