@@ -241,6 +241,16 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
+let finished = false;
+// The event loop ran dry while a command still awaited something (a bug): Node would exit 0
+// with the work undone, and a script would take a half-done restore for a good one.
+process.on('beforeExit', () => {
+  if (finished) return;
+  finished = true;
+  process.stderr.write('cairn: INTERNAL: stopped with the command unfinished (nothing was left to wait for); this is a bug\n');
+  process.exitCode = EXIT.ERROR;
+});
 main(process.argv).then((code) => {
+  finished = true;
   process.exitCode = code;
 });

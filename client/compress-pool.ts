@@ -34,7 +34,7 @@ export class CompressPool {
     const i = this.workers.length;
     const w = new Worker(new URL('./compress-worker.js', import.meta.url), { workerData: { level: this.level } });
     w.on('message', (m: { seq: number; data: Uint8Array; compressed: boolean }) => {
-      this.load[i]--;
+      if (--this.load[i] === 0) w.unref();
       const p = this.inflight.get(m.seq);
       this.inflight.delete(m.seq);
       p?.resolve({ data: Buffer.from(m.data.buffer, m.data.byteOffset, m.data.byteLength), compressed: m.compressed });
@@ -64,6 +64,8 @@ export class CompressPool {
     this.load[best]++;
     return new Promise<Packed>((resolve, reject) => {
       this.inflight.set(seq, { resolve, reject });
+      // Referenced while it works: a job in flight keeps the process alive, an idle pool does not.
+      this.workers[best].ref();
       this.workers[best].postMessage({ seq, data: raw }, [raw.buffer as ArrayBuffer]);
     });
   }
