@@ -40,6 +40,19 @@ export interface RepositoryOptions {
 /** The record written to `snapshots/<id>`; its BLAKE3 is the snapshot id. Key order is fixed. */
 export type SnapshotRecord = { version: number } & Omit<Snapshot, 'id' | 'protected'>;
 
+/** Trees of one commit whose index lookups run together. */
+const TREES_VERIFIED_AT_ONCE = 8;
+
+interface TreeToVerify {
+  id: Buffer;
+  /** The directory it is, for error messages. */
+  path: string;
+}
+
+interface LocatedTree extends TreeToVerify {
+  loc: Location;
+}
+
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 
 export function validateName(kind: string, value: string): string {
@@ -159,6 +172,10 @@ export class Repository {
   async readTree(id: Buffer): Promise<Node[]> {
     const loc = await this.locateOrThrow(id, 'tree');
     if (loc.kind !== 'TREE') throw invalidArgument(`${toHex(id)} is a data chunk, not a tree`);
+    return this.decodeTreeAt(id, loc);
+  }
+
+  private async decodeTreeAt(id: Buffer, loc: Location): Promise<Node[]> {
     const stored = await this.store.getRange(packKey(toHex(loc.pack)), loc.offset, loc.storedLength);
     return decodeTree(this.inflateVerified(id, loc, stored), `tree ${toHex(id)}`);
   }
@@ -170,33 +187,59 @@ export class Repository {
   /**
    * Refuses a commit whose tree references anything the repository lacks. Subtrees verified
    * by an earlier commit are skipped, so an incremental commit costs only its new trees.
+   * Each level of the tree is checked a few directories at a time (one after another, their
+   * index and pack reads left the CPU idle half the time while the client waited), with at
+   * most MAX_TREE_BLOB_BYTES of inflated trees in memory at once, as one at a time held.
    */
   async verifyComplete(root: Buffer): Promise<number> {
-    const stack: Array<{ id: Buffer; path: string }> = [{ id: root, path: '/' }];
     const newlyVerified: string[] = [];
-    while (stack.length > 0) {
-      const { id, path } = stack.pop()!;
-      const hex = toHex(id);
-      if (await this.index.has(verifiedKey(hex))) continue;
-      const [loc] = await this.index.locate([id]);
-      if (!loc || loc.kind !== 'TREE') throw failedPrecondition(`commit references unknown tree ${hex} (directory ${path}); upload it first`);
-      const nodes = await this.readTree(id);
-      const fileChunks: Array<{ id: Buffer; path: string }> = [];
-      for (const n of nodes) {
-        const childPath = path === '/' ? `/${n.name}` : `${path}/${n.name}`;
-        if (n.type === 'DIR') stack.push({ id: n.subtree, path: childPath });
-        else if (n.type === 'FILE') for (const c of n.chunks) fileChunks.push({ id: c, path: childPath });
+    let level: TreeToVerify[] = [{ id: root, path: '/' }];
+    while (level.length > 0) {
+      const next: TreeToVerify[] = [];
+      for (let i = 0; i < level.length; i += TREES_VERIFIED_AT_ONCE) {
+        const found = await Promise.all(level.slice(i, i + TREES_VERIFIED_AT_ONCE).map((t) => this.unverifiedTree(t)));
+        const todo = found.filter((f): f is LocatedTree => f !== undefined);
+        for (let j = 0; j < todo.length; ) {
+          let k = j + 1;
+          let bytes = todo[j].loc.rawLength;
+          while (k < todo.length && bytes + todo[k].loc.rawLength <= MAX_TREE_BLOB_BYTES) bytes += todo[k++].loc.rawLength;
+          for (const subtrees of await Promise.all(todo.slice(j, k).map((t) => this.checkTree(t)))) next.push(...subtrees);
+          j = k;
+        }
+        for (const t of todo) newlyVerified.push(toHex(t.id));
       }
-      for (let i = 0; i < fileChunks.length; i += 1000) {
-        const slice = fileChunks.slice(i, i + 1000);
-        const locs = await this.index.locate(slice.map((c) => c.id));
-        const missing = locs.findIndex((l) => l === undefined || l.kind !== 'DATA');
-        if (missing >= 0) throw failedPrecondition(`commit references unknown chunk ${toHex(slice[missing].id)} (file ${slice[missing].path}); upload it first`);
-      }
-      newlyVerified.push(hex);
+      level = next;
     }
     await this.index.putMarkers(newlyVerified.map(verifiedKey));
     return newlyVerified.length;
+  }
+
+  /** Where a commit's tree is stored, or undefined when an earlier commit verified it. */
+  private async unverifiedTree({ id, path }: TreeToVerify): Promise<LocatedTree | undefined> {
+    const hex = toHex(id);
+    if (await this.index.has(verifiedKey(hex))) return undefined;
+    const [loc] = await this.index.locate([id]);
+    if (!loc || loc.kind !== 'TREE') throw failedPrecondition(`commit references unknown tree ${hex} (directory ${path}); upload it first`);
+    return { id, path, loc };
+  }
+
+  /** Checks that every chunk a tree's files name is stored; returns its subtrees. */
+  private async checkTree({ id, path, loc }: LocatedTree): Promise<TreeToVerify[]> {
+    const nodes = await this.decodeTreeAt(id, loc);
+    const subtrees: TreeToVerify[] = [];
+    const fileChunks: Array<{ id: Buffer; path: string }> = [];
+    for (const n of nodes) {
+      const childPath = path === '/' ? `/${n.name}` : `${path}/${n.name}`;
+      if (n.type === 'DIR') subtrees.push({ id: n.subtree, path: childPath });
+      else if (n.type === 'FILE') for (const c of n.chunks) fileChunks.push({ id: c, path: childPath });
+    }
+    for (let i = 0; i < fileChunks.length; i += 1000) {
+      const slice = fileChunks.slice(i, i + 1000);
+      const locs = await this.index.locate(slice.map((c) => c.id));
+      const missing = locs.findIndex((l) => l === undefined || l.kind !== 'DATA');
+      if (missing >= 0) throw failedPrecondition(`commit references unknown chunk ${toHex(slice[missing].id)} (file ${slice[missing].path}); upload it first`);
+    }
+    return subtrees;
   }
 
   async writeSnapshot(record: SnapshotRecord): Promise<Snapshot> {

@@ -73,6 +73,47 @@ describe('the server refuses bad input with a status code and stores nothing', (
     expect(msg).toBe(`FAILED_PRECONDITION: commit references unknown chunk ${toHex(ghost)} (file /ghost.bin); upload it first`);
   });
 
+  it('checks every directory of a wide, deep commit: a missing chunk or subtree anywhere is named, and a complete tree commits', async () => {
+    // 20 directories of 3 subdirectories each: more than one batch of trees per level, three
+    // levels. Each case has its own bytes: what one upload stored, the next would find.
+    const build = (salt: string, hole?: { dir: number; sub: number; what: 'chunk' | 'tree' }) => {
+      const blobs: Blob[] = [];
+      const dirs = [];
+      for (let d = 0; d < 20; d++) {
+        const subs = [];
+        for (let k = 0; k < 3; k++) {
+          const data = Buffer.from(`${salt} ${d}/${k}`);
+          const missing = hole?.dir === d && hole.sub === k;
+          if (!(missing && hole.what === 'chunk')) blobs.push(rawBlob(data));
+          const leaf = fileTree('f.txt', [hash(data)], data.length);
+          if (!(missing && hole.what === 'tree')) blobs.push(rawBlob(leaf, 'TREE'));
+          const sub = emptyNode(`s${k}`, 'DIR');
+          sub.subtree = hash(leaf);
+          subs.push(sub);
+        }
+        const dirTree = encodeTree(subs);
+        blobs.push(rawBlob(dirTree, 'TREE'));
+        const dir = emptyNode(`d${String(d).padStart(2, '0')}`, 'DIR');
+        dir.subtree = hash(dirTree);
+        dirs.push(dir);
+      }
+      const root = encodeTree(dirs);
+      blobs.push(rawBlob(root, 'TREE'));
+      return { blobs, root: hash(root) };
+    };
+    const commit = async (t: { blobs: Blob[]; root: Buffer }) => {
+      const { sessionId } = await begin('wide');
+      await upload(conn, sessionId, t.blobs);
+      return conn.unary<Snapshot>('CommitBackup', { sessionId, rootTree: t.root, clientVersion: 't' });
+    };
+    const noChunk = build('a', { dir: 17, sub: 2, what: 'chunk' });
+    expect(await failure(commit(noChunk))).toBe(`FAILED_PRECONDITION: commit references unknown chunk ${toHex(hash(Buffer.from('a 17/2')))} (file /d17/s2/f.txt); upload it first`);
+    const noTree = build('b', { dir: 11, sub: 0, what: 'tree' });
+    expect(await failure(commit(noTree))).toMatch(/^FAILED_PRECONDITION: commit references unknown tree [0-9a-f]{64} \(directory \/d11\/s0\); upload it first$/);
+    const snap = await commit(build('c'));
+    expect(snap.dataset).toBe('wide');
+  });
+
   it('refuses a commit whose root tree was never uploaded', async () => {
     const { sessionId } = await begin();
     const root = hash(Buffer.from('no such tree'));
