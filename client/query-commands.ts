@@ -5,7 +5,7 @@ import { Code, dataLoss, invalidArgument, notFound } from '../common/errors.js';
 import { shortId, toHex } from '../common/hash.js';
 import type { Node, Snapshot } from '../common/messages.js';
 import { DEFAULT_STALE_AFTER, type DiffEntry, type FindMatch, type StatsReply, type StatusReply, type StatusRow } from '../common/query-messages.js';
-import { validateNodes } from '../common/tree.js';
+import { joinPath, validateNodes } from '../common/tree.js';
 import { formatBytes } from '../common/units.js';
 import { ChunkFetcher } from './chunk-fetcher.js';
 import { connect, EXIT } from './cli-common.js';
@@ -102,7 +102,7 @@ async function* walk(conn: Connection, tree: Buffer, dir: string, recursive: boo
   for await (const msg of conn.stream<{ nodes: Node[] }>('ReadTree', { id: tree })) {
     validateNodes(msg.nodes, `directory /${dir} (tree ${toHex(tree)})`, Code.DATA_LOSS);
     for (const node of msg.nodes) {
-      const path = dir === '' ? node.name : `${dir}/${node.name}`;
+      const path = joinPath(dir, node.name);
       yield { path, node };
       if (!recursive || node.type !== 'DIR') continue;
       if (here.has(toHex(node.subtree))) throw dataLoss(`directory /${path} (tree ${toHex(node.subtree)}) contains itself; the server's trees are corrupt`);

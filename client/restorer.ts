@@ -7,7 +7,7 @@ import { chunkViews } from '../common/chunk-reader.js';
 import { CairnError, Code, dataLoss, invalidArgument } from '../common/errors.js';
 import { hash, toHex } from '../common/hash.js';
 import type { HelloReply, Node, Snapshot } from '../common/messages.js';
-import { badName } from '../common/tree.js';
+import { badName, joinPath } from '../common/tree.js';
 import { ChunkFetcher } from './chunk-fetcher.js';
 import { FileWriter, type WholeFile } from './file-writer.js';
 import { readTree } from './tree-reader.js';
@@ -158,7 +158,7 @@ export class Restorer {
     for (const node of nodes) {
       if (this.failure) throw this.failure;
       const childAbs = this.child(abs, node.name);
-      const childRel = rel === '' ? node.name : `${rel}/${node.name}`;
+      const childRel = joinPath(rel, node.name);
       const included = this.wanted(childRel, underIncluded);
       if (node.type === 'DIR') {
         if (included && !this.opts.dryRun) {

@@ -2,7 +2,7 @@ import { lstatSync, readdirSync, type BigIntStats, type Dirent } from 'node:fs';
 import path from 'node:path';
 import { CairnError, Code } from '../common/errors.js';
 import { formatBytes } from '../common/units.js';
-import { compareNames } from '../common/tree.js';
+import { compareNames, joinPath } from '../common/tree.js';
 import type { ExcludeMatcher } from './excludes.js';
 import type { DirListing, DirStamp, WalkCache } from './walk-cache.js';
 
@@ -106,7 +106,7 @@ export class DirReader {
       const st = stats[i];
       if (!st) continue;
       const name = dirents[i].name;
-      const entry = { name, abs: childPath(abs, name), rel: rel === '' ? name : `${rel}/${name}`, st };
+      const entry = { name, abs: childPath(abs, name), rel: joinPath(rel, name), st };
       if (st.isDirectory()) {
         if (this.excludes.excludesDir(entry.rel) || (await this.excludes.excludesCacheDir(entry.abs))) hooks.skipped();
         else out.push({ ...entry, type: 'DIR' });

@@ -1,3 +1,4 @@
+import { joinPath } from '../common/tree.js';
 import { childPath, type EntryStat, type ScanEntry } from './scan.js';
 
 /** One directory as DirReader saw it: what it kept, and what it reported along the way. */
@@ -78,7 +79,7 @@ export class WalkCache {
     if (!now || !sameStamp(p.stamp, now)) return undefined;
     const entries = p.names.map((name, i): ScanEntry => {
       const st: EntryStat = { mode: p.unsigned[3 * i], size: p.unsigned[3 * i + 1], ino: p.unsigned[3 * i + 2], mtimeNs: p.times[2 * i], ctimeNs: p.times[2 * i + 1] };
-      return { name, abs: childPath(abs, name), rel: rel === '' ? name : `${rel}/${name}`, st, type: TYPES[p.types[i]] };
+      return { name, abs: childPath(abs, name), rel: joinPath(rel, name), st, type: TYPES[p.types[i]] };
     });
     return { entries, problems: p.problems, skipped: p.skipped };
   }

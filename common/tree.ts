@@ -13,6 +13,11 @@ export const MAX_TREE_ENTRIES = 1_000_000;
 const MAX_NAME_LENGTH = 4096;
 const NODE_TYPES = new Set(['FILE', 'DIR', 'SYMLINK']);
 
+/** A path inside a snapshot ('/'-separated, no leading '/'): `dir`'s child `name`; '' is the root. */
+export function joinPath(dir: string, name: string): string {
+  return dir === '' ? name : `${dir}/${name}`;
+}
+
 export function compareNames(a: string, b: string): number {
   return a < b ? -1 : a > b ? 1 : 0;
 }

@@ -1,6 +1,6 @@
 import type { Node, NodeType } from '../common/messages.js';
 import type { ChangeKind } from '../common/query-messages.js';
-import { compareNames } from '../common/tree.js';
+import { compareNames, joinPath } from '../common/tree.js';
 
 export type ReadTree = (id: Buffer) => Promise<Node[]>;
 
@@ -10,10 +10,6 @@ export interface TreeChange {
   type: NodeType;
   oldSize: string;
   newSize: string;
-}
-
-export function joinPath(dir: string, name: string): string {
-  return dir === '' ? name : `${dir}/${name}`;
 }
 
 /**

@@ -2,7 +2,8 @@ import picomatch from 'picomatch';
 import { invalidArgument } from '../common/errors.js';
 import { toHex } from '../common/hash.js';
 import type { NodeType } from '../common/messages.js';
-import { joinPath, type ReadTree } from './tree-diff.js';
+import { joinPath } from '../common/tree.js';
+import type { ReadTree } from './tree-diff.js';
 
 export interface FindHit {
   path: string;
