@@ -4,7 +4,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { CairnService } from '../common/proto.js';
 import { CairnError, Code, invalidArgument, toCairnError } from '../common/errors.js';
-import { MAX_CLIENT_MESSAGE_BYTES } from './limits.js';
+import { MAX_CLIENT_MESSAGE_BYTES, RECEIVE_WINDOW_BYTES } from './limits.js';
 
 /** TLS to the server: `ca` replaces the system roots (a private CA); `cert`/`key` is the client's own pair for mutual TLS. */
 export interface TlsOptions {
@@ -108,6 +108,7 @@ export class Connection {
         // Distinct options keep grpc-js from sharing one subchannel between the channels.
         'grpc.channel_id': i,
         'grpc.keepalive_time_ms': 30_000,
+        'grpc-node.flow_control_window': RECEIVE_WINDOW_BYTES,
         ...nameOverride,
       }),
     );

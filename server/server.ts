@@ -10,6 +10,7 @@ import { FileStore } from './file-store.js';
 import { PrefixedStore } from './prefixed-store.js';
 import { queryHandlers } from './query-service.js';
 import { Repository } from './repository.js';
+import { widenConnectionWindow, widenStreamWindow } from './receive-window.js';
 import { parseS3Url, S3Store } from './s3-store.js';
 import { WriterLease } from './writer-lease.js';
 import { SessionManager } from './sessions.js';
@@ -69,10 +70,12 @@ export class CairnServer {
     }
     for (const name of await listRepositories(opts.store)) await server.repository(name);
     const deps: ServiceDeps = { sessions: server.sessions, auth: server.access.authorize, log: opts.log };
+    widenStreamWindow(server.grpc, opts.log);
     server.grpc.addService(cairnServiceDefinition, { ...coreHandlers(deps), ...queryHandlers(deps), ...adminHandlers(deps) });
     server.port = await new Promise<number>((resolve, reject) =>
       server.grpc.bindAsync(opts.listen, serverCredentials(opts.tls), (err, port) => (err ? reject(new CairnError(Code.UNAVAILABLE, `cannot listen on ${opts.listen}: ${err.message}`)) : resolve(port))),
     );
+    widenConnectionWindow(server.grpc, opts.log);
     const tls = opts.tls ? (opts.tls.clientCa ? 'TLS with client certificates' : 'TLS') : 'plaintext';
     const auth = authOn
       ? 'auth is on'
