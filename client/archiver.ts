@@ -52,6 +52,13 @@ export interface TreeSource {
  *  that grew past its stat size since the walk takes one of these too. */
 const LARGE_FILES_IN_FLIGHT = 2;
 
+/**
+ * Directories whose entries are all under way but whose reads have not ended, while the walk
+ * goes on: each holds its listing and its parent's tree until then, so the count bounds that
+ * memory. Their reads share the bounds above, so more would not read more at once.
+ */
+const DIRS_FINISHING_AT_ONCE = 64;
+
 /** A counting semaphore that hands out the read buffers of large files. */
 class Slots<T> {
   private waiters: Array<(v: T) => void> = [];
@@ -93,6 +100,7 @@ export class Archiver {
   readonly problems: ArchiveProblem[] = [];
   private readonly reader: DirReader;
   private readonly readBuffers: Slots<Buffer>;
+  private dirsFinishing = 0;
 
   private readonly chunker: Chunker;
   private readonly sink: BlobSink;
@@ -142,15 +150,27 @@ export class Archiver {
   }
 
   private async archiveDir(abs: string, rel: string, parentTree: Buffer | undefined, isRoot: boolean): Promise<Buffer> {
+    return (await this.walkDir(abs, rel, parentTree, isRoot)).tree;
+  }
+
+  /**
+   * Lists a directory and starts reading its changed files, descending into subdirectories as
+   * it meets them; returns once every entry is under way, with the directory's tree id to come
+   * when the reads end. The walk then goes on to the next directory while this one finishes,
+   * up to DIRS_FINISHING_AT_ONCE of them: a directory of databases to re-read would otherwise
+   * hold the walk, and with it the reads of every directory after it.
+   */
+  private async walkDir(abs: string, rel: string, parentTree: Buffer | undefined, isRoot: boolean): Promise<{ tree: Promise<Buffer> }> {
     this.stats.dirs++;
     const parentNodes = parentTree ? await this.parentMap(parentTree) : new Map<string, Node>();
     const entries = await this.reader.entries(abs, rel, isRoot);
     const nodes: Array<Node | undefined> = new Array(entries.length);
     // Files are read concurrently while the walk goes on (small ones in batches on worker
-    // threads, large ones LARGE_FILES_IN_FLIGHT at a time); each result lands at its entry's
-    // index, so the tree keeps the sorted order. A failure (the upload broke, a reader thread
-    // died) is caught at once and rethrown after the loop: left pending until then, it would
-    // reject while the walk is in a subdirectory, with nothing yet listening.
+    // threads, large ones LARGE_FILES_IN_FLIGHT at a time), and so are subdirectories still
+    // finishing; each result lands at its entry's index, so the tree keeps the sorted order.
+    // A failure (the upload broke, a reader thread died) is caught at once and rethrown after
+    // the loop: left pending until then, it would reject while the walk is elsewhere, with
+    // nothing yet listening.
     const reading: Array<Promise<void>> = [];
     let failure: { err: unknown } | undefined;
     const track = (p: Promise<void>) => reading.push(p.catch((err: unknown) => void (failure ??= { err })));
@@ -158,8 +178,8 @@ export class Archiver {
       const e = entries[i];
       const prev = parentNodes.get(e.name);
       if (e.type === 'DIR') {
-        const subtree = await this.archiveDir(e.abs, e.rel, prev?.type === 'DIR' ? prev.subtree : undefined, false);
-        nodes[i] = dirNode(e.name, e.st, subtree);
+        const sub = await this.walkDir(e.abs, e.rel, prev?.type === 'DIR' ? prev.subtree : undefined, false);
+        track(sub.tree.then((subtree) => void (nodes[i] = dirNode(e.name, e.st, subtree))));
       } else if (e.type === 'SYMLINK') {
         try {
           const node = metaNode(e.name, 'SYMLINK', e.st);
@@ -190,9 +210,17 @@ export class Archiver {
       }
     }
     this.small.flush();
-    await Promise.all(reading);
-    if (failure) throw failure.err;
-    return this.storeTree(nodes.filter((n): n is Node => n !== undefined), parentTree);
+    const tree = Promise.all(reading).then(() => {
+      if (failure) throw failure.err;
+      return this.storeTree(nodes.filter((n): n is Node => n !== undefined), parentTree);
+    });
+    if (this.dirsFinishing < DIRS_FINISHING_AT_ONCE) {
+      this.dirsFinishing++;
+      void tree.finally(() => this.dirsFinishing--).catch(() => undefined);
+      return { tree };
+    }
+    await tree.catch(() => undefined);
+    return { tree };
   }
 
   /** The parent's node for an unchanged file (same size, mtime, ctime, inode): nothing is read. */

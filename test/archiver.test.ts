@@ -51,4 +51,53 @@ describe('Archiver', () => {
     }
     expect(unhandled).toEqual([]);
   });
+
+  it('walks on to the next directory while a large file of the previous one is still being read', async () => {
+    const root = tmpDir('cairn-archiver-');
+    await fs.mkdir(path.join(root, 'a'));
+    await fs.mkdir(path.join(root, 'b'));
+    await fs.writeFile(path.join(root, 'a', 'big.db'), Buffer.alloc(DEFAULT_CHUNKER_PARAMS.minSize * 2, 7));
+    await fs.writeFile(path.join(root, 'b', 'later.json'), '{}');
+    // b/'s tree is made only once the walk has finished b/; the chunk of a/big.db is held until
+    // then. A walk that waits for a/ to finish before it enters b/ never gets there: the chunk
+    // is let go after 5 s, and the order of events says which came first.
+    const events: string[] = [];
+    let bMade!: () => void;
+    const bDone = new Promise<void>((resolve) => (bMade = resolve));
+    const sink: BlobSink = {
+      offer: async (_id, _raw, kind) => {
+        if (kind !== 'DATA') return;
+        await Promise.race([bDone, new Promise((r) => setTimeout(r, 5000))]);
+        events.push('a/big.db read');
+      },
+      offerPacked: async () => undefined,
+    };
+    const { Archiver, SmallFileReader } = await load();
+    const small = new SmallFileReader(3, DEFAULT_CHUNKER_PARAMS.minSize, 1);
+    const excludes = await ExcludeMatcher.create({ excludes: [], includes: [], excludeFiles: [], defaultExcludes: true, excludeCaches: true });
+    const { decodeTree } = await import('../common/tree.js');
+    const made = new Map<string, Buffer>();
+    const trees = {
+      readParent: async () => [],
+      made: (id: Buffer, bytes: Buffer) => {
+        made.set(id.toString('hex'), bytes);
+        if (decodeTree(bytes, 'tree').some((n) => n.name === 'later.json')) {
+          events.push('b/ made');
+          bMade();
+        }
+      },
+    };
+    const archiver = new Archiver({ chunker: new Chunker(DEFAULT_CHUNKER_PARAMS), sink, small, excludes, trees });
+    try {
+      const rootId = await archiver.archive([root], undefined);
+      expect(events).toEqual(['b/ made', 'a/big.db read']);
+      // The tree still lists a/ before b/, with a/ holding the file it read.
+      const top = decodeTree(made.get(rootId.toString('hex'))!, 'root');
+      expect(top.map((n) => n.name)).toEqual(['a', 'b']);
+      const a = decodeTree(made.get(top[0].subtree.toString('hex'))!, 'a');
+      expect(a.map((n) => [n.name, n.size, n.chunks.length])).toEqual([['big.db', String(DEFAULT_CHUNKER_PARAMS.minSize * 2), 1]]);
+    } finally {
+      await small.close();
+    }
+  });
 });
