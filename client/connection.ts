@@ -80,7 +80,7 @@ export interface ConnectOptions {
   server: string;
   token?: string;
   tls?: TlsOptions;
-  /** Several channels carry more than one: one HTTP/2 connection tops out near 200 MiB/s. */
+  /** Separate HTTP/2 connections, each with its own flow-control window and Upload stream. */
   channels?: number;
 }
 
