@@ -101,6 +101,8 @@ export class Archiver {
   private readonly reader: DirReader;
   private readonly readBuffers: Slots<Buffer>;
   private dirsFinishing = 0;
+  /** The first failure of any read or directory: the walk stops wherever it is, not just where it happened. */
+  private failure: { err: unknown } | undefined;
 
   private readonly chunker: Chunker;
   private readonly sink: BlobSink;
@@ -150,7 +152,13 @@ export class Archiver {
   }
 
   private async archiveDir(abs: string, rel: string, parentTree: Buffer | undefined, isRoot: boolean): Promise<Buffer> {
-    return (await this.walkDir(abs, rel, parentTree, isRoot)).tree;
+    try {
+      return await (await this.walkDir(abs, rel, parentTree, isRoot)).tree;
+    } catch (err) {
+      // Directories still finishing behind the walk store no tree once it has failed.
+      this.failure ??= { err };
+      throw err;
+    }
   }
 
   /**
@@ -161,6 +169,7 @@ export class Archiver {
    * hold the walk, and with it the reads of every directory after it.
    */
   private async walkDir(abs: string, rel: string, parentTree: Buffer | undefined, isRoot: boolean): Promise<{ tree: Promise<Buffer> }> {
+    if (this.failure) throw this.failure.err;
     this.stats.dirs++;
     const parentNodes = parentTree ? await this.parentMap(parentTree) : new Map<string, Node>();
     const entries = await this.reader.entries(abs, rel, isRoot);
@@ -168,13 +177,13 @@ export class Archiver {
     // Files are read concurrently while the walk goes on (small ones in batches on worker
     // threads, large ones LARGE_FILES_IN_FLIGHT at a time), and so are subdirectories still
     // finishing; each result lands at its entry's index, so the tree keeps the sorted order.
-    // A failure (the upload broke, a reader thread died) is caught at once and rethrown after
-    // the loop: left pending until then, it would reject while the walk is elsewhere, with
-    // nothing yet listening.
+    // A failure (the upload broke, a reader thread died) is caught at once and recorded for
+    // the whole walk, which stops at its next entry or directory; this directory's tree then
+    // rejects with it. Left pending until then, it would reject while the walk is elsewhere,
+    // with nothing yet listening.
     const reading: Array<Promise<void>> = [];
-    let failure: { err: unknown } | undefined;
-    const track = (p: Promise<void>) => reading.push(p.catch((err: unknown) => void (failure ??= { err })));
-    for (let i = 0; i < entries.length && !failure; i++) {
+    const track = (p: Promise<void>) => reading.push(p.catch((err: unknown) => void (this.failure ??= { err })));
+    for (let i = 0; i < entries.length && !this.failure; i++) {
       const e = entries[i];
       const prev = parentNodes.get(e.name);
       if (e.type === 'DIR') {
@@ -211,7 +220,7 @@ export class Archiver {
     }
     this.small.flush();
     const tree = Promise.all(reading).then(() => {
-      if (failure) throw failure.err;
+      if (this.failure) throw this.failure.err;
       return this.storeTree(nodes.filter((n): n is Node => n !== undefined), parentTree);
     });
     if (this.dirsFinishing < DIRS_FINISHING_AT_ONCE) {

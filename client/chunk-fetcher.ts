@@ -15,7 +15,7 @@ import { Arena, contiguousRuns, SlabPool } from './slab-pool.js';
  */
 const BATCH_BYTES = 4 * 1024 * 1024;
 const BATCH_IDS = 256;
-/** A batch fills one slab or two (a slab is never smaller than the largest chunk). */
+/** A slab holds a batch of average chunks, or at least one of the largest. */
 const SLAB_BYTES = 4 * 1024 * 1024;
 const MAX_FREE_SLABS = 16;
 

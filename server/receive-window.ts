@@ -9,7 +9,8 @@ import type { Logger } from 'pino';
  * it inflates and hashes a 4 MiB chunk, the client stands still, so receiving and verifying took
  * turns instead of overlapping. 1 MiB made a 1 GiB first snapshot 15-20% faster on 2 cores;
  * 2 and 4 MiB were no faster and cost the server 60-90 MiB more RSS. A paused stream holds at
- * most this many unacknowledged bytes, so it is also a memory bound per stream.
+ * most this many unacknowledged bytes, so it is also a memory bound per stream (not per
+ * connection: Node acknowledges connection-level data as it arrives).
  */
 export const RECEIVE_WINDOW_BYTES = 1024 * 1024;
 
@@ -22,7 +23,7 @@ export const RECEIVE_WINDOW_BYTES = 1024 * 1024;
  */
 interface GrpcServerInternals {
   commonServerOptions?: http2.ServerOptions;
-  http2Servers?: Map<http2.Http2Server, unknown>;
+  http2Servers?: Map<http2.Http2Server, { sessions?: Set<http2.ServerHttp2Session> }>;
 }
 
 /** Call before `bindAsync`: the settings are read when the HTTP/2 server is created. */
@@ -35,12 +36,25 @@ export function widenStreamWindow(server: grpc.Server, log: Logger): void {
   internals.commonServerOptions.settings = { ...internals.commonServerOptions.settings, initialWindowSize: RECEIVE_WINDOW_BYTES };
 }
 
-/** Call after `bindAsync`: widens the connection window of every session accepted from now on. */
+/**
+ * Call after `bindAsync`: widens the connection window of every session, those accepted from
+ * now on and any a listener took while the others were still binding.
+ */
 export function widenConnectionWindow(server: grpc.Server, log: Logger): void {
   const servers = (server as unknown as GrpcServerInternals).http2Servers;
   if (!servers) {
     log.warn('cannot widen the HTTP/2 connection window: this grpc-js version has no http2Servers; uploads will be slower');
     return;
   }
-  for (const h2 of servers.keys()) h2.on('session', (session: http2.ServerHttp2Session) => session.setLocalWindowSize(RECEIVE_WINDOW_BYTES));
+  const widen = (session: http2.ServerHttp2Session) => {
+    try {
+      session.setLocalWindowSize(RECEIVE_WINDOW_BYTES);
+    } catch {
+      // A session closing as it is widened needs no window.
+    }
+  };
+  for (const [h2, entry] of servers) {
+    for (const session of entry?.sessions ?? []) widen(session);
+    h2.on('session', widen);
+  }
 }

@@ -60,14 +60,16 @@ describe('Archiver', () => {
     await fs.writeFile(path.join(root, 'b', 'later.json'), '{}');
     // b/'s tree is made only once the walk has finished b/; the chunk of a/big.db is held until
     // then. A walk that waits for a/ to finish before it enters b/ never gets there: the chunk
-    // is let go after 5 s, and the order of events says which came first.
+    // is let go after 30 s, and the order of events says which came first.
     const events: string[] = [];
     let bMade!: () => void;
     const bDone = new Promise<void>((resolve) => (bMade = resolve));
     const sink: BlobSink = {
       offer: async (_id, _raw, kind) => {
         if (kind !== 'DATA') return;
-        await Promise.race([bDone, new Promise((r) => setTimeout(r, 5000))]);
+        let timer: NodeJS.Timeout | undefined;
+        await Promise.race([bDone, new Promise((r) => (timer = setTimeout(r, 30_000)))]);
+        clearTimeout(timer);
         events.push('a/big.db read');
       },
       offerPacked: async () => undefined,
@@ -99,5 +101,54 @@ describe('Archiver', () => {
     } finally {
       await small.close();
     }
+  });
+
+  it('stops the whole walk when a directory it has left fails, and stores no tree after', async () => {
+    const root = tmpDir('cairn-archiver-');
+    // a/'s small files fail their upload after the walk has left a/ for z/, whose 2000
+    // directories it would otherwise list to the end before noticing.
+    await fs.mkdir(path.join(root, 'a'));
+    for (let i = 0; i < 20; i++) await fs.writeFile(path.join(root, 'a', `f${i}`), `small ${i}`);
+    for (let d = 0; d < 2000; d++) await fs.mkdir(path.join(root, 'z', `d${d}`), { recursive: true });
+    const refused = new CairnError(Code.UNAVAILABLE, 'the upload stream broke');
+    let failedAtDirs = -1;
+    const sink: BlobSink = {
+      offer: async () => undefined,
+      offerPacked: async () => {
+        if (failedAtDirs < 0) failedAtDirs = archiver.stats.dirs;
+        throw refused;
+      },
+    };
+    const { Archiver, SmallFileReader } = await load();
+    const small = new SmallFileReader(3, DEFAULT_CHUNKER_PARAMS.minSize, 1);
+    const warm = small.read(path.join(root, 'a', 'f0'), 7);
+    small.flush();
+    const w = await warm;
+    if (w.kind === 'read') w.done();
+    const excludes = await ExcludeMatcher.create({ excludes: [], includes: [], excludeFiles: [], defaultExcludes: true, excludeCaches: true });
+    let treesMade = 0;
+    let treesAfterFailure = 0;
+    const trees = {
+      readParent: async () => [],
+      made: () => {
+        treesMade++;
+        if (failedAtDirs >= 0) treesAfterFailure++;
+      },
+    };
+    const archiver = new Archiver({ chunker: new Chunker(DEFAULT_CHUNKER_PARAMS), sink, small, excludes, trees });
+    try {
+      await expect(archiver.archive([root], undefined)).rejects.toBe(refused);
+      await new Promise((r) => setTimeout(r, 50));
+    } finally {
+      await small.close();
+    }
+    // The failure came while the walk was inside z/, and it listed few directories after it,
+    // where it used to list all 2000 before the root's loop noticed.
+    // (The walk reaches z/ before any worker reply can be handled; the margin of 1000 leaves
+    // room for a worker thread that a loaded machine delays.)
+    expect(failedAtDirs).toBeGreaterThan(2);
+    expect(archiver.stats.dirs - failedAtDirs).toBeLessThan(1000);
+    expect(treesAfterFailure).toBe(0);
+    expect(treesMade).toBeLessThan(archiver.stats.dirs);
   });
 });
