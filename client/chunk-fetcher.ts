@@ -9,9 +9,9 @@ import { Arena, contiguousRuns, SlabPool } from './slab-pool.js';
 /**
  * Raw bytes asked for in one ReadChunks call; the server coalesces them into few ranged reads.
  * Each running job holds two batches (one written, one on its way), and the server reads each
- * call's ranges into memory, so this sets much of both peaks: 8 MiB cost 40-60 MiB more client RSS and 25-60 MiB more
- * server RSS than 4 MiB for the same time (1 GiB restore, 2 cores); 2 MiB saved another
- * ~15 MiB for 0.3 s more CPU.
+ * call's ranges into memory, so this sets much of both peaks: 8 MiB cost 40-60 MiB more client
+ * RSS and 25-60 MiB more server RSS than 4 MiB for the same time (1 GiB restore, 2 cores);
+ * 2 MiB saved another ~15 MiB for 0.3 s more CPU.
  */
 const BATCH_BYTES = 4 * 1024 * 1024;
 const BATCH_IDS = 256;
