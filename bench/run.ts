@@ -21,29 +21,11 @@ import { applyDayOfChanges, buildManifest, ByteStream, generateDataset, generate
 import { CACHE_MODES, checkCacheMode, parseCacheMode, prepareCache } from './page-cache.js';
 import { dirBytes, run } from './measure.js';
 import { formatSummary, summarise } from './profile.js';
+import { medianOfRounds, STEP_LABEL, STEPS, type Step, type StepResult, type ToolResult } from './results.js';
 import { selfCheck } from './selfcheck.js';
 import { BorgTool, CairnS3Tool, CairnTool, CLI_BIN, CLI_JS, ensureInstalled, ResticTool, startCairnServer, stopCairnServer, toolVersion, type StepMeasure, type Tool, type ToolOptions } from './tools.js';
 
 const MiB = 1024 * 1024;
-const STEPS = ['first', 'nochange', 'changed', 'restore'] as const;
-type Step = (typeof STEPS)[number];
-const STEP_LABEL: Record<Step, string> = { first: 'first snapshot', nochange: 'no-change snapshot', changed: 'day-of-changes snapshot', restore: 'restore latest' };
-
-interface StepResult extends StepMeasure {
-  /** Dataset (or restored) bytes per second, MB = 10^6 bytes. */
-  mbps: number;
-  bytes: number;
-}
-
-interface ToolResult {
-  name: string;
-  available: boolean;
-  reason?: string;
-  notes: string[];
-  steps: Partial<Record<Step, StepResult>>;
-  cacheBytes?: number;
-  verified?: { files: number; bytes: number };
-}
 
 interface Target {
   what: string;
@@ -71,6 +53,7 @@ interface Options {
   timeout: string;
   selfCheck: boolean;
   pageCache: string;
+  rounds: string;
 }
 
 function log(msg: string): void {
@@ -105,6 +88,57 @@ function makeTool(name: string, opts: ToolOptions): Tool {
 
 async function mainComparison(o: Options, out: Record<string, unknown>): Promise<void> {
   const ds = { mib: Number(o.mib), small: Number(o.small), seed: Number(o.seed) };
+  const rounds = Number(o.rounds);
+  if (!Number.isInteger(rounds) || rounds < 1) throw new Error(`--rounds takes a whole number of at least 1, got ${o.rounds}`);
+  const perRound: ToolResult[][] = [];
+  const restored: string[] = [];
+  let sizes = { before: 0, after: 0, files: 0 };
+  for (let k = 1; k <= rounds; k++) {
+    if (rounds > 1) log(`round ${k} of ${rounds}`);
+    // Profiles are of one run: the first round's.
+    const r = await oneRound(o, ds, out, k, k === 1 ? o.profile : undefined);
+    perRound.push(r.results);
+    restored.push(...r.restored);
+    sizes = r.sizes;
+  }
+  // Restored trees go only at the end: ext4 skips inodes freed in the last minutes when it
+  // allocates new ones, so a restore right after deleting 20,000 files spent seconds of
+  // system time scanning past them (perf: recently_deleted), and the tool after another
+  // paid for that tool's clean-up.
+  for (const target of restored) await rm(target, { recursive: true, force: true });
+  const results = rounds > 1 ? medianOfRounds(perRound) : perRound[0];
+  if (rounds > 1) out.rounds = perRound;
+  out.tools = results;
+  const { table, ratios, targets } = report(results);
+  out.ratios = ratios;
+  out.targets = targets;
+  console.log(`\nDataset: ${sizes.files} files, ${fmt(mib(sizes.before))} MiB before / ${fmt(mib(sizes.after))} MiB after the day of changes (${ds.small} small JSON files; node_modules/ and __pycache__/ excluded by every tool). MB = 10^6 bytes of source data per second; CPU s = user + system seconds of all the tool's processes. Page cache before every step: ${o.pageCache}.${rounds > 1 ? ` Each row: the round of ${rounds} with the median wall time for that step (all rounds are in the JSON).` : ''}`);
+  console.log(table);
+  for (const r of results) if (!r.available) console.log(`note: ${r.name} not available: ${r.reason}`);
+  for (const r of results) for (const n of r.notes) console.log(`note: ${n}`);
+  for (const r of results) if (r.cacheBytes) console.log(`note: ${r.name} client cache: ${fmt(mib(r.cacheBytes))} MiB (not counted in its repository size)`);
+  console.log('\nTargets (cairn vs the best of the others):');
+  for (const t of targets) console.log(`  ${t.met === null ? 'n/a ' : t.met ? 'MET ' : 'MISS'}  ${t.what}: ${t.value === null ? '-' : t.value.toFixed(2)} (goal ${t.goal})`);
+
+  if (o.profile) {
+    const profiles: Record<string, unknown> = {};
+    for (const f of (await readdir(o.profile)).filter((f) => f.endsWith('.cpuprofile'))) {
+      const s = await summarise(path.join(o.profile, f));
+      profiles[f] = s;
+      console.log('\n' + formatSummary(f, s));
+    }
+    out.profiles = profiles;
+  }
+}
+
+/** One comparison from a freshly generated dataset: every tool's four steps, restores verified. */
+async function oneRound(
+  o: Options,
+  ds: { mib: number; small: number; seed: number },
+  out: Record<string, unknown>,
+  round: number,
+  profileDir: string | undefined,
+): Promise<{ results: ToolResult[]; restored: string[]; sizes: { before: number; after: number; files: number } }> {
   const dataDir = path.join(o.work, 'data');
   log(`generating dataset: ${ds.mib} MiB, ${ds.small} small files, seed ${ds.seed} -> ${dataDir}`);
   const summary: DatasetSummary = await generateDataset(dataDir, ds);
@@ -117,7 +151,7 @@ async function mainComparison(o: Options, out: Record<string, unknown>): Promise
   const results: ToolResult[] = [];
   const live: Array<{ tool: Tool; result: ToolResult }> = [];
   for (const name of o.tools.split(',').map((s) => s.trim()).filter(Boolean)) {
-    const tool = makeTool(name, { ...toolOpts, profileDir: name === 'cairn' ? o.profile : undefined });
+    const tool = makeTool(name, { ...toolOpts, profileDir: name === 'cairn' ? profileDir : undefined });
     const result: ToolResult = { name, available: true, notes: tool.notes, steps: {} };
     results.push(result);
     try {
@@ -150,14 +184,10 @@ async function mainComparison(o: Options, out: Record<string, unknown>): Promise
   out.changes = changes;
   const after = await buildManifest(dataDir);
   const bytesAfter = manifestBytes(after);
-  // Restored trees go only at the end: ext4 skips inodes freed in the last minutes when it
-  // allocates new ones, so a restore right after deleting 20,000 files spent seconds of
-  // system time scanning past them (perf: recently_deleted), and the tool after another
-  // paid for that tool's clean-up.
   const restored: string[] = [];
   for (const t of live) {
     await step(t, 'changed', () => t.tool.backup(dataDir), bytesAfter);
-    const target = path.join(o.work, `restore-${t.tool.name}`);
+    const target = path.join(o.work, `restore-${t.tool.name}-${round}`);
     let root = target;
     await step(
       t,
@@ -176,28 +206,7 @@ async function mainComparison(o: Options, out: Record<string, unknown>): Promise
     await t.tool.close();
   }
 
-  for (const target of restored) await rm(target, { recursive: true, force: true });
-  out.tools = results;
-  const { table, ratios, targets } = report(results);
-  out.ratios = ratios;
-  out.targets = targets;
-  console.log(`\nDataset: ${summary.files} files, ${fmt(mib(bytesBefore))} MiB before / ${fmt(mib(bytesAfter))} MiB after the day of changes (${ds.small} small JSON files; node_modules/ and __pycache__/ excluded by every tool). MB = 10^6 bytes of source data per second; CPU s = user + system seconds of all the tool's processes. Page cache before every step: ${o.pageCache}.`);
-  console.log(table);
-  for (const r of results) if (!r.available) console.log(`note: ${r.name} not available: ${r.reason}`);
-  for (const r of results) for (const n of r.notes) console.log(`note: ${n}`);
-  for (const r of results) if (r.cacheBytes) console.log(`note: ${r.name} client cache: ${fmt(mib(r.cacheBytes))} MiB (not counted in its repository size)`);
-  console.log('\nTargets (cairn vs the best of the others):');
-  for (const t of targets) console.log(`  ${t.met === null ? 'n/a ' : t.met ? 'MET ' : 'MISS'}  ${t.what}: ${t.value === null ? '-' : t.value.toFixed(2)} (goal ${t.goal})`);
-
-  if (o.profile) {
-    const profiles: Record<string, unknown> = {};
-    for (const f of (await readdir(o.profile)).filter((f) => f.endsWith('.cpuprofile'))) {
-      const s = await summarise(path.join(o.profile, f));
-      profiles[f] = s;
-      console.log('\n' + formatSummary(f, s));
-    }
-    out.profiles = profiles;
-  }
+  return { results, restored, sizes: { before: bytesBefore, after: bytesAfter, files: summary.files } };
 }
 
 function report(results: ToolResult[]): { table: string; ratios: Record<string, Record<string, number | null>>; targets: Target[] } {
@@ -427,6 +436,7 @@ async function main(): Promise<void> {
     .option('--keep', 'keep the scratch directory', false)
     .option('--no-self-check', 'skip the check of the generator and the restore verifier')
     .addOption(new Option('--page-cache <mode>', 'before every timed step: warm (read the source and the tool\'s repository), cold (drop the page cache; root only) or as-is').choices([...CACHE_MODES]).default('warm'))
+    .addOption(new Option('--rounds <n>', 'run the comparison this many times, each from a fresh dataset, and report each step\'s median round').default('1'))
     .addOption(new Option('--timeout <s>', 'per command').default('1800'))
     .parse();
   const o = program.opts<Options>();
