@@ -129,14 +129,14 @@ export class Archiver {
    * tree holds one directory per root, named by its base name.
    */
   async archive(roots: string[], parentRoot: Buffer | undefined): Promise<Buffer> {
-    if (roots.length === 1) return this.archiveDir(roots[0], '', parentRoot, true);
+    if (roots.length === 1) return this.archiveRoot(roots[0], '', parentRoot);
     const parentNodes = parentRoot ? await this.parentMap(parentRoot) : new Map<string, Node>();
     const nodes: Node[] = [];
     for (const root of [...roots].sort((a, b) => compareNames(path.basename(a), path.basename(b)))) {
       const name = rootRel(roots, root);
       const st = await fs.stat(root, { bigint: true });
       const prev = parentNodes.get(name);
-      const subtree = await this.archiveDir(root, name, prev?.type === 'DIR' ? prev.subtree : undefined, true);
+      const subtree = await this.archiveRoot(root, name, prev?.type === 'DIR' ? prev.subtree : undefined);
       nodes.push(dirNode(name, st, subtree));
     }
     return this.storeTree(nodes, parentRoot);
@@ -151,9 +151,10 @@ export class Archiver {
     }
   }
 
-  private async archiveDir(abs: string, rel: string, parentTree: Buffer | undefined, isRoot: boolean): Promise<Buffer> {
+  /** One root the user named, walked whole: its tree id once every read below it has ended. */
+  private async archiveRoot(abs: string, rel: string, parentTree: Buffer | undefined): Promise<Buffer> {
     try {
-      return await (await this.walkDir(abs, rel, parentTree, isRoot)).tree;
+      return await (await this.walkDir(abs, rel, parentTree, true)).tree;
     } catch (err) {
       // Directories still finishing behind the walk store no tree once it has failed.
       this.failure ??= { err };
