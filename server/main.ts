@@ -44,9 +44,10 @@ function positiveInt(value: string, flag: string): number {
 
 async function serve(opts: ServeOptions): Promise<void> {
   const log = createLogger(opts.logLevel, 'cairn-server');
+  const store = await openStore(opts.store, opts, log);
   const started = CairnServer.start({
     listen: opts.listen,
-    store: openStore(opts.store, opts, log),
+    store,
     indexDir: opts.index ?? defaultIndexDir(opts.store),
     log,
     packSize: parseSize(opts.packSize),
@@ -99,7 +100,7 @@ const program = new Command('cairn-server')
 /** Runs `fn` on the store named by the global flags; token and repo commands work while the server runs. */
 async function withStore<T>(cmd: Command, fn: (store: ObjectStore) => Promise<T>): Promise<T> {
   const g = cmd.optsWithGlobals<ServeOptions>();
-  const store = openStore(g.store, g);
+  const store = await openStore(g.store, g);
   try {
     return await fn(store);
   } finally {
@@ -167,7 +168,7 @@ program
   .option('--repository <name>', 'repository to rebuild', DEFAULT_REPOSITORY)
   .action(async (o: { repository: string }, cmd: Command) => {
     const g = cmd.optsWithGlobals<ServeOptions>();
-    const store = openStore(g.store, g);
+    const store = await openStore(g.store, g);
     try {
       const r = await rebuildIndex({ store, indexDir: g.index ?? defaultIndexDir(g.store), repository: o.repository, log: createLogger(g.logLevel, 'cairn-server') });
       process.stdout.write(`${JSON.stringify(r)}\n`);
