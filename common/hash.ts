@@ -1,4 +1,4 @@
-import { blake3 } from '@napi-rs/blake-hash';
+import { blake3, Blake3Hasher } from '@napi-rs/blake-hash';
 
 /**
  * BLAKE3-256, the id of every chunk, tree, pack and snapshot. One function so the
@@ -7,7 +7,24 @@ import { blake3 } from '@napi-rs/blake-hash';
  * which creates a stream per call.
  */
 export function hash(data: Uint8Array): Buffer {
-  return blake3(Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength));
+  return blake3(asBuffer(data));
+}
+
+function asBuffer(data: Uint8Array): Buffer {
+  return Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+}
+
+/** `hash` of bytes that arrive in pieces: the digest equals hash() of them all joined. */
+export class IncrementalHash {
+  private readonly hasher = new Blake3Hasher();
+
+  update(data: Uint8Array): void {
+    this.hasher.update(asBuffer(data));
+  }
+
+  digest(): Buffer {
+    return this.hasher.digestBuffer();
+  }
 }
 
 export const ID_BYTES = 32;

@@ -35,17 +35,10 @@ export function packKey(packIdHex: string): string {
 
 /** The trailer and footer describing `entries`, as bytes to append after the blobs. */
 export function encodeTrailer(entries: PackEntry[]): Buffer {
-  const out = Buffer.allocUnsafe(entries.length * ENTRY_BYTES + FOOTER_BYTES);
-  writeTrailer(out, 0, entries);
-  return out;
-}
-
-/** Writes the trailer and footer into `buf` at `at` (right after the blobs); returns the pack's length. */
-export function writeTrailer(buf: Buffer, at: number, entries: PackEntry[]): number {
   const trailerLength = entries.length * ENTRY_BYTES;
-  if (at + trailerLength + FOOTER_BYTES > buf.length) throw new RangeError(`pack buffer of ${buf.length} bytes has no room for a ${trailerLength}-byte trailer at ${at}`);
+  const buf = Buffer.allocUnsafe(trailerLength + FOOTER_BYTES);
   entries.forEach((e, i) => {
-    const o = at + i * ENTRY_BYTES;
+    const o = i * ENTRY_BYTES;
     e.id.copy(buf, o);
     buf.writeBigUInt64BE(BigInt(e.offset), o + 32);
     buf.writeUInt32BE(e.storedLength, o + 40);
@@ -53,13 +46,13 @@ export function writeTrailer(buf: Buffer, at: number, entries: PackEntry[]): num
     buf.writeUInt8(e.kind === 'TREE' ? 1 : 0, o + 48);
     buf.writeUInt8(e.compressed ? 1 : 0, o + 49);
   });
-  const f = at + trailerLength;
+  const f = trailerLength;
   PACK_MAGIC.copy(buf, f);
   buf.writeUInt32BE(PACK_VERSION, f + 8);
   buf.writeUInt32BE(entries.length, f + 12);
   buf.writeUInt32BE(trailerLength, f + 16);
-  hash(buf.subarray(at, f)).copy(buf, f + 20);
-  return f + FOOTER_BYTES;
+  hash(buf.subarray(0, f)).copy(buf, f + 20);
+  return buf;
 }
 
 export interface ParsedFooter {

@@ -1,11 +1,15 @@
 import { randomBytes } from 'node:crypto';
 import { constants, promises as fs } from 'node:fs';
+import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { CairnError, Code, invalidArgument, notFound } from '../common/errors.js';
-import { emptyCounts, type ObjectInfo, type ObjectStore, type RequestCounts } from './object-store.js';
+import { emptyCounts, type ObjectInfo, type ObjectStore, type ObjectWriter, type RequestCounts } from './object-store.js';
 import { OpenFiles } from './open-files.js';
 
+/** Marks every temporary file, of put and of openWriter alike: list() skips them, deleteUnfinished() removes them. */
 const TMP_SUFFIX = '.tmp-';
+/** What an ObjectWriter gathers before one write(2): blobs of small files are a few KiB each. */
+const WRITE_BUFFER = 1024 * 1024;
 
 /**
  * The embedded default: objects are files under one directory. Writes go to a temporary
@@ -31,7 +35,6 @@ export class FileStore implements ObjectStore {
   async put(key: string, data: Buffer): Promise<void> {
     const dest = this.resolve(key);
     await this.writeAtomically(dest, data, async (tmp) => fs.rename(tmp, dest));
-    this.openFiles.retire(dest);
   }
 
   async putIfAbsent(key: string, data: Buffer): Promise<boolean> {
@@ -48,19 +51,41 @@ export class FileStore implements ObjectStore {
         await fs.rm(tmp, { force: true });
       }
     });
-    this.openFiles.retire(dest);
     return created;
   }
 
+  async openWriter(dir: string): Promise<ObjectWriter> {
+    const { tmp, fh } = await this.createTemp(this.resolve(dir), '');
+    return new FileWriter(tmp, fh, async (key, bytes) => {
+      const dest = this.resolve(key);
+      this.count(bytes);
+      await fs.mkdir(path.dirname(dest), { recursive: true });
+      await this.finish(tmp, fh, dest, (t) => fs.rename(t, dest));
+    });
+  }
+
   private async writeAtomically(dest: string, data: Buffer, commit: (tmp: string) => Promise<void>): Promise<void> {
-    this.stats.put++;
-    this.stats.bytesUp += data.length;
-    const dir = path.dirname(dest);
-    await fs.mkdir(dir, { recursive: true });
-    const tmp = `${dest}${TMP_SUFFIX}${randomBytes(6).toString('hex')}`;
-    const fh = await fs.open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o644);
+    this.count(data.length);
+    const { tmp, fh } = await this.createTemp(path.dirname(dest), path.basename(dest));
     try {
       await fh.writeFile(data);
+    } catch (err) {
+      await fh.close().catch(() => undefined);
+      await fs.rm(tmp, { force: true });
+      throw err;
+    }
+    await this.finish(tmp, fh, dest, commit);
+  }
+
+  private async createTemp(dir: string, stem: string): Promise<{ tmp: string; fh: FileHandle }> {
+    await fs.mkdir(dir, { recursive: true });
+    const tmp = path.join(dir, `${stem}${TMP_SUFFIX}${randomBytes(6).toString('hex')}`);
+    return { tmp, fh: await fs.open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o644) };
+  }
+
+  /** The temporary's bytes are durable before they get a name, and the name before we return. */
+  private async finish(tmp: string, fh: FileHandle, dest: string, commit: (tmp: string) => Promise<void>): Promise<void> {
+    try {
       await fh.sync();
     } catch (err) {
       await fh.close().catch(() => undefined);
@@ -69,12 +94,19 @@ export class FileStore implements ObjectStore {
     }
     await fh.close();
     await commit(tmp);
+    const dir = path.dirname(dest);
     const dh = await fs.open(dir, constants.O_RDONLY);
     try {
       await dh.sync();
     } finally {
       await dh.close();
     }
+    this.openFiles.retire(dest);
+  }
+
+  private count(bytes: number): void {
+    this.stats.put++;
+    this.stats.bytesUp += bytes;
   }
 
   async get(key: string): Promise<Buffer> {
@@ -123,6 +155,25 @@ export class FileStore implements ObjectStore {
 
   async *list(prefix: string): AsyncIterable<ObjectInfo> {
     this.stats.list++;
+    for await (const key of this.files(prefix)) {
+      if (key.includes(TMP_SUFFIX)) continue;
+      const st = await fs.stat(path.join(this.root, key));
+      yield { key, size: st.size };
+    }
+  }
+
+  async deleteUnfinished(prefix: string): Promise<number> {
+    let n = 0;
+    for await (const key of this.files(prefix)) {
+      if (!key.includes(TMP_SUFFIX)) continue;
+      await fs.rm(path.join(this.root, key), { force: true });
+      n++;
+    }
+    return n;
+  }
+
+  /** Every file whose key starts with `prefix`, temporaries included. */
+  private async *files(prefix: string): AsyncIterable<string> {
     // Walk only the directory the prefix names, so listing `packs/` never touches `snapshots/`.
     const slash = prefix.lastIndexOf('/');
     const baseRel = slash >= 0 ? prefix.slice(0, slash) : '';
@@ -140,9 +191,8 @@ export class FileStore implements ObjectStore {
         const key = rel === '' ? e.name : `${rel}/${e.name}`;
         if (e.isDirectory()) {
           if (key.startsWith(prefix) || prefix.startsWith(`${key}/`)) stack.push(key);
-        } else if (e.isFile() && key.startsWith(prefix) && !e.name.includes(TMP_SUFFIX)) {
-          const st = await fs.stat(path.join(this.root, key));
-          yield { key, size: st.size };
+        } else if (e.isFile() && key.startsWith(prefix)) {
+          yield key;
         }
       }
     }
@@ -168,5 +218,53 @@ export class FileStore implements ObjectStore {
   private mapError(err: unknown, key: string): unknown {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return notFound(`object ${key} does not exist in ${this.description}`);
     return err;
+  }
+}
+
+/**
+ * Bytes go to a temporary file in the store's own tree, so commit is a rename on the same
+ * filesystem and memory stays one write buffer whatever the object's size.
+ */
+class FileWriter implements ObjectWriter {
+  private readonly buf = Buffer.allocUnsafeSlow(WRITE_BUFFER);
+  private used = 0;
+  private written = 0;
+  private closed = false;
+
+  constructor(
+    private readonly tmp: string,
+    private readonly fh: FileHandle,
+    /** Makes the closed-over temporary durable and renames it to `key`. */
+    private readonly publish: (key: string, bytes: number) => Promise<void>,
+  ) {}
+
+  async write(data: Buffer): Promise<void> {
+    for (let at = 0; at < data.length; ) {
+      const n = data.copy(this.buf, this.used, at);
+      this.used += n;
+      at += n;
+      if (this.used === this.buf.length) await this.drain();
+    }
+  }
+
+  private async drain(): Promise<void> {
+    for (let at = 0; at < this.used; ) {
+      const { bytesWritten } = await this.fh.write(this.buf, at, this.used - at);
+      at += bytesWritten;
+    }
+    this.written += this.used;
+    this.used = 0;
+  }
+
+  async commit(key: string): Promise<void> {
+    await this.drain();
+    this.closed = true;
+    await this.publish(key, this.written);
+  }
+
+  async abort(): Promise<void> {
+    if (!this.closed) await this.fh.close().catch(() => undefined);
+    this.closed = true;
+    await fs.rm(this.tmp, { force: true });
   }
 }

@@ -9,6 +9,11 @@
  *   and says whether it did (used for the writer lease).
  * - `get`/`getRange` throw a CairnError NOT_FOUND for a missing key.
  * - `list` pages internally and yields every key under the prefix, in no promised order.
+ * - `openWriter` is for an object whose key is known only once its last byte is written (a
+ *   pack is named by its hash). `commit` publishes it with the guarantees of `put`: until then
+ *   no key, `list` or `head` shows it, and after a failure `abort` leaves nothing behind.
+ * - `deleteUnfinished` removes what writers killed mid-write left under a prefix; `list` never
+ *   yields those leftovers, so only disk space depends on it.
  */
 export interface ObjectInfo {
   key: string;
@@ -26,11 +31,32 @@ export interface RequestCounts {
   bytesDown: number;
 }
 
+/** An object being written; see `ObjectStore.openWriter`. */
+export interface ObjectWriter {
+  /** Appends `data`; once this resolves the caller may reuse the buffer. Calls must not overlap. */
+  write(data: Buffer): Promise<void>;
+  /** Publishes what was written under `key`, atomically as `put` would. */
+  commit(key: string): Promise<void>;
+  /** Drops what was written; harmless after a failed write or commit, and after a commit. */
+  abort(): Promise<void>;
+}
+
 export interface ObjectStore {
   /** A short description for logs, e.g. `file:/data/cairn` or `s3://bucket/prefix`. */
   readonly description: string;
   put(key: string, data: Buffer): Promise<void>;
   putIfAbsent(key: string, data: Buffer): Promise<boolean>;
+  /**
+   * Starts an object whose bytes are kept, until commit, under the key prefix `dir` (e.g.
+   * `packs`): where `deleteUnfinished` of that repository finds them if the writer dies.
+   */
+  openWriter(dir: string): Promise<ObjectWriter>;
+  /**
+   * Removes the leftovers of writers that died mid-write under `prefix` and says how many.
+   * Only for a caller that knows nothing writes there meanwhile: a repository's lease holder
+   * before it starts writing.
+   */
+  deleteUnfinished(prefix: string): Promise<number>;
   get(key: string): Promise<Buffer>;
   getRange(key: string, offset: number, length: number): Promise<Buffer>;
   head(key: string): Promise<ObjectInfo | undefined>;

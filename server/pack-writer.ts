@@ -1,9 +1,9 @@
 import fastq from 'fastq';
 import type { queueAsPromised } from 'fastq';
-import { hash, toHex } from '../common/hash.js';
-import { ENTRY_BYTES, FOOTER_BYTES, packKey, writeTrailer, type PackEntry } from '../common/pack-format.js';
+import { IncrementalHash, toHex } from '../common/hash.js';
+import { encodeTrailer, ENTRY_BYTES, FOOTER_BYTES, packKey, type PackEntry } from '../common/pack-format.js';
 import type { BlobKind } from '../common/messages.js';
-import type { ObjectStore } from './object-store.js';
+import type { ObjectStore, ObjectWriter } from './object-store.js';
 import { encodeSegment, segmentKey, type SegmentPack } from './index-segment.js';
 import { packIndexOps, type Batch, type IndexDb } from './index-db.js';
 import { toCairnError } from '../common/errors.js';
@@ -31,22 +31,22 @@ const SEGMENT_MAX_ENTRIES = 20_000;
 const BATCH_OPS = 5_000;
 
 /**
- * Room a pack buffer keeps beyond the target pack size: the blob that crosses the target and
- * the trailer must still fit. A data blob is at most the chunker's 4 MiB maximum.
+ * A blob that would carry a pack past the target size plus this goes to a new pack instead (only
+ * a big tree can): packs stay as large as when they were built in a buffer of this headroom,
+ * and check --read-data reads a pack whole. A data blob is at most the chunker's 4 MiB maximum.
  */
 const PACK_HEADROOM = 4 * 1024 * 1024 + 64 * 1024;
 
 interface OpenPack {
-  buf: Buffer;
-  entries: PackEntry[];
-  size: number;
-}
-
-interface SealedPack {
   kind: BlobKind;
-  buf: Buffer;
-  size: number;
   entries: PackEntry[];
+  /** Bytes appended so far: the blobs, and after sealing the trailer too. */
+  size: number;
+  /** Of every byte appended: the pack's id once the trailer is in. */
+  hasher: IncrementalHash;
+  writer: Promise<ObjectWriter>;
+  /** The appends in order; rejects with the first failure, after which nothing more is written. */
+  written: Promise<void>;
 }
 
 /**
@@ -55,24 +55,22 @@ interface SealedPack {
  * pack objects, then an index segment naming them, then the LevelDB entries.
  * Until a blob's entry is in LevelDB it is "pending": known to dedup, not yet readable.
  *
- * Blobs are copied into pack buffers that are reused from pack to pack. Building each pack
- * from the received messages and concatenating them made a gigabyte of fresh buffers per
- * gigabyte uploaded, and freeing those cost the server more CPU (in garbage collection) than
- * verifying the blobs did. The buffers in use are bounded: one open pack per kind plus
- * maxQueuedPacks sealed ones.
+ * Each pack is streamed into an ObjectWriter and hashed as its blobs arrive, so on the folder
+ * store the memory for packs is a write buffer per open pack whatever --pack-size is (packs
+ * built in buffers held 20 MiB each, ~65 MiB of the server's peak in a first snapshot; at
+ * 128 MiB packs it would be half a gigabyte). Stores that buffer (S3) hold at most one open
+ * pack per kind plus maxQueuedPacks sealed ones.
  */
 export class PackWriter {
   private readonly open = new Map<BlobKind, OpenPack>();
   private readonly pending = new Set<string>();
   private uploaded: SegmentPack[] = [];
   private uploadedEntries = 0;
-  private readonly queue: queueAsPromised<SealedPack>;
+  private readonly queue: queueAsPromised<OpenPack>;
   private queued = 0;
   private waiters: Array<() => void> = [];
   private failure: Error | undefined;
   private indexing: Promise<void> = Promise.resolve();
-  private readonly freeBuffers: Buffer[] = [];
-  private readonly bufferSize: number;
 
   constructor(
     private readonly store: ObjectStore,
@@ -80,7 +78,6 @@ export class PackWriter {
     private readonly opts: PackWriterOptions,
   ) {
     this.queue = fastq.promise(this, this.upload, opts.uploadConcurrency);
-    this.bufferSize = opts.packSize + PACK_HEADROOM;
   }
 
   isPending(idHex: string): boolean {
@@ -89,64 +86,58 @@ export class PackWriter {
 
   /**
    * Adds a blob; resolves when the writer can take more (the caller should stop reading until
-   * then). The bytes are copied before this returns, so the caller may reuse `blob.data`.
+   * then). The bytes are written or copied before this returns, so the caller may reuse `blob.data`.
    */
   async add(blob: VerifiedBlob): Promise<void> {
     const hex = toHex(blob.id);
     if (this.pending.has(hex)) return;
     this.pending.add(hex);
     let pack = this.open.get(blob.kind);
-    if (pack && !fits(pack, blob.data.length)) {
+    if (pack && pack.size + blob.data.length + (pack.entries.length + 1) * ENTRY_BYTES + FOOTER_BYTES > this.opts.packSize + PACK_HEADROOM) {
       this.seal(blob.kind);
       pack = undefined;
     }
     if (!pack) {
-      pack = { buf: this.takeBuffer(blob.data.length), entries: [], size: 0 };
+      const writer = this.store.openWriter('packs');
+      pack = { kind: blob.kind, entries: [], size: 0, hasher: new IncrementalHash(), writer, written: writer.then(() => undefined) };
       this.open.set(blob.kind, pack);
     }
     pack.entries.push({ id: blob.id, offset: pack.size, storedLength: blob.data.length, rawLength: blob.rawLength, kind: blob.kind, compressed: blob.compressed });
-    blob.data.copy(pack.buf, pack.size);
-    pack.size += blob.data.length;
+    const written = append(pack, blob.data);
     if (pack.size >= this.opts.packSize) this.seal(blob.kind);
+    // Waiting for our own write bounds the bytes in flight; a failure is the upload's to report.
+    await written.catch(() => undefined);
     while (this.queued >= this.opts.maxQueuedPacks) {
       await new Promise<void>((resolve) => this.waiters.push(resolve));
     }
   }
 
-  /** A pooled buffer, or a one-off one for a blob larger than the pool's (a big tree). */
-  private takeBuffer(blobLength: number): Buffer {
-    const need = blobLength + ENTRY_BYTES + FOOTER_BYTES;
-    if (need > this.bufferSize) return Buffer.allocUnsafeSlow(need);
-    return this.freeBuffers.pop() ?? Buffer.allocUnsafeSlow(this.bufferSize);
-  }
-
-  private giveBuffer(buf: Buffer): void {
-    // Two open packs (data, trees) and the sealed ones waiting: more would only sit there.
-    if (buf.length === this.bufferSize && this.freeBuffers.length < 2 + this.opts.maxQueuedPacks) this.freeBuffers.push(buf);
-  }
-
   private seal(kind: BlobKind): void {
     const pack = this.open.get(kind);
-    if (!pack || pack.entries.length === 0) return;
+    if (!pack) return;
     this.open.delete(kind);
-    const size = writeTrailer(pack.buf, pack.size, pack.entries);
+    // Handled here at once so a failure waiting for its upload is not an unhandled rejection.
+    append(pack, encodeTrailer(pack.entries)).catch(() => undefined);
     this.queued++;
-    this.queue.push({ kind, buf: pack.buf, size, entries: pack.entries }).catch(() => undefined);
+    this.queue.push(pack).catch(() => undefined);
   }
 
-  private async upload(sealed: SealedPack): Promise<void> {
-    const data = sealed.buf.subarray(0, sealed.size);
-    const id = hash(data);
+  private async upload(pack: OpenPack): Promise<void> {
+    const id = pack.hasher.digest();
+    let writer: ObjectWriter | undefined;
     try {
-      await this.store.put(packKey(toHex(id)), data);
-      this.uploaded.push({ id, size: sealed.size, kind: sealed.kind, entries: sealed.entries });
-      this.uploadedEntries += sealed.entries.length;
+      writer = await pack.writer;
+      await pack.written;
+      await writer.commit(packKey(toHex(id)));
+      this.uploaded.push({ id, size: pack.size, kind: pack.kind, entries: pack.entries });
+      this.uploadedEntries += pack.entries.length;
     } catch (err) {
+      // A temporary left behind would hold the space a full disk needs back.
+      await writer?.abort().catch(() => undefined);
       // The blobs of a lost pack must be uploadable again: forget them and report at the next flush.
-      for (const e of sealed.entries) this.pending.delete(toHex(e.id));
+      for (const e of pack.entries) this.pending.delete(toHex(e.id));
       this.failure ??= toCairnError(err);
     } finally {
-      this.giveBuffer(sealed.buf);
       this.queued--;
       const waiters = this.waiters;
       this.waiters = [];
@@ -199,7 +190,10 @@ export class PackWriter {
   }
 }
 
-/** Whether one more blob and the trailer that will then describe it still fit the buffer. */
-function fits(pack: OpenPack, blobLength: number): boolean {
-  return pack.size + blobLength + (pack.entries.length + 1) * ENTRY_BYTES + FOOTER_BYTES <= pack.buf.length;
+/** Hashes `data` now and writes it after what the pack already has; returns the pack's writes so far. */
+function append(pack: OpenPack, data: Buffer): Promise<void> {
+  pack.hasher.update(data);
+  pack.size += data.length;
+  pack.written = pack.written.then(async () => (await pack.writer).write(data));
+  return pack.written;
 }

@@ -1,4 +1,4 @@
-import type { ObjectInfo, ObjectStore, RequestCounts } from './object-store.js';
+import type { ObjectInfo, ObjectStore, ObjectWriter, RequestCounts } from './object-store.js';
 
 /** One repository's view of a shared store: every key lives under `prefix`, so repositories cannot see each other. */
 export class PrefixedStore implements ObjectStore {
@@ -16,6 +16,13 @@ export class PrefixedStore implements ObjectStore {
   }
   putIfAbsent(key: string, data: Buffer): Promise<boolean> {
     return this.inner.putIfAbsent(this.prefix + key, data);
+  }
+  async openWriter(dir: string): Promise<ObjectWriter> {
+    const writer = await this.inner.openWriter(this.prefix + dir);
+    return { write: (data) => writer.write(data), commit: (key) => writer.commit(this.prefix + key), abort: () => writer.abort() };
+  }
+  deleteUnfinished(prefix: string): Promise<number> {
+    return this.inner.deleteUnfinished(this.prefix + prefix);
   }
   get(key: string): Promise<Buffer> {
     return this.inner.get(this.prefix + key);

@@ -91,6 +91,10 @@ export class Repository {
   static async open(opts: RepositoryOptions): Promise<Repository> {
     const config = await loadOrInitConfig(opts);
     const index = await IndexDb.open(opts.indexDir);
+    // Our caller holds the writer lease (or, rebuilding the index, runs with the server stopped)
+    // and has written nothing yet: every temporary under the repository is a killed writer's.
+    const unfinished = await opts.store.deleteUnfinished('');
+    if (unfinished > 0) opts.log.info({ repository: opts.name, unfinished }, 'removed the temporary files of writes a crash interrupted');
     const repo = new Repository(opts.name, opts.store, index, config, opts.log);
     const marker = await index.getJson<{ repositoryId: string }>('meta/repository');
     if (marker?.repositoryId !== config.id) {

@@ -20,7 +20,8 @@ import {
   permissionDenied,
   unavailable,
 } from '../common/errors.js';
-import { emptyCounts, type ObjectInfo, type ObjectStore, type RequestCounts } from './object-store.js';
+import { BufferedWriters } from './buffered-writer.js';
+import { emptyCounts, type ObjectInfo, type ObjectStore, type ObjectWriter, type RequestCounts } from './object-store.js';
 
 export interface S3StoreOptions {
   bucket: string;
@@ -126,6 +127,8 @@ export class S3Store implements ObjectStore {
   private readonly log: (msg: string, fields?: object) => void;
   private readonly agents: http.Agent[];
   private readonly stats = emptyCounts();
+  /** PutObject needs the whole body up front and each retry sends it again, so writers buffer. */
+  private readonly writers = new BufferedWriters((key, data) => this.put(key, data));
 
   constructor(opts: S3StoreOptions) {
     const prefix = opts.prefix.replace(/^\/+|\/+$/g, '');
@@ -210,6 +213,15 @@ export class S3Store implements ObjectStore {
     });
     if (outcome !== 'written') return outcome === 'ours';
     return (await this.getIfExists(key))?.equals(data) ?? false;
+  }
+
+  async openWriter(_dir: string): Promise<ObjectWriter> {
+    return this.writers.open();
+  }
+
+  /** A PutObject lands whole or not at all and writers buffer in memory: a dead writer leaves nothing here. */
+  async deleteUnfinished(_prefix: string): Promise<number> {
+    return 0;
   }
 
   async get(key: string): Promise<Buffer> {

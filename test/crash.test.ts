@@ -57,6 +57,11 @@ describe.each(storeBackends())('kill -9 on the $name store', (backend) => {
     server = await startServer(opts);
     const history = (await runCli(['--json', 'history', '--dataset', 'crash'], { server: server.addr })).stdout.trim().split('\n');
     expect(history.map((l) => (JSON.parse(l) as { id: string }).id)).toEqual([first.snapshot.id]);
+    if (opts.store.startsWith('file:')) {
+      // The killed server's open packs were temporaries; reopening the repository removed them.
+      const files = await fs.readdir(opts.store.slice('file:'.length), { recursive: true });
+      expect(files.filter((f) => f.includes('.tmp-'))).toEqual([]);
+    }
 
     const restored = path.join(base, 'restored-first');
     expect((await runCli(['restore', '--snapshot', first.snapshot.id, restored], { server: server.addr })).code).toBe(0);

@@ -1,10 +1,83 @@
+import { randomBytes } from 'node:crypto';
+import { promises as fs } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { describe, expect, it } from 'vitest';
 import { FileStore } from '../server/file-store.js';
-import { objectStoreContract } from './store-contract.js';
+import { PrefixedStore } from '../server/prefixed-store.js';
+import { listAll, objectStoreContract } from './store-contract.js';
 
 objectStoreContract('FileStore', async () => {
   const dir = await mkdtemp(path.join(os.tmpdir(), 'cairn-filestore-'));
   return { store: new FileStore(dir), cleanup: () => rm(dir, { recursive: true, force: true }) };
+});
+
+objectStoreContract('PrefixedStore over FileStore', async () => {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'cairn-prefixed-'));
+  return { store: new PrefixedStore(new FileStore(dir), 'repos/r/'), cleanup: () => rm(dir, { recursive: true, force: true }) };
+});
+
+/** Every file under `dir`, relative, finished or not. */
+async function filesOnDisk(dir: string): Promise<string[]> {
+  const entries = await fs.readdir(dir, { withFileTypes: true, recursive: true });
+  return entries
+    .filter((e) => e.isFile())
+    .map((e) => path.relative(dir, path.join(e.parentPath, e.name)))
+    .sort();
+}
+
+describe('FileStore temporaries', () => {
+  it('an object writer streams into a .tmp- file of the store that becomes the object at commit', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'cairn-filestore-'));
+    try {
+      const store = new FileStore(dir);
+      const writer = await store.openWriter('repos/r/packs');
+      const data = randomBytes(3 * 1024 * 1024);
+      await writer.write(data);
+      const [tmp, ...more] = await filesOnDisk(dir);
+      expect(more).toEqual([]);
+      expect(tmp).toMatch(/^repos\/r\/packs\/\.tmp-[0-9a-f]{12}$/);
+      // Past the write buffer the bytes are on disk, not in memory.
+      expect((await fs.stat(path.join(dir, tmp!))).size).toBeGreaterThanOrEqual(2 * 1024 * 1024);
+      await writer.commit('repos/r/packs/ab/done');
+      expect(await filesOnDisk(dir)).toEqual(['repos/r/packs/ab/done']);
+      expect((await fs.readFile(path.join(dir, 'repos/r/packs/ab/done'))).equals(data)).toBe(true);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('abort removes the temporary file', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'cairn-filestore-'));
+    try {
+      const writer = await new FileStore(dir).openWriter('packs');
+      await writer.write(randomBytes(2 * 1024 * 1024));
+      await writer.abort();
+      expect(await filesOnDisk(dir)).toEqual([]);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('deleteUnfinished removes the temporaries of writers and of puts under the prefix only', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'cairn-filestore-'));
+    try {
+      const store = new FileStore(dir);
+      await store.put('repos/a/packs/aa/kept', Buffer.from('kept'));
+      const dead = [await store.openWriter('repos/a/packs'), await store.openWriter('repos/b/packs')];
+      await dead[0]!.write(randomBytes(2 * 1024 * 1024));
+      // What a put killed between its write and its rename leaves.
+      await fs.writeFile(path.join(dir, 'repos/a/packs/aa/kept2.tmp-0123456789ab'), 'torn');
+      await dead[1]!.write(randomBytes(10));
+      expect(await store.deleteUnfinished('repos/a/')).toBe(2);
+      const left = await filesOnDisk(dir);
+      expect(left.filter((f) => f.startsWith('repos/a/'))).toEqual(['repos/a/packs/aa/kept']);
+      expect(left.filter((f) => f.startsWith('repos/b/'))).toHaveLength(1);
+      expect(await listAll(store, '')).toEqual([{ key: 'repos/a/packs/aa/kept', size: 4 }]);
+      for (const w of dead) await w.abort();
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
 });

@@ -46,6 +46,8 @@ export interface ServerOptions {
   indexDir?: string;
   args?: string[];
   env?: Record<string, string>;
+  /** A command the server runs under, e.g. unshare to give it a disk of its own. */
+  wrap?: string[];
   /** Sees each log line as it arrives, before the server is ready (to act at a given point of start-up). */
   onLog?: (line: string, proc: ChildProcess) => void;
 }
@@ -54,7 +56,8 @@ export async function startServer(opts: ServerOptions = {}): Promise<ServerHandl
   const dir = opts.store && opts.indexDir ? '' : tmpDir('cairn-srv-');
   const storeSpec = opts.store ?? `file:${path.join(dir, 'store')}`;
   const indexDir = opts.indexDir ?? path.join(dir, 'index');
-  const proc = spawn(process.execPath, [...SERVER_BIN.flags, SERVER_JS, '--listen', '127.0.0.1:0', '--store', storeSpec, '--index', indexDir, '--log-level', 'info', ...(opts.args ?? [])], {
+  const [cmd, ...cmdArgs] = [...(opts.wrap ?? []), process.execPath];
+  const proc = spawn(cmd!, [...cmdArgs, ...SERVER_BIN.flags, SERVER_JS, '--listen', '127.0.0.1:0', '--store', storeSpec, '--index', indexDir, '--log-level', 'info', ...(opts.args ?? [])], {
     env: { ...process.env, ...SERVER_BIN.env, ...opts.env },
     stdio: ['ignore', 'ignore', 'pipe'],
   });

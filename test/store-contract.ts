@@ -152,6 +152,54 @@ export function objectStoreContract(name: string, make: StoreFactory): void {
         expect(c1.bytesUp - c0.bytesUp).toBeGreaterThanOrEqual(1000);
         expect(c1.bytesDown - c0.bytesDown).toBeGreaterThanOrEqual(1000);
       });
+
+      it('an object writer publishes the bytes written, in pieces of any size, under the key given at commit and not before', async () => {
+        // Larger than any write buffer, smaller, empty, and one byte: every path through a writer.
+        const pieces = [randomBytes(3), Buffer.alloc(0), randomBytes(1536 * 1024), randomBytes(700 * 1024), randomBytes(1)];
+        const expected = Buffer.concat(pieces);
+        const c0 = store.counts();
+        const writer = await store.openWriter('packs');
+        for (const p of pieces) {
+          await writer.write(p);
+          // The caller may reuse its buffer once write resolves.
+          p.fill(0xee);
+        }
+        expect(await listAll(store, '')).toEqual([]);
+        expect(await store.head('packs/ef/streamed')).toBeUndefined();
+        await writer.commit('packs/ef/streamed');
+        expect((await store.get('packs/ef/streamed')).equals(expected)).toBe(true);
+        expect(await listAll(store, '')).toEqual([{ key: 'packs/ef/streamed', size: expected.length }]);
+        expect(store.counts().put - c0.put).toBeGreaterThanOrEqual(1);
+        expect(store.counts().bytesUp - c0.bytesUp).toBeGreaterThanOrEqual(expected.length);
+      });
+
+      it("an object writer's abort leaves nothing, not even for deleteUnfinished to find", async () => {
+        const writer = await store.openWriter('packs');
+        await writer.write(randomBytes(2 * 1024 * 1024));
+        await writer.abort();
+        expect(await listAll(store, '')).toEqual([]);
+        expect(await store.deleteUnfinished('')).toBe(0);
+      });
+
+      it("an object writer's commit under an invalid key fails with INVALID_ARGUMENT and abort still cleans up", async () => {
+        const writer = await store.openWriter('packs');
+        await writer.write(randomBytes(1000));
+        await expectCode(writer.commit('packs/../escape'), Code.INVALID_ARGUMENT);
+        await writer.abort();
+        expect(await listAll(store, '')).toEqual([]);
+        expect(await store.deleteUnfinished('')).toBe(0);
+      });
+
+      it('deleteUnfinished leaves finished objects alone, and an unfinished write never shows as one', async () => {
+        await store.put('packs/aa/kept', Buffer.from('kept'));
+        const dead = await store.openWriter('packs');
+        await dead.write(randomBytes(2 * 1024 * 1024));
+        expect(await listAll(store, '')).toEqual([{ key: 'packs/aa/kept', size: 4 }]);
+        await store.deleteUnfinished('');
+        expect(await listAll(store, '')).toEqual([{ key: 'packs/aa/kept', size: 4 }]);
+        expect((await store.get('packs/aa/kept')).toString()).toBe('kept');
+        await dead.abort();
+      });
     });
 
     describe(`more than 1000 keys (${MANY})`, () => {
