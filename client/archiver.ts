@@ -115,7 +115,7 @@ export class Archiver {
     this.onProgress = parts.onProgress ?? (() => undefined);
     const walked = parts.walked && { cache: parts.walked, role: 'replay' as const };
     this.reader = new DirReader(parts.excludes, { problem: (p, err) => this.problem(p, err), skipped: () => this.stats.skipped++ }, parts.signal, walked);
-    this.readBuffers = new Slots<Buffer>(Array.from({ length: LARGE_FILES_IN_FLIGHT }, () => Buffer.allocUnsafeSlow(readBufferSize(this.chunker))));
+    this.readBuffers = new Slots<Buffer>(this.chunker.readBuffers(LARGE_FILES_IN_FLIGHT, readBufferSize(this.chunker)));
   }
 
   private problem(p: string, err: unknown): void {

@@ -1,7 +1,9 @@
 import { mkdtemp, open, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { readFile } from 'node:fs/promises';
 import { blake3 } from '@napi-rs/blake-hash';
+import wabtInit from 'wabt';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { chunkViews, readBufferSize, splitBuffer } from '../common/chunk-reader.js';
 import {
@@ -11,6 +13,7 @@ import {
   validateChunkerParams,
   type ChunkerParams,
 } from '../common/chunker.js';
+import { CHUNKER_WASM } from '../common/chunker-wasm.js';
 import { CairnError, Code } from '../common/errors.js';
 
 const KiB = 1024;
@@ -170,6 +173,46 @@ describe('Chunker against a one-byte-per-step reference', () => {
     const lengths = splitBuffer(data, new Chunker(p));
     expect(lengths).toEqual(referenceSplit(data, p));
     expectBounds(lengths, data.length, p);
+  });
+});
+
+describe('Chunker WebAssembly', () => {
+  it('is common/chunker.wat compiled (run npm run gen:wasm after editing it)', async () => {
+    const wabt = await wabtInit();
+    const source = await readFile(new URL('../common/chunker.wat', import.meta.url), 'utf8');
+    const { buffer } = wabt.parseWat('chunker.wat', source).toBinary({});
+    expect(Buffer.from(buffer).equals(CHUNKER_WASM)).toBe(true);
+  });
+
+  it('cuts the bytes of its read buffers in place exactly as the reference does', () => {
+    const chunker = new Chunker(SMALL);
+    const [first, second] = chunker.readBuffers(2, 3 * MiB);
+    const data = pseudoRandom(3 * MiB, 21);
+    first!.set(data);
+    second!.set(data);
+    const expected = referenceSplit(data, SMALL);
+    expect(splitBuffer(first!, chunker)).toEqual(expected);
+    // At an offset inside the memory, and through a view that does not start at the buffer's start.
+    expect(splitBuffer(second!, chunker)).toEqual(expected);
+    const tail = second!.subarray(12345);
+    expect(splitBuffer(tail, chunker)).toEqual(referenceSplit(data.subarray(12345), SMALL));
+  });
+
+  it('gives the golden chunks from a read buffer too', () => {
+    const chunker = new Chunker(DEFAULT_CHUNKER_PARAMS);
+    const [buf] = chunker.readBuffers(1, 20 * MiB);
+    buf!.set(pseudoRandom(20 * MiB, 1));
+    expect(splitBuffer(buf!, chunker)).toEqual(GOLDEN_DEFAULT_20MIB);
+  });
+
+  it('still cuts the buffers of an earlier readBuffers() call, and buffers of its own', () => {
+    const chunker = new Chunker(SMALL);
+    const [old] = chunker.readBuffers(1, 1 * MiB);
+    const data = pseudoRandom(1 * MiB, 2);
+    old!.set(data);
+    chunker.readBuffers(1, 1 * MiB);
+    expect(splitBuffer(old!, chunker)).toEqual(GOLDEN_SMALL_1MIB);
+    expect(splitBuffer(data, chunker)).toEqual(GOLDEN_SMALL_1MIB);
   });
 });
 
