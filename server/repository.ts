@@ -43,6 +43,9 @@ export type SnapshotRecord = { version: number } & Omit<Snapshot, 'id' | 'protec
 /** Trees of one commit whose index lookups run together. */
 const TREES_VERIFIED_AT_ONCE = 8;
 
+/** A blob that passed verifyBlob; a tree comes decoded too, as verifying it decoded it anyway. */
+export type ReceivedBlob = VerifiedBlob & { tree?: Node[] };
+
 interface TreeToVerify {
   id: Buffer;
   /** The directory it is, for error messages. */
@@ -127,7 +130,7 @@ export class Repository {
    * Checks a blob a client sent: size limits first (before inflating anything), then
    * decompression into exactly raw_length bytes, then the hash. Nothing unverified is stored.
    */
-  verifyBlob(blob: { id: Buffer; kind: string; compression: string; rawLength: number; data: Buffer }): VerifiedBlob {
+  verifyBlob(blob: { id: Buffer; kind: string; compression: string; rawLength: number; data: Buffer }): ReceivedBlob {
     if (blob.id.length !== ID_BYTES) throw invalidArgument(`blob id must be ${ID_BYTES} bytes, got ${blob.id.length}`);
     const hex = toHex(blob.id);
     const limit = blob.kind === 'TREE' ? MAX_TREE_BLOB_BYTES : this.maxBlobRaw;
@@ -149,10 +152,12 @@ export class Repository {
       throw invalidArgument(`blob ${hex}: unknown compression ${blob.compression}`);
     }
     if (!hash(raw).equals(blob.id)) throw invalidArgument(`blob ${hex}: content does not hash to its id; nothing stored`);
-    if (blob.kind === 'TREE') decodeTree(raw, `tree ${hex}`, Code.INVALID_ARGUMENT);
+    // A raw tree is a view into the whole received message, and its nodes would be views of
+    // that: decoded from a copy, a session can keep them without pinning the message.
+    const tree = blob.kind === 'TREE' ? decodeTree(blob.compression === 'NONE' ? Buffer.from(raw) : raw, `tree ${hex}`, Code.INVALID_ARGUMENT) : undefined;
     // The id is a view into the whole received message: copy it, or every indexed-but-not-yet-
     // segmented entry would pin its megabyte message in memory.
-    return { id: Buffer.from(blob.id), kind: blob.kind, compressed: blob.compression === 'ZSTD', rawLength: blob.rawLength, data: blob.data };
+    return { id: Buffer.from(blob.id), kind: blob.kind, compressed: blob.compression === 'ZSTD', rawLength: blob.rawLength, data: blob.data, tree };
   }
 
   async locateOrThrow(id: Buffer, what: string): Promise<Location> {
@@ -195,7 +200,7 @@ export class Repository {
    * index and pack reads left the CPU idle half the time while the client waited), with at
    * most MAX_TREE_BLOB_BYTES of inflated trees in memory at once, as one at a time held.
    */
-  async verifyComplete(root: Buffer): Promise<number> {
+  async verifyComplete(root: Buffer, uploaded?: { get(hex: string): Node[] | undefined }): Promise<number> {
     const newlyVerified: string[] = [];
     let level: TreeToVerify[] = [{ id: root, path: '/' }];
     while (level.length > 0) {
@@ -207,7 +212,7 @@ export class Repository {
           let k = j + 1;
           let bytes = todo[j].loc.rawLength;
           while (k < todo.length && bytes + todo[k].loc.rawLength <= MAX_TREE_BLOB_BYTES) bytes += todo[k++].loc.rawLength;
-          for (const subtrees of await Promise.all(todo.slice(j, k).map((t) => this.checkTree(t)))) next.push(...subtrees);
+          for (const subtrees of await Promise.all(todo.slice(j, k).map((t) => this.checkTree(t, uploaded)))) next.push(...subtrees);
           j = k;
         }
         for (const t of todo) newlyVerified.push(toHex(t.id));
@@ -227,9 +232,13 @@ export class Repository {
     return { id, path, loc };
   }
 
-  /** Checks that every chunk a tree's files name is stored; returns its subtrees. */
-  private async checkTree({ id, path, loc }: LocatedTree): Promise<TreeToVerify[]> {
-    const nodes = await this.decodeTreeAt(id, loc);
+  /**
+   * Checks that every chunk a tree's files name is stored; returns its subtrees. A tree this
+   * session uploaded comes decoded from `uploaded` instead of being read, inflated and decoded
+   * again: it was located above, so it is stored, and its id names its bytes.
+   */
+  private async checkTree({ id, path, loc }: LocatedTree, uploaded?: { get(hex: string): Node[] | undefined }): Promise<TreeToVerify[]> {
+    const nodes = uploaded?.get(toHex(id)) ?? (await this.decodeTreeAt(id, loc));
     const subtrees: TreeToVerify[] = [];
     const fileChunks: Array<{ id: Buffer; path: string }> = [];
     for (const n of nodes) {

@@ -142,6 +142,7 @@ export function coreHandlers(deps: ServiceDeps): grpc.UntypedServiceImplementati
           const session = sessions.get(sessionId, principal);
           const repo = session.repo;
           const blobs = req.blobs.map((b) => repo.verifyBlob(b));
+          for (const b of blobs) if (b.tree) session.trees.remember(toHex(b.id), b.tree, b.rawLength);
           await repo.gcLock.shared(async () => {
             const present = await repo.present(blobs.map((b) => b.id));
             for (let i = 0; i < blobs.length; i++) {
@@ -175,7 +176,7 @@ export function coreHandlers(deps: ServiceDeps): grpc.UntypedServiceImplementati
     // Held shared from verification to the snapshot's index keys: a prune cannot unindex what
     // this commit just found present, even for chunks the session was never told about.
     const snapshot = await repo.gcLock.shared(async () => {
-      await repo.verifyComplete(root);
+      await repo.verifyComplete(root, session.trees);
       return repo.writeSnapshot({
         version: 1,
         dataset: session.dataset,

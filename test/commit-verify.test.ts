@@ -1,0 +1,84 @@
+import path from 'node:path';
+import { pino } from 'pino';
+import { afterAll, describe, expect, it } from 'vitest';
+import { CairnError, Code } from '../common/errors.js';
+import { hash } from '../common/hash.js';
+import type { Node } from '../common/messages.js';
+import { emptyNode, encodeTree } from '../common/tree.js';
+import { FileStore } from '../server/file-store.js';
+import { Repository } from '../server/repository.js';
+import { UploadedTrees } from '../server/sessions.js';
+import { cleanupTmp, tmpDir } from './harness.js';
+import { randomBytes } from './tree-gen.js';
+
+afterAll(() => cleanupTmp());
+
+async function openRepo(): Promise<{ repo: Repository; store: FileStore }> {
+  const dir = tmpDir();
+  const store = new FileStore(path.join(dir, 'store'));
+  const repo = await Repository.open({ name: 'default', store, indexDir: path.join(dir, 'index'), log: pino({ level: 'silent' }) });
+  return { repo, store };
+}
+
+/** Verifies and stores a blob as an Upload does, remembering it in `trees` if it is a tree. */
+async function upload(repo: Repository, trees: UploadedTrees, kind: 'DATA' | 'TREE', data: Buffer): Promise<Buffer> {
+  const id = hash(data);
+  const received = repo.verifyBlob({ id, kind, compression: 'NONE', rawLength: data.length, data });
+  if (received.tree) trees.remember(id.toString('hex'), received.tree, received.rawLength);
+  await repo.writer.add(received);
+  return id;
+}
+
+function fileNode(name: string, chunks: Buffer[]): Node {
+  return { ...emptyNode(name, 'FILE'), chunks, size: String(chunks.length) };
+}
+
+/** A root with one directory holding one file of two chunks; `stored` says which chunks are uploaded. */
+async function snapshotTrees(repo: Repository, trees: UploadedTrees, stored = [true, true]): Promise<Buffer> {
+  const chunks = [randomBytes(1000, 1), randomBytes(2000, 2)];
+  const ids: Buffer[] = [];
+  for (let i = 0; i < chunks.length; i++) ids.push(stored[i] ? await upload(repo, trees, 'DATA', chunks[i]!) : hash(chunks[i]!));
+  const sub = await upload(repo, trees, 'TREE', encodeTree([fileNode('weights.bin', ids)]));
+  const root = await upload(repo, trees, 'TREE', encodeTree([{ ...emptyNode('runs', 'DIR'), subtree: sub }]));
+  await repo.writer.flush();
+  return root;
+}
+
+describe('commit verification with the session\'s uploaded trees', () => {
+  it('reads back none of the trees the session uploaded, and reads them without them', async () => {
+    const plain = await openRepo();
+    const rootA = await snapshotTrees(plain.repo, new UploadedTrees());
+    const getsA = plain.store.counts().get;
+    expect(await plain.repo.verifyComplete(rootA)).toBe(2);
+    expect(plain.store.counts().get).toBeGreaterThan(getsA);
+
+    const withTrees = await openRepo();
+    const trees = new UploadedTrees();
+    const rootB = await snapshotTrees(withTrees.repo, trees);
+    const getsB = withTrees.store.counts().get;
+    expect(await withTrees.repo.verifyComplete(rootB, trees)).toBe(2);
+    expect(withTrees.store.counts().get).toBe(getsB);
+  });
+
+  it('still refuses a remembered tree that names a chunk the repository lacks', async () => {
+    const { repo } = await openRepo();
+    const trees = new UploadedTrees();
+    const root = await snapshotTrees(repo, trees, [true, false]);
+    const err = await repo.verifyComplete(root, trees).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(CairnError);
+    expect((err as CairnError).code).toBe(Code.FAILED_PRECONDITION);
+    expect((err as CairnError).message).toMatch(/unknown chunk .* \(file \/runs\/weights\.bin\)/);
+  });
+
+  it('still refuses a root that is remembered but was never stored', async () => {
+    const { repo } = await openRepo();
+    const trees = new UploadedTrees();
+    const nodes = [fileNode('a', [])];
+    const bytes = encodeTree(nodes);
+    const id = hash(bytes);
+    trees.remember(id.toString('hex'), nodes, bytes.length);
+    const err = await repo.verifyComplete(id, trees).catch((e: unknown) => e);
+    expect((err as CairnError).code).toBe(Code.FAILED_PRECONDITION);
+    expect((err as CairnError).message).toMatch(/unknown tree/);
+  });
+});
