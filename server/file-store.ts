@@ -8,6 +8,15 @@ import { OpenFiles } from './open-files.js';
 
 /** Marks every temporary file, of put and of openWriter alike: list() skips them, deleteUnfinished() removes them. */
 const TMP_SUFFIX = '.tmp-';
+/**
+ * A temporary's file name, and only that: a directory or a key that merely contains
+ * TMP_SUFFIX (a repository or dataset name) is neither hidden nor deleted.
+ */
+const TMP_NAME = /\.tmp-[0-9a-f]{12}$/;
+
+function isTemporary(key: string): boolean {
+  return TMP_NAME.test(key.slice(key.lastIndexOf('/') + 1));
+}
 /** What an ObjectWriter gathers before one write(2): blobs of small files are a few KiB each. */
 const WRITE_BUFFER = 1024 * 1024;
 
@@ -156,7 +165,7 @@ export class FileStore implements ObjectStore {
   async *list(prefix: string): AsyncIterable<ObjectInfo> {
     this.stats.list++;
     for await (const key of this.files(prefix)) {
-      if (key.includes(TMP_SUFFIX)) continue;
+      if (isTemporary(key)) continue;
       const st = await fs.stat(path.join(this.root, key));
       yield { key, size: st.size };
     }
@@ -165,7 +174,7 @@ export class FileStore implements ObjectStore {
   async deleteUnfinished(prefix: string): Promise<number> {
     let n = 0;
     for await (const key of this.files(prefix)) {
-      if (!key.includes(TMP_SUFFIX)) continue;
+      if (!isTemporary(key)) continue;
       await fs.rm(path.join(this.root, key), { force: true });
       n++;
     }
@@ -229,7 +238,6 @@ class FileWriter implements ObjectWriter {
   private readonly buf = Buffer.allocUnsafeSlow(WRITE_BUFFER);
   private used = 0;
   private written = 0;
-  private closed = false;
 
   constructor(
     private readonly tmp: string,
@@ -258,13 +266,13 @@ class FileWriter implements ObjectWriter {
 
   async commit(key: string): Promise<void> {
     await this.drain();
-    this.closed = true;
     await this.publish(key, this.written);
   }
 
   async abort(): Promise<void> {
-    if (!this.closed) await this.fh.close().catch(() => undefined);
-    this.closed = true;
+    // Closed whatever commit got to: a publish that failed before its own close (an invalid
+    // key, a full disk at mkdir) would otherwise keep the deleted file's blocks allocated.
+    await this.fh.close().catch(() => undefined);
     await fs.rm(this.tmp, { force: true });
   }
 }

@@ -43,8 +43,13 @@ export type SnapshotRecord = { version: number } & Omit<Snapshot, 'id' | 'protec
 /** Trees of one commit whose index lookups run together. */
 const TREES_VERIFIED_AT_ONCE = 8;
 
-/** A blob that passed verifyBlob; a tree comes decoded too, as verifying it decoded it anyway. */
-export type ReceivedBlob = VerifiedBlob & { tree?: Node[] };
+/** A blob that passed verifyBlob; a tree comes inflated too, as verifying it inflated it anyway. */
+export type ReceivedBlob = VerifiedBlob & { tree?: Buffer };
+
+/** Inflated trees a commit's session uploaded, by hex id (see UploadedTrees in sessions.ts). */
+export interface UploadedTreeSource {
+  get(hex: string): Buffer | undefined;
+}
 
 interface TreeToVerify {
   id: Buffer;
@@ -62,6 +67,9 @@ export function validateName(kind: string, value: string): string {
   if (!NAME_RE.test(value)) {
     throw invalidArgument(`${kind} ${JSON.stringify(value)} is not valid: use 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit`);
   }
+  // Names become keys (repos/<name>/, policies/<dataset>), and the folder store names its
+  // temporary files <name>.tmp-<hex>: a name of that shape would read as one.
+  if (value.includes('.tmp-')) throw invalidArgument(`${kind} ${JSON.stringify(value)} is not valid: '.tmp-' is reserved for the store's temporary files`);
   return value;
 }
 
@@ -152,9 +160,10 @@ export class Repository {
       throw invalidArgument(`blob ${hex}: unknown compression ${blob.compression}`);
     }
     if (!hash(raw).equals(blob.id)) throw invalidArgument(`blob ${hex}: content does not hash to its id; nothing stored`);
-    // A raw tree is a view into the whole received message, and its nodes would be views of
-    // that: decoded from a copy, a session can keep them without pinning the message.
-    const tree = blob.kind === 'TREE' ? decodeTree(blob.compression === 'NONE' ? Buffer.from(raw) : raw, `tree ${hex}`, Code.INVALID_ARGUMENT) : undefined;
+    // A raw tree is a view into the whole received message: a copy lets a session keep it
+    // without pinning the message. An inflated one is already a buffer of its own.
+    const tree = blob.kind !== 'TREE' ? undefined : blob.compression === 'NONE' ? Buffer.from(raw) : raw;
+    if (tree) decodeTree(tree, `tree ${hex}`, Code.INVALID_ARGUMENT);
     // The id is a view into the whole received message: copy it, or every indexed-but-not-yet-
     // segmented entry would pin its megabyte message in memory.
     return { id: Buffer.from(blob.id), kind: blob.kind, compressed: blob.compression === 'ZSTD', rawLength: blob.rawLength, data: blob.data, tree };
@@ -200,7 +209,7 @@ export class Repository {
    * index and pack reads left the CPU idle half the time while the client waited), with at
    * most MAX_TREE_BLOB_BYTES of inflated trees in memory at once, as one at a time held.
    */
-  async verifyComplete(root: Buffer, uploaded?: { get(hex: string): Node[] | undefined }): Promise<number> {
+  async verifyComplete(root: Buffer, uploaded?: UploadedTreeSource): Promise<number> {
     const newlyVerified: string[] = [];
     let level: TreeToVerify[] = [{ id: root, path: '/' }];
     while (level.length > 0) {
@@ -234,11 +243,13 @@ export class Repository {
 
   /**
    * Checks that every chunk a tree's files name is stored; returns its subtrees. A tree this
-   * session uploaded comes decoded from `uploaded` instead of being read, inflated and decoded
-   * again: it was located above, so it is stored, and its id names its bytes.
+   * session uploaded comes inflated from `uploaded` instead of being read and inflated again:
+   * it was located above, so it is stored, and its id names its bytes.
    */
-  private async checkTree({ id, path, loc }: LocatedTree, uploaded?: { get(hex: string): Node[] | undefined }): Promise<TreeToVerify[]> {
-    const nodes = uploaded?.get(toHex(id)) ?? (await this.decodeTreeAt(id, loc));
+  private async checkTree({ id, path, loc }: LocatedTree, uploaded?: UploadedTreeSource): Promise<TreeToVerify[]> {
+    const hex = toHex(id);
+    const kept = uploaded?.get(hex);
+    const nodes = kept ? decodeTree(kept, `tree ${hex}`) : await this.decodeTreeAt(id, loc);
     const subtrees: TreeToVerify[] = [];
     const fileChunks: Array<{ id: Buffer; path: string }> = [];
     for (const n of nodes) {

@@ -134,6 +134,10 @@ describe('client behaviour', () => {
     const r = await runCli(['snapshot', dir, '--dataset', '../etc', '--host', 'h'], { server: server.addr });
     expect(r.code).toBe(1);
     expect(r.stderr).toContain('INVALID_ARGUMENT: dataset "../etc" is not valid');
+    // The folder store's temporaries are <name>.tmp-<hex>: a dataset named like one would hide its policy.
+    const tmpLike = await runCli(['snapshot', dir, '--dataset', 'exp.tmp-0123456789ab', '--host', 'h'], { server: server.addr });
+    expect(tmpLike.code).toBe(1);
+    expect(tmpLike.stderr).toContain(`INVALID_ARGUMENT: dataset "exp.tmp-0123456789ab" is not valid: '.tmp-' is reserved`);
   });
 
   it('restore never overwrites a local file that differs unless told, and resumes by skipping identical files', async () => {

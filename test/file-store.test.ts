@@ -80,4 +80,35 @@ describe('FileStore temporaries', () => {
       await rm(dir, { recursive: true, force: true });
     }
   });
+
+  it('takes only temporaries\' own names for temporaries, not keys that contain .tmp-', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'cairn-filestore-'));
+    try {
+      const store = new FileStore(dir);
+      const keys = ['repos/nightly.tmp-1/config', 'repos/r/policies/exp.tmp-0123456789ab-x', 'repos/r/packs/ab/x.tmp-0123456789abc'];
+      for (const k of keys) await store.put(k, Buffer.from(k));
+      expect(await store.deleteUnfinished('')).toBe(0);
+      expect((await listAll(store, '')).map((o) => o.key).sort()).toEqual([...keys].sort());
+      expect(await filesOnDisk(dir)).toEqual([...keys].sort());
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('abort after a failed commit closes the temporary\'s descriptor', async () => {
+    const dir = await mkdtemp(path.join(os.tmpdir(), 'cairn-filestore-'));
+    const fds = () => fs.readdir('/proc/self/fd').then((l) => l.length);
+    try {
+      const store = new FileStore(dir);
+      const before = await fds();
+      const writer = await store.openWriter('packs');
+      await writer.write(randomBytes(1000));
+      await expect(writer.commit('../outside')).rejects.toThrow(/invalid object key/);
+      await writer.abort();
+      expect(await fds()).toBe(before);
+      expect(await filesOnDisk(dir)).toEqual([]);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
 });
