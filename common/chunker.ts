@@ -105,6 +105,7 @@ function spreadMask(ones: number): number {
 /** The gear table as the loop in common/chunker.wat reads it: 256 little-endian i32 at address 0. */
 const GEAR_BYTES = 256 * 4;
 const WASM_PAGE = 64 * 1024;
+const MAX_MEMORY = 2 ** 31 - WASM_PAGE;
 /** Compiled once per thread on first use; each Chunker instantiates it over memory of its own. */
 let compiled: WebAssembly.Module | undefined;
 
@@ -158,9 +159,12 @@ export class Chunker {
   /** A memory holding the gear table, the scratch area and `hosted` more bytes, never grown
    *  afterwards: growing would detach every buffer handed out over it. */
   private instantiate(hosted: number): WasmCut {
-    compiled ??= new WebAssembly.Module(CHUNKER_WASM);
     const scratch = GEAR_BYTES;
-    const memory = new WebAssembly.Memory({ initial: Math.ceil((scratch + this.maxSize + hosted) / WASM_PAGE) });
+    const bytes = scratch + this.maxSize + hosted;
+    // The loop returns addresses as signed 32-bit numbers: past 2 GiB they would read as "no boundary".
+    if (bytes > MAX_MEMORY) throw new RangeError(`chunker read buffers of ${hosted} bytes pass the ${MAX_MEMORY}-byte limit of its memory`);
+    compiled ??= new WebAssembly.Module(CHUNKER_WASM);
+    const memory = new WebAssembly.Memory({ initial: Math.ceil(bytes / WASM_PAGE) });
     const gear = new DataView(memory.buffer, 0, GEAR_BYTES);
     GEAR.forEach((g, i) => gear.setUint32(i * 4, g, true));
     const { exports } = new WebAssembly.Instance(compiled, { env: { memory } });

@@ -106,7 +106,10 @@ export class PackWriter {
     const written = append(pack, blob.data);
     if (pack.size >= this.opts.packSize) this.seal(blob.kind);
     // Waiting for our own write bounds the bytes in flight; a failure is the upload's to report.
-    await written.catch(() => undefined);
+    // A pack that failed is sealed at once: its upload forgets its blobs (so FindMissing asks
+    // for them again) and reports the error, and the next blob starts a pack that can succeed.
+    const ok = await written.then(() => true, () => false);
+    if (!ok && this.open.get(blob.kind) === pack) this.seal(blob.kind);
     while (this.queued >= this.opts.maxQueuedPacks) {
       await new Promise<void>((resolve) => this.waiters.push(resolve));
     }

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { failedPrecondition, invalidArgument, resourceExhausted } from '../common/errors.js';
-import type { Node, Snapshot } from '../common/messages.js';
+import type { Snapshot } from '../common/messages.js';
 import { pinKey } from './index-db.js';
 import type { Repository } from './repository.js';
 
@@ -26,26 +26,41 @@ export interface SessionLimits {
   idleTimeoutMs: number;
 }
 
-/** Raw bytes of trees one session keeps decoded: ~100 bytes per file, so ~80,000 files' worth. */
-export const UPLOADED_TREE_BYTES = 8 * 1024 * 1024;
+/** Bytes of inflated trees one session keeps for its commit: ~100 bytes per file, so ~80,000 files' worth. */
+export const SESSION_TREE_BYTES = 8 * 1024 * 1024;
+/** The same across every open session, so many sessions (or hostile ones) cannot add up. */
+export const ALL_SESSIONS_TREE_BYTES = 64 * 1024 * 1024;
+/** What one kept tree costs beyond its bytes (map entry, hex key, buffer object). */
+const TREE_OVERHEAD = 256;
 
 /**
- * The trees a session uploaded, decoded, for its commit to check without reading them back:
- * that reading, inflating and decoding was half of a changed-day commit's verification
- * (~50 of ~100 ms for 171 trees). Bounded; trees past the bound are read back as before.
+ * The trees a session uploaded, inflated, for its commit to check without reading them back
+ * from the packs: that reading and inflating was about a third of a changed-day commit's
+ * verification. Bounded per session and across sessions; trees past either bound are read
+ * back as before. Released when the session ends.
  */
 export class UploadedTrees {
-  private readonly trees = new Map<string, Node[]>();
+  private readonly trees = new Map<string, Buffer>();
   private bytes = 0;
 
-  remember(hex: string, nodes: Node[], rawLength: number): void {
-    if (this.trees.has(hex) || this.bytes + rawLength > UPLOADED_TREE_BYTES) return;
-    this.trees.set(hex, nodes);
-    this.bytes += rawLength;
+  constructor(private readonly shared: { used: number }) {}
+
+  remember(hex: string, tree: Buffer): void {
+    const cost = tree.length + TREE_OVERHEAD;
+    if (this.trees.has(hex) || this.bytes + cost > SESSION_TREE_BYTES || this.shared.used + cost > ALL_SESSIONS_TREE_BYTES) return;
+    this.trees.set(hex, tree);
+    this.bytes += cost;
+    this.shared.used += cost;
   }
 
-  get(hex: string): Node[] | undefined {
+  get(hex: string): Buffer | undefined {
     return this.trees.get(hex);
+  }
+
+  release(): void {
+    this.shared.used -= this.bytes;
+    this.bytes = 0;
+    this.trees.clear();
   }
 }
 
@@ -56,6 +71,7 @@ export class UploadedTrees {
  */
 export class SessionManager {
   private readonly sessions = new Map<string, Session>();
+  private readonly treeBytes = { used: 0 };
   private readonly timer: NodeJS.Timeout;
 
   constructor(private readonly limits: SessionLimits) {
@@ -70,7 +86,7 @@ export class SessionManager {
     if (mine >= this.limits.maxSessionsPerPrincipal) {
       throw resourceExhausted(`${init.principal} has ${mine} backup sessions open, the limit is ${this.limits.maxSessionsPerPrincipal} per token`);
     }
-    const session: Session = { ...init, id: randomBytes(16).toString('hex'), lastUsed: Date.now(), newBytes: 0, newChunks: 0, trees: new UploadedTrees() };
+    const session: Session = { ...init, id: randomBytes(16).toString('hex'), lastUsed: Date.now(), newBytes: 0, newChunks: 0, trees: new UploadedTrees(this.treeBytes) };
     // Under the GC lock like FindMissing's pins: prune must see this pin or have unindexed the tree before the client reads it.
     if (session.parent) await session.repo.gcLock.shared(() => session.repo.index.putMarkers([pinKey(session.id, session.parent!.rootTree)]));
     this.sessions.set(session.id, session);
@@ -96,6 +112,7 @@ export class SessionManager {
 
   async end(s: Session): Promise<void> {
     this.sessions.delete(s.id);
+    s.trees.release();
     await s.repo.index.deletePrefix(`pin/${s.id}/`);
   }
 

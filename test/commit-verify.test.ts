@@ -7,7 +7,7 @@ import type { Node } from '../common/messages.js';
 import { emptyNode, encodeTree } from '../common/tree.js';
 import { FileStore } from '../server/file-store.js';
 import { Repository } from '../server/repository.js';
-import { UploadedTrees } from '../server/sessions.js';
+import { ALL_SESSIONS_TREE_BYTES, SESSION_TREE_BYTES, UploadedTrees } from '../server/sessions.js';
 import { cleanupTmp, tmpDir } from './harness.js';
 import { randomBytes } from './tree-gen.js';
 
@@ -24,7 +24,7 @@ async function openRepo(): Promise<{ repo: Repository; store: FileStore }> {
 async function upload(repo: Repository, trees: UploadedTrees, kind: 'DATA' | 'TREE', data: Buffer): Promise<Buffer> {
   const id = hash(data);
   const received = repo.verifyBlob({ id, kind, compression: 'NONE', rawLength: data.length, data });
-  if (received.tree) trees.remember(id.toString('hex'), received.tree, received.rawLength);
+  if (received.tree) trees.remember(id.toString('hex'), received.tree);
   await repo.writer.add(received);
   return id;
 }
@@ -47,13 +47,13 @@ async function snapshotTrees(repo: Repository, trees: UploadedTrees, stored = [t
 describe('commit verification with the session\'s uploaded trees', () => {
   it('reads back none of the trees the session uploaded, and reads them without them', async () => {
     const plain = await openRepo();
-    const rootA = await snapshotTrees(plain.repo, new UploadedTrees());
+    const rootA = await snapshotTrees(plain.repo, new UploadedTrees({ used: 0 }));
     const getsA = plain.store.counts().get;
     expect(await plain.repo.verifyComplete(rootA)).toBe(2);
     expect(plain.store.counts().get).toBeGreaterThan(getsA);
 
     const withTrees = await openRepo();
-    const trees = new UploadedTrees();
+    const trees = new UploadedTrees({ used: 0 });
     const rootB = await snapshotTrees(withTrees.repo, trees);
     const getsB = withTrees.store.counts().get;
     expect(await withTrees.repo.verifyComplete(rootB, trees)).toBe(2);
@@ -62,7 +62,7 @@ describe('commit verification with the session\'s uploaded trees', () => {
 
   it('still refuses a remembered tree that names a chunk the repository lacks', async () => {
     const { repo } = await openRepo();
-    const trees = new UploadedTrees();
+    const trees = new UploadedTrees({ used: 0 });
     const root = await snapshotTrees(repo, trees, [true, false]);
     const err = await repo.verifyComplete(root, trees).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(CairnError);
@@ -72,13 +72,43 @@ describe('commit verification with the session\'s uploaded trees', () => {
 
   it('still refuses a root that is remembered but was never stored', async () => {
     const { repo } = await openRepo();
-    const trees = new UploadedTrees();
-    const nodes = [fileNode('a', [])];
-    const bytes = encodeTree(nodes);
+    const trees = new UploadedTrees({ used: 0 });
+    const bytes = encodeTree([fileNode('a', [])]);
     const id = hash(bytes);
-    trees.remember(id.toString('hex'), nodes, bytes.length);
+    trees.remember(id.toString('hex'), bytes);
     const err = await repo.verifyComplete(id, trees).catch((e: unknown) => e);
     expect((err as CairnError).code).toBe(Code.FAILED_PRECONDITION);
     expect((err as CairnError).message).toMatch(/unknown tree/);
+  });
+});
+
+describe('UploadedTrees', () => {
+  const tree = (i: number, size: number) => ({ hex: i.toString(16).padStart(64, '0'), bytes: Buffer.alloc(size, i) });
+
+  it('keeps a session\'s trees up to SESSION_TREE_BYTES, then reads the rest back', () => {
+    const trees = new UploadedTrees({ used: 0 });
+    const size = 1024 * 1024;
+    const n = Math.floor(SESSION_TREE_BYTES / size) + 2;
+    for (let i = 0; i < n; i++) trees.remember(tree(i, size).hex, tree(i, size).bytes);
+    expect(trees.get(tree(0, size).hex)).toBeDefined();
+    expect(trees.get(tree(n - 1, size).hex)).toBeUndefined();
+  });
+
+  it('shares ALL_SESSIONS_TREE_BYTES between sessions and gets it back when one ends', () => {
+    const shared = { used: 0 };
+    // Trees that cost a quarter of a session's bound each (bytes plus the 256 counted per tree).
+    const size = SESSION_TREE_BYTES / 4 - 256;
+    const full = Array.from({ length: ALL_SESSIONS_TREE_BYTES / SESSION_TREE_BYTES }, () => new UploadedTrees(shared));
+    let i = 0;
+    for (const s of full) for (let k = 0; k < 4; k++, i++) s.remember(tree(i, size).hex, tree(i, size).bytes);
+    expect(shared.used).toBe(ALL_SESSIONS_TREE_BYTES);
+    const late = new UploadedTrees(shared);
+    late.remember(tree(i, 1000).hex, tree(i, 1000).bytes);
+    expect(late.get(tree(i, 1000).hex)).toBeUndefined();
+    full[0]!.release();
+    late.remember(tree(i, 1000).hex, tree(i, 1000).bytes);
+    expect(late.get(tree(i, 1000).hex)).toBeDefined();
+    for (const s of [...full, late]) s.release();
+    expect(shared.used).toBe(0);
   });
 });

@@ -6,6 +6,7 @@ import { hash, toHex } from '../common/hash.js';
 import { encodeTrailer, parsePack } from '../common/pack-format.js';
 import type { BlobKind } from '../common/messages.js';
 import { FileStore } from '../server/file-store.js';
+import type { ObjectStore, ObjectWriter } from '../server/object-store.js';
 import { IndexDb } from '../server/index-db.js';
 import { PackWriter, type VerifiedBlob } from '../server/pack-writer.js';
 import { cleanupTmp, tmpDir } from './harness.js';
@@ -87,6 +88,35 @@ describe('PackWriter on the folder store', () => {
       const packs = await listAll(store, 'packs/');
       for (const { key } of packs) expect(toHex(hash(await store.get(key)))).toBe(path.basename(key));
       expect(packs.length).toBeGreaterThan(0);
+    } finally {
+      await index.close();
+    }
+  });
+
+  it('a pack whose write failed takes no more blobs: the next blob starts a pack that is stored', async () => {
+    const dir = tmpDir();
+    const files = new FileStore(path.join(dir, 'store'));
+    let writers = 0;
+    // The first pack's first write fails, as a full disk would; every later writer works.
+    const store: ObjectStore = Object.assign(Object.create(files) as ObjectStore, {
+      async openWriter(under: string): Promise<ObjectWriter> {
+        const w = await files.openWriter(under);
+        if (writers++ > 0) return w;
+        return { ...w, write: () => Promise.reject(new Error('ENOSPC: no space left on device')), commit: (k: string) => w.commit(k), abort: () => w.abort() };
+      },
+    });
+    const index = await IndexDb.open(path.join(dir, 'index'));
+    try {
+      const writer = new PackWriter(store, index, OPTS);
+      const [lost, kept] = [blob('DATA', randomBytes(1000, 1)), blob('DATA', randomBytes(1000, 2))];
+      await writer.add(lost);
+      await writer.add(kept);
+      await expect(writer.flush()).rejects.toThrow(/no space left/);
+      expect(writer.isPending(toHex(lost.id))).toBe(false);
+      const [lostAt, keptAt] = await index.locate([lost.id, kept.id]);
+      expect(lostAt).toBeUndefined();
+      expect(keptAt).toBeDefined();
+      expect(writers).toBe(2);
     } finally {
       await index.close();
     }
