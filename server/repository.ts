@@ -43,12 +43,39 @@ export type SnapshotRecord = { version: number } & Omit<Snapshot, 'id' | 'protec
 /** Trees of one commit whose index lookups run together. */
 const TREES_VERIFIED_AT_ONCE = 8;
 
-/** A blob that passed verifyBlob; a tree comes inflated too, as verifying it inflated it anyway. */
-export type ReceivedBlob = VerifiedBlob & { tree?: Buffer };
+/**
+ * What a commit needs of a tree: its directories, and its files' chunk ids back to back
+ * (copies, so keeping them pins no received message). The names of the files are left out:
+ * only an error needs them, and then the tree is decoded again.
+ */
+export interface TreeRefs {
+  dirs: Array<{ name: string; id: Buffer }>;
+  chunks: Buffer;
+}
 
-/** Inflated trees a commit's session uploaded, by hex id (see UploadedTrees in sessions.ts). */
+/** A blob that passed verifyBlob; a tree comes with its refs, as verifying it decoded it anyway. */
+export type ReceivedBlob = VerifiedBlob & { refs?: TreeRefs };
+
+/** The refs of trees a commit's session uploaded, by hex id (see UploadedTrees in sessions.ts). */
 export interface UploadedTreeSource {
-  get(hex: string): Buffer | undefined;
+  get(hex: string): TreeRefs | undefined;
+}
+
+function treeRefs(nodes: Node[]): TreeRefs {
+  const dirs: TreeRefs['dirs'] = [];
+  let count = 0;
+  for (const n of nodes) {
+    if (n.type === 'DIR') dirs.push({ name: n.name, id: Buffer.from(n.subtree) });
+    else if (n.type === 'FILE') count += n.chunks.length;
+  }
+  const chunks = Buffer.allocUnsafeSlow(count * ID_BYTES);
+  let at = 0;
+  for (const n of nodes) if (n.type === 'FILE') for (const c of n.chunks) at += c.copy(chunks, at);
+  return { dirs, chunks };
+}
+
+function childPath(dir: string, name: string): string {
+  return dir === '/' ? `/${name}` : `${dir}/${name}`;
 }
 
 interface TreeToVerify {
@@ -160,13 +187,10 @@ export class Repository {
       throw invalidArgument(`blob ${hex}: unknown compression ${blob.compression}`);
     }
     if (!hash(raw).equals(blob.id)) throw invalidArgument(`blob ${hex}: content does not hash to its id; nothing stored`);
-    // A raw tree is a view into the whole received message: a copy lets a session keep it
-    // without pinning the message. An inflated one is already a buffer of its own.
-    const tree = blob.kind !== 'TREE' ? undefined : blob.compression === 'NONE' ? Buffer.from(raw) : raw;
-    if (tree) decodeTree(tree, `tree ${hex}`, Code.INVALID_ARGUMENT);
+    const refs = blob.kind === 'TREE' ? treeRefs(decodeTree(raw, `tree ${hex}`, Code.INVALID_ARGUMENT)) : undefined;
     // The id is a view into the whole received message: copy it, or every indexed-but-not-yet-
     // segmented entry would pin its megabyte message in memory.
-    return { id: Buffer.from(blob.id), kind: blob.kind, compressed: blob.compression === 'ZSTD', rawLength: blob.rawLength, data: blob.data, tree };
+    return { id: Buffer.from(blob.id), kind: blob.kind, compressed: blob.compression === 'ZSTD', rawLength: blob.rawLength, data: blob.data, refs };
   }
 
   async locateOrThrow(id: Buffer, what: string): Promise<Location> {
@@ -242,28 +266,40 @@ export class Repository {
   }
 
   /**
-   * Checks that every chunk a tree's files name is stored; returns its subtrees. A tree this
-   * session uploaded comes inflated from `uploaded` instead of being read and inflated again:
-   * it was located above, so it is stored, and its id names its bytes.
+   * Checks that every chunk a tree's files name is stored; returns its subtrees. For a tree
+   * this session uploaded, the refs kept from its upload stand in for reading, inflating and
+   * decoding it again (decoding was the larger part): it was located above, so it is stored,
+   * and its id names its bytes. Only a missing chunk sends it the long way, to name the file.
    */
-  private async checkTree({ id, path, loc }: LocatedTree, uploaded?: UploadedTreeSource): Promise<TreeToVerify[]> {
-    const hex = toHex(id);
-    const kept = uploaded?.get(hex);
-    const nodes = kept ? decodeTree(kept, `tree ${hex}`) : await this.decodeTreeAt(id, loc);
+  private async checkTree(tree: LocatedTree, uploaded?: UploadedTreeSource): Promise<TreeToVerify[]> {
+    const { id, path, loc } = tree;
+    const refs = uploaded?.get(toHex(id));
+    if (refs) {
+      const ids: Buffer[] = [];
+      for (let at = 0; at < refs.chunks.length; at += ID_BYTES) ids.push(refs.chunks.subarray(at, at + ID_BYTES));
+      if ((await this.firstMissing(ids)) < 0) return refs.dirs.map((d) => ({ id: d.id, path: childPath(path, d.name) }));
+      return this.checkTree(tree);
+    }
+    const nodes = await this.decodeTreeAt(id, loc);
     const subtrees: TreeToVerify[] = [];
     const fileChunks: Array<{ id: Buffer; path: string }> = [];
     for (const n of nodes) {
-      const childPath = path === '/' ? `/${n.name}` : `${path}/${n.name}`;
-      if (n.type === 'DIR') subtrees.push({ id: n.subtree, path: childPath });
-      else if (n.type === 'FILE') for (const c of n.chunks) fileChunks.push({ id: c, path: childPath });
+      if (n.type === 'DIR') subtrees.push({ id: n.subtree, path: childPath(path, n.name) });
+      else if (n.type === 'FILE') for (const c of n.chunks) fileChunks.push({ id: c, path: childPath(path, n.name) });
     }
-    for (let i = 0; i < fileChunks.length; i += 1000) {
-      const slice = fileChunks.slice(i, i + 1000);
-      const locs = await this.index.locate(slice.map((c) => c.id));
-      const missing = locs.findIndex((l) => l === undefined || l.kind !== 'DATA');
-      if (missing >= 0) throw failedPrecondition(`commit references unknown chunk ${toHex(slice[missing].id)} (file ${slice[missing].path}); upload it first`);
-    }
+    const missing = await this.firstMissing(fileChunks.map((c) => c.id));
+    if (missing >= 0) throw failedPrecondition(`commit references unknown chunk ${toHex(fileChunks[missing].id)} (file ${fileChunks[missing].path}); upload it first`);
     return subtrees;
+  }
+
+  /** The index of the first id that is not a stored data chunk, or -1; looked up 1,000 at a time. */
+  private async firstMissing(ids: Buffer[]): Promise<number> {
+    for (let i = 0; i < ids.length; i += 1000) {
+      const locs = await this.index.locate(ids.slice(i, i + 1000));
+      const missing = locs.findIndex((l) => l === undefined || l.kind !== 'DATA');
+      if (missing >= 0) return i + missing;
+    }
+    return -1;
   }
 
   async writeSnapshot(record: SnapshotRecord): Promise<Snapshot> {

@@ -142,7 +142,7 @@ export function coreHandlers(deps: ServiceDeps): grpc.UntypedServiceImplementati
           const session = sessions.get(sessionId, principal);
           const repo = session.repo;
           const blobs = req.blobs.map((b) => repo.verifyBlob(b));
-          for (const b of blobs) if (b.tree) session.trees.remember(toHex(b.id), b.tree);
+          for (const b of blobs) if (b.refs) session.trees.remember(toHex(b.id), b.refs);
           await repo.gcLock.shared(async () => {
             const present = await repo.present(blobs.map((b) => b.id));
             for (let i = 0; i < blobs.length; i++) {

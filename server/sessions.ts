@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { failedPrecondition, invalidArgument, resourceExhausted } from '../common/errors.js';
 import type { Snapshot } from '../common/messages.js';
 import { pinKey } from './index-db.js';
-import type { Repository } from './repository.js';
+import type { Repository, TreeRefs } from './repository.js';
 
 export interface Session {
   id: string;
@@ -26,34 +26,36 @@ export interface SessionLimits {
   idleTimeoutMs: number;
 }
 
-/** Bytes of inflated trees one session keeps for its commit: ~100 bytes per file, so ~80,000 files' worth. */
+/** Bytes of tree refs one session keeps for its commit: 32 per chunk, so ~250,000 chunks' worth. */
 export const SESSION_TREE_BYTES = 8 * 1024 * 1024;
 /** The same across every open session, so many sessions (or hostile ones) cannot add up. */
 export const ALL_SESSIONS_TREE_BYTES = 64 * 1024 * 1024;
-/** What one kept tree costs beyond its bytes (map entry, hex key, buffer object). */
-const TREE_OVERHEAD = 256;
+/** What one kept tree or directory entry costs beyond its ids (objects, map entry, hex key). */
+const OVERHEAD = 256;
 
 /**
- * The trees a session uploaded, inflated, for its commit to check without reading them back
- * from the packs: that reading and inflating was about a third of a changed-day commit's
- * verification. Bounded per session and across sessions; trees past either bound are read
- * back as before. Released when the session ends.
+ * The refs of the trees a session uploaded (subdirectories and chunk ids, taken when Upload
+ * decoded them to verify them), for its commit to check without reading, inflating and
+ * decoding them again: that was about a third of a changed-day commit's verification.
+ * Bounded per session and across sessions; trees past either bound are read back as before.
+ * Released when the session ends.
  */
 export class UploadedTrees {
-  private readonly trees = new Map<string, Buffer>();
+  private readonly trees = new Map<string, TreeRefs>();
   private bytes = 0;
 
   constructor(private readonly shared: { used: number }) {}
 
-  remember(hex: string, tree: Buffer): void {
-    const cost = tree.length + TREE_OVERHEAD;
+  remember(hex: string, refs: TreeRefs): void {
+    let cost = OVERHEAD + refs.chunks.length;
+    for (const d of refs.dirs) cost += OVERHEAD + d.name.length * 2;
     if (this.trees.has(hex) || this.bytes + cost > SESSION_TREE_BYTES || this.shared.used + cost > ALL_SESSIONS_TREE_BYTES) return;
-    this.trees.set(hex, tree);
+    this.trees.set(hex, refs);
     this.bytes += cost;
     this.shared.used += cost;
   }
 
-  get(hex: string): Buffer | undefined {
+  get(hex: string): TreeRefs | undefined {
     return this.trees.get(hex);
   }
 

@@ -24,7 +24,7 @@ async function openRepo(): Promise<{ repo: Repository; store: FileStore }> {
 async function upload(repo: Repository, trees: UploadedTrees, kind: 'DATA' | 'TREE', data: Buffer): Promise<Buffer> {
   const id = hash(data);
   const received = repo.verifyBlob({ id, kind, compression: 'NONE', rawLength: data.length, data });
-  if (received.tree) trees.remember(id.toString('hex'), received.tree);
+  if (received.refs) trees.remember(id.toString('hex'), received.refs);
   await repo.writer.add(received);
   return id;
 }
@@ -73,9 +73,8 @@ describe('commit verification with the session\'s uploaded trees', () => {
   it('still refuses a root that is remembered but was never stored', async () => {
     const { repo } = await openRepo();
     const trees = new UploadedTrees({ used: 0 });
-    const bytes = encodeTree([fileNode('a', [])]);
-    const id = hash(bytes);
-    trees.remember(id.toString('hex'), bytes);
+    const id = hash(encodeTree([fileNode('a', [])]));
+    trees.remember(id.toString('hex'), { dirs: [], chunks: Buffer.alloc(0) });
     const err = await repo.verifyComplete(id, trees).catch((e: unknown) => e);
     expect((err as CairnError).code).toBe(Code.FAILED_PRECONDITION);
     expect((err as CairnError).message).toMatch(/unknown tree/);
@@ -83,30 +82,31 @@ describe('commit verification with the session\'s uploaded trees', () => {
 });
 
 describe('UploadedTrees', () => {
-  const tree = (i: number, size: number) => ({ hex: i.toString(16).padStart(64, '0'), bytes: Buffer.alloc(size, i) });
+  /** Refs whose chunk ids take `size` bytes: what they cost is that plus 256. */
+  const tree = (i: number, size: number) => ({ hex: i.toString(16).padStart(64, '0'), refs: { dirs: [], chunks: Buffer.alloc(size, i) } });
 
   it('keeps a session\'s trees up to SESSION_TREE_BYTES, then reads the rest back', () => {
     const trees = new UploadedTrees({ used: 0 });
     const size = 1024 * 1024;
     const n = Math.floor(SESSION_TREE_BYTES / size) + 2;
-    for (let i = 0; i < n; i++) trees.remember(tree(i, size).hex, tree(i, size).bytes);
+    for (let i = 0; i < n; i++) trees.remember(tree(i, size).hex, tree(i, size).refs);
     expect(trees.get(tree(0, size).hex)).toBeDefined();
     expect(trees.get(tree(n - 1, size).hex)).toBeUndefined();
   });
 
   it('shares ALL_SESSIONS_TREE_BYTES between sessions and gets it back when one ends', () => {
     const shared = { used: 0 };
-    // Trees that cost a quarter of a session's bound each (bytes plus the 256 counted per tree).
+    // Trees that cost a quarter of a session's bound each.
     const size = SESSION_TREE_BYTES / 4 - 256;
     const full = Array.from({ length: ALL_SESSIONS_TREE_BYTES / SESSION_TREE_BYTES }, () => new UploadedTrees(shared));
     let i = 0;
-    for (const s of full) for (let k = 0; k < 4; k++, i++) s.remember(tree(i, size).hex, tree(i, size).bytes);
+    for (const s of full) for (let k = 0; k < 4; k++, i++) s.remember(tree(i, size).hex, tree(i, size).refs);
     expect(shared.used).toBe(ALL_SESSIONS_TREE_BYTES);
     const late = new UploadedTrees(shared);
-    late.remember(tree(i, 1000).hex, tree(i, 1000).bytes);
+    late.remember(tree(i, 1000).hex, tree(i, 1000).refs);
     expect(late.get(tree(i, 1000).hex)).toBeUndefined();
     full[0]!.release();
-    late.remember(tree(i, 1000).hex, tree(i, 1000).bytes);
+    late.remember(tree(i, 1000).hex, tree(i, 1000).refs);
     expect(late.get(tree(i, 1000).hex)).toBeDefined();
     for (const s of [...full, late]) s.release();
     expect(shared.used).toBe(0);
