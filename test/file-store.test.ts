@@ -18,6 +18,16 @@ objectStoreContract('PrefixedStore over FileStore', async () => {
   return { store: new PrefixedStore(new FileStore(dir), 'repos/r/'), cleanup: () => rm(dir, { recursive: true, force: true }) };
 });
 
+/** Runs `fn` in a fresh directory, removed afterwards whatever happens. */
+async function inTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'cairn-filestore-'));
+  try {
+    await fn(dir);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
 /** Every file under `dir`, relative, finished or not. */
 async function filesOnDisk(dir: string): Promise<string[]> {
   const entries = await fs.readdir(dir, { withFileTypes: true, recursive: true });
@@ -29,8 +39,7 @@ async function filesOnDisk(dir: string): Promise<string[]> {
 
 describe('FileStore temporaries', () => {
   it('an object writer streams into a .tmp- file of the store that becomes the object at commit', async () => {
-    const dir = await mkdtemp(path.join(os.tmpdir(), 'cairn-filestore-'));
-    try {
+    await inTempDir(async (dir) => {
       const store = new FileStore(dir);
       const writer = await store.openWriter('repos/r/packs');
       const data = randomBytes(3 * 1024 * 1024);
@@ -43,26 +52,20 @@ describe('FileStore temporaries', () => {
       await writer.commit('repos/r/packs/ab/done');
       expect(await filesOnDisk(dir)).toEqual(['repos/r/packs/ab/done']);
       expect((await fs.readFile(path.join(dir, 'repos/r/packs/ab/done'))).equals(data)).toBe(true);
-    } finally {
-      await rm(dir, { recursive: true, force: true });
-    }
+    });
   });
 
   it('abort removes the temporary file', async () => {
-    const dir = await mkdtemp(path.join(os.tmpdir(), 'cairn-filestore-'));
-    try {
+    await inTempDir(async (dir) => {
       const writer = await new FileStore(dir).openWriter('packs');
       await writer.write(randomBytes(2 * 1024 * 1024));
       await writer.abort();
       expect(await filesOnDisk(dir)).toEqual([]);
-    } finally {
-      await rm(dir, { recursive: true, force: true });
-    }
+    });
   });
 
   it('deleteUnfinished removes the temporaries of writers and of puts under the prefix only', async () => {
-    const dir = await mkdtemp(path.join(os.tmpdir(), 'cairn-filestore-'));
-    try {
+    await inTempDir(async (dir) => {
       const store = new FileStore(dir);
       await store.put('repos/a/packs/aa/kept', Buffer.from('kept'));
       const dead = [await store.openWriter('repos/a/packs'), await store.openWriter('repos/b/packs')];
@@ -76,29 +79,23 @@ describe('FileStore temporaries', () => {
       expect(left.filter((f) => f.startsWith('repos/b/'))).toHaveLength(1);
       expect(await listAll(store, '')).toEqual([{ key: 'repos/a/packs/aa/kept', size: 4 }]);
       for (const w of dead) await w.abort();
-    } finally {
-      await rm(dir, { recursive: true, force: true });
-    }
+    });
   });
 
   it('takes only temporaries\' own names for temporaries, not keys that contain .tmp-', async () => {
-    const dir = await mkdtemp(path.join(os.tmpdir(), 'cairn-filestore-'));
-    try {
+    await inTempDir(async (dir) => {
       const store = new FileStore(dir);
       const keys = ['repos/nightly.tmp-1/config', 'repos/r/policies/exp.tmp-0123456789ab-x', 'repos/r/packs/ab/x.tmp-0123456789abc'];
       for (const k of keys) await store.put(k, Buffer.from(k));
       expect(await store.deleteUnfinished('')).toBe(0);
       expect((await listAll(store, '')).map((o) => o.key).sort()).toEqual([...keys].sort());
       expect(await filesOnDisk(dir)).toEqual([...keys].sort());
-    } finally {
-      await rm(dir, { recursive: true, force: true });
-    }
+    });
   });
 
   it('abort after a failed commit closes the temporary\'s descriptor', async () => {
-    const dir = await mkdtemp(path.join(os.tmpdir(), 'cairn-filestore-'));
-    const fds = () => fs.readdir('/proc/self/fd').then((l) => l.length);
-    try {
+    await inTempDir(async (dir) => {
+      const fds = () => fs.readdir('/proc/self/fd').then((l) => l.length);
       const store = new FileStore(dir);
       const before = await fds();
       const writer = await store.openWriter('packs');
@@ -107,8 +104,6 @@ describe('FileStore temporaries', () => {
       await writer.abort();
       expect(await fds()).toBe(before);
       expect(await filesOnDisk(dir)).toEqual([]);
-    } finally {
-      await rm(dir, { recursive: true, force: true });
-    }
+    });
   });
 });
