@@ -6,19 +6,24 @@ import { CairnError, Code, invalidArgument, notFound } from '../common/errors.js
 import { emptyCounts, type ObjectInfo, type ObjectStore, type ObjectWriter, type RequestCounts } from './object-store.js';
 import { OpenFiles } from './open-files.js';
 
-/** Marks every temporary file, of put and of openWriter alike: list() skips them, deleteUnfinished() removes them. */
-const TMP_SUFFIX = '.tmp-';
+/** What an ObjectWriter gathers before one write(2): blobs of small files are a few KiB each. */
+const WRITE_BUFFER = 1024 * 1024;
+
 /**
- * A temporary's file name, and only that: a directory or a key that merely contains
- * TMP_SUFFIX (a repository or dataset name) is neither hidden nor deleted.
+ * Every temporary file, of put and of openWriter alike, is named `<stem>.tmp-<12 hex>`; list()
+ * skips those names and deleteUnfinished() removes them. The two functions below are the one
+ * place that format lives: a directory or key that merely contains ".tmp-" (a repository or
+ * dataset name) is neither hidden nor deleted.
  */
 const TMP_NAME = /\.tmp-[0-9a-f]{12}$/;
+
+function temporaryName(stem: string): string {
+  return `${stem}.tmp-${randomBytes(6).toString('hex')}`;
+}
 
 function isTemporary(key: string): boolean {
   return TMP_NAME.test(key.slice(key.lastIndexOf('/') + 1));
 }
-/** What an ObjectWriter gathers before one write(2): blobs of small files are a few KiB each. */
-const WRITE_BUFFER = 1024 * 1024;
 
 /**
  * The embedded default: objects are files under one directory. Writes go to a temporary
@@ -88,7 +93,7 @@ export class FileStore implements ObjectStore {
 
   private async createTemp(dir: string, stem: string): Promise<{ tmp: string; fh: FileHandle }> {
     await fs.mkdir(dir, { recursive: true });
-    const tmp = path.join(dir, `${stem}${TMP_SUFFIX}${randomBytes(6).toString('hex')}`);
+    const tmp = path.join(dir, temporaryName(stem));
     return { tmp, fh: await fs.open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o644) };
   }
 
