@@ -5,15 +5,7 @@ import path from 'node:path';
 import { CairnError, Code, invalidArgument, notFound } from '../common/errors.js';
 import { emptyCounts, type ObjectInfo, type ObjectStore, type ObjectWriter, type RequestCounts } from './object-store.js';
 import { OpenFiles } from './open-files.js';
-import { pageAlignedBuffer } from './aligned-buffer.js';
-
-/**
- * What an ObjectWriter gathers before one write(2): blobs of small files are a few KiB each.
- * Each writer has two, so one fills while the other is on its way to the disk.
- */
-const WRITE_BUFFER = 1024 * 1024;
-/** Direct I/O moves whole blocks: offsets and lengths are multiples of this (ext4's block). */
-const DIRECT_BLOCK = 4096;
+import { DirectFiles } from './direct-writer.js';
 
 /**
  * Every temporary file, of put and of openWriter alike, is named `<stem>.tmp-<12 hex>`; list()
@@ -41,15 +33,11 @@ export class FileStore implements ObjectStore {
   private readonly stats = emptyCounts();
   private readonly openFiles = new OpenFiles();
   /**
-   * Packs are written past the page cache (O_DIRECT) while the filesystem takes it. A pack is
-   * fsynced as soon as it is written and not read again until a restore or a check, so caching
-   * it only costs: the kernel copies every byte into fresh pages (on the 2-core VM of
-   * docs/benchmarks.md, 1.5 of the server's 4.4 CPU seconds per GiB) and evicts the pages the
-   * machine's own work was using.
+   * Packs go past the page cache: each is fsynced at once and not read until a restore or a
+   * check, so caching it only cost the kernel's copy into fresh pages (1.5-2.1 of the server's
+   * 6.2 CPU s in a 1 GiB first snapshot on the benchmark's VM) and evicted the machine's own.
    */
-  private direct = process.platform === 'linux' && constants.O_DIRECT !== undefined;
-  /** Writers' buffers, kept for the next writer: a pack needs one pair, a busy server a few. */
-  private readonly spareBuffers: Buffer[] = [];
+  private readonly directFiles = new DirectFiles();
 
   constructor(private readonly root: string) {
     this.description = `file:${root}`;
@@ -88,35 +76,23 @@ export class FileStore implements ObjectStore {
     const folder = this.resolve(dir);
     await fs.mkdir(folder, { recursive: true });
     const tmp = path.join(folder, temporaryName(''));
-    const opened = await this.openTemp(tmp);
-    return new FileWriter(tmp, opened, this.spareBuffers.pop() ?? pageAlignedBuffer(2 * WRITE_BUFFER), {
-      publish: async (key, bytes, file) => {
+    const out = await this.directFiles.create(tmp, 0, 0o644);
+    return {
+      write: (data) => out.write(data),
+      commit: async (key) => {
         const dest = this.resolve(key);
-        this.count(bytes);
+        const file = await out.finish();
+        this.count(out.bytes);
         await fs.mkdir(path.dirname(dest), { recursive: true });
         await this.finish(tmp, file, dest, (t) => fs.rename(t, dest));
       },
-      refuseDirect: () => {
-        this.direct = false;
+      abort: async () => {
+        // Closed whatever commit got to: a publish that failed before its own close (an invalid
+        // key, a full disk at mkdir) would otherwise keep the deleted file's blocks allocated.
+        await out.close();
+        await fs.rm(tmp, { force: true });
       },
-      release: (buffers) => {
-        this.spareBuffers.push(buffers);
-      },
-    });
-  }
-
-  /** Opens a writer's temporary, direct when the filesystem lets us; says which it got. */
-  private async openTemp(tmp: string): Promise<{ handle: FileHandle; direct: boolean }> {
-    const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL;
-    if (this.direct) {
-      try {
-        return { handle: await fs.open(tmp, flags | constants.O_DIRECT, 0o644), direct: true };
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
-        this.direct = false;
-      }
-    }
-    return { handle: await fs.open(tmp, flags, 0o644), direct: false };
+    };
   }
 
   private async writeAtomically(dest: string, data: Buffer, commit: (tmp: string) => Promise<void>): Promise<void> {
@@ -273,121 +249,5 @@ export class FileStore implements ObjectStore {
   private mapError(err: unknown, key: string): unknown {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return notFound(`object ${key} does not exist in ${this.description}`);
     return err;
-  }
-}
-
-interface WriterHooks {
-  /** Makes the closed-over temporary durable and renames it to `key`. */
-  publish(key: string, bytes: number, file: FileHandle): Promise<void>;
-  /** The filesystem refused a direct write: later writers should not try. */
-  refuseDirect(): void;
-  /** The writer's buffers are free for another writer. */
-  release(buffers: Buffer): void;
-}
-
-/**
- * Bytes go to a temporary file in the store's own tree, so commit is a rename on the same
- * filesystem and memory stays two write buffers whatever the object's size.
- */
-class FileWriter implements ObjectWriter {
-  private readonly halves: [Buffer, Buffer];
-  private filling = 0;
-  private used = 0;
-  /** Where the next write(2) goes: bytes handed to the file so far. */
-  private offset = 0;
-  /** The write of the other half; the next flip waits for it. */
-  private inFlight: Promise<void> = Promise.resolve();
-  private file: FileHandle;
-  private direct: boolean;
-  /** A direct write's last block was padded with zeros: commit cuts the file back. */
-  private padded = false;
-  private released = false;
-
-  constructor(
-    private readonly tmp: string,
-    opened: { handle: FileHandle; direct: boolean },
-    private readonly buffers: Buffer,
-    private readonly hooks: WriterHooks,
-  ) {
-    this.file = opened.handle;
-    this.direct = opened.direct;
-    this.halves = [buffers.subarray(0, WRITE_BUFFER), buffers.subarray(WRITE_BUFFER, 2 * WRITE_BUFFER)];
-  }
-
-  async write(data: Buffer): Promise<void> {
-    for (let at = 0; at < data.length; ) {
-      const n = data.copy(this.halves[this.filling], this.used, at);
-      this.used += n;
-      at += n;
-      if (this.used === WRITE_BUFFER) await this.flip();
-    }
-  }
-
-  /** Sends the full half to the file and, once the other half's write is done, fills that one. */
-  private async flip(): Promise<void> {
-    await this.inFlight;
-    this.inFlight = this.writeOut(this.halves[this.filling], this.used);
-    // Reported by the next flip or by commit; abort after a failure must not make it unhandled.
-    this.inFlight.catch(() => undefined);
-    this.filling ^= 1;
-    this.used = 0;
-  }
-
-  private async writeOut(buf: Buffer, length: number): Promise<void> {
-    const position = this.offset;
-    this.offset += length;
-    let size = length;
-    if (this.direct && length % DIRECT_BLOCK !== 0) {
-      size = length + DIRECT_BLOCK - (length % DIRECT_BLOCK);
-      buf.fill(0, length, size);
-      this.padded = true;
-    }
-    for (let at = 0; at < size; ) {
-      at += await this.writeAt(buf, at, size - at, position + at);
-    }
-  }
-
-  private async writeAt(buf: Buffer, at: number, length: number, position: number): Promise<number> {
-    try {
-      return (await this.file.write(buf, at, length, position)).bytesWritten;
-    } catch (err) {
-      if (!this.direct || (err as NodeJS.ErrnoException).code !== 'EINVAL') throw err;
-      // Some filesystems take O_DIRECT at open and refuse it at write, or want larger blocks:
-      // the same file, opened again through the page cache, takes the same bytes.
-      this.hooks.refuseDirect();
-      const file = await fs.open(this.tmp, constants.O_WRONLY);
-      await this.file.close().catch(() => undefined);
-      this.file = file;
-      this.direct = false;
-      return (await this.file.write(buf, at, length, position)).bytesWritten;
-    }
-  }
-
-  async commit(key: string): Promise<void> {
-    try {
-      await this.inFlight;
-      if (this.used > 0) await this.writeOut(this.halves[this.filling], this.used);
-      this.used = 0;
-      if (this.padded) await this.file.truncate(this.offset);
-      await this.hooks.publish(key, this.offset, this.file);
-    } finally {
-      this.release();
-    }
-  }
-
-  async abort(): Promise<void> {
-    await this.inFlight.catch(() => undefined);
-    this.release();
-    // Closed whatever commit got to: a publish that failed before its own close (an invalid
-    // key, a full disk at mkdir) would otherwise keep the deleted file's blocks allocated.
-    await this.file.close().catch(() => undefined);
-    await fs.rm(this.tmp, { force: true });
-  }
-
-  /** Only with no write in flight: the kernel may still be reading a buffer it was given. */
-  private release(): void {
-    if (this.released) return;
-    this.released = true;
-    this.hooks.release(this.buffers);
   }
 }

@@ -1,0 +1,124 @@
+import { randomBytes } from 'node:crypto';
+import { constants, promises as fs } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { DirectFiles, WRITE_BUFFER } from '../server/direct-writer.js';
+import { openFlags } from './open-flags.js';
+
+describe('DirectFiles', () => {
+  let dir: string;
+  beforeEach(async () => {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'cairn-direct-'));
+  });
+  afterEach(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  /** Writes `data` in pieces of `piece` bytes and returns the file's bytes after finish. */
+  async function writeAll(files: DirectFiles, name: string, data: Buffer, piece: number): Promise<Buffer> {
+    const file = path.join(dir, name);
+    const w = await files.create(file, 0, 0o600);
+    for (let at = 0; at < data.length; at += piece) await w.write(data.subarray(at, Math.min(data.length, at + piece)));
+    const fh = await w.finish();
+    await fh.close();
+    return fs.readFile(file);
+  }
+
+  it('writes with O_DIRECT where the filesystem takes it, and a refused write goes through the page cache with the same bytes, and later files do not try', async () => {
+    // The kernel refuses O_DIRECT from memory off a block boundary with EINVAL, as some
+    // filesystems (FUSE, larger blocks) refuse it whatever the memory: buffers one byte off a
+    // page make the refusal the kernel's own.
+    const files = new DirectFiles((bytes) => Buffer.alloc(bytes + 1).subarray(1));
+    const first = await files.create(path.join(dir, 'a'), 0, 0o600);
+    expect(first.isDirect).toBe(true);
+    expect((await openFlags(path.join(dir, 'a'))) & constants.O_DIRECT).toBe(constants.O_DIRECT);
+    const data = randomBytes(3 * WRITE_BUFFER + 5);
+    await first.write(data);
+    expect(first.isDirect).toBe(false);
+    await (await first.finish()).close();
+    expect((await fs.readFile(path.join(dir, 'a'))).equals(data)).toBe(true);
+
+    const next = await files.create(path.join(dir, 'b'), 0, 0o600);
+    expect(next.isDirect).toBe(false);
+    expect((await openFlags(path.join(dir, 'b'))) & constants.O_DIRECT).toBe(0);
+    await next.close();
+  });
+
+  it('files written one after another and side by side share buffers without mixing bytes', async () => {
+    const files = new DirectFiles();
+    const sizes = [WRITE_BUFFER * 2 + 1, 10, WRITE_BUFFER - 3, 3 * WRITE_BUFFER];
+    const datas = sizes.map((n) => randomBytes(n));
+    // Side by side: each writer holds its own pair of buffers while the others write.
+    const back = await Promise.all(datas.map((d, i) => writeAll(files, `side-${i}`, d, 300_001)));
+    back.forEach((b, i) => expect(b.equals(datas[i]!), `side-${i}`).toBe(true));
+    // One after another: each takes the buffers the last one gave back, with its bytes still in them.
+    for (const [i, d] of datas.entries()) {
+      expect((await writeAll(files, `seq-${i}`, d, 65_537)).equals(d), `seq-${i}`).toBe(true);
+    }
+  });
+
+  it('close after a partial write closes the descriptor and leaves the file for the caller to remove', async () => {
+    const fds = () => fs.readdir('/proc/self/fd').then((l) => l.length);
+    const files = new DirectFiles();
+    const before = await fds();
+    const w = await files.create(path.join(dir, 'partial'), 0, 0o600);
+    await w.write(randomBytes(WRITE_BUFFER + 10));
+    await w.close();
+    expect(await fds()).toBe(before);
+    await expect(fs.stat(path.join(dir, 'partial'))).resolves.toBeTruthy();
+  });
+
+  it('create refuses a file that exists (O_EXCL) and leaves it as it was', async () => {
+    const files = new DirectFiles();
+    await fs.writeFile(path.join(dir, 'there'), 'keep');
+    await expect(files.create(path.join(dir, 'there'), 0, 0o600)).rejects.toMatchObject({ code: 'EEXIST' });
+    expect(await fs.readFile(path.join(dir, 'there'), 'utf8')).toBe('keep');
+  });
+
+  it('a filesystem that refuses O_DIRECT at open, after creating the file as Linux does, gets a buffered file all the same', async () => {
+    const realOpen = fs.open.bind(fs);
+    const spy = vi.spyOn(fs, 'open').mockImplementation(async (file, flags, mode) => {
+      if (typeof flags === 'number' && flags & constants.O_DIRECT) {
+        // What tmpfs before Linux 6.6 does: the O_CREAT has happened when EINVAL comes back.
+        await (await realOpen(file, flags & ~constants.O_DIRECT, mode)).close();
+        throw Object.assign(new Error('EINVAL: invalid argument, open'), { code: 'EINVAL' });
+      }
+      return realOpen(file, flags, mode);
+    });
+    try {
+      const files = new DirectFiles();
+      const data = randomBytes(WRITE_BUFFER + 4097);
+      expect((await writeAll(files, 'refused-at-open', data, 100_000)).equals(data)).toBe(true);
+      const next = await files.create(path.join(dir, 'next'), 0, 0o600);
+      expect(next.isDirect).toBe(false);
+      await next.close();
+      expect(spy.mock.calls.filter(([, flags]) => typeof flags === 'number' && flags & constants.O_DIRECT)).toHaveLength(1);
+    } finally {
+      spy.mockRestore();
+    }
+  });
+
+  it('without aligned memory (a refused address-space reservation) files are written through the page cache', async () => {
+    const files = new DirectFiles(() => {
+      throw new RangeError('WebAssembly.Memory(): could not allocate memory');
+    });
+    const w = await files.create(path.join(dir, 'plain'), 0, 0o600);
+    expect(w.isDirect).toBe(false);
+    expect((await openFlags(path.join(dir, 'plain'))) & constants.O_DIRECT).toBe(0);
+    const data = randomBytes(2 * WRITE_BUFFER + 1);
+    await w.write(data);
+    await (await w.finish()).close();
+    expect((await fs.readFile(path.join(dir, 'plain'))).equals(data)).toBe(true);
+  });
+
+  it('refuses a write after finish: its buffers may be another writer\'s by then', async () => {
+    const files = new DirectFiles();
+    const w = await files.create(path.join(dir, 'done'), 0, 0o600);
+    await w.write(Buffer.from('abc'));
+    await (await w.finish()).close();
+    await expect(w.write(Buffer.from('more'))).rejects.toThrow(/after finish/);
+    expect(await fs.readFile(path.join(dir, 'done'), 'utf8')).toBe('abc');
+  });
+});
