@@ -35,6 +35,8 @@ export interface RunResult {
   peakRss: number;
   /** User + system CPU seconds of the process (0 when unknown). */
   cpuSeconds: number;
+  /** Of those, system (kernel) seconds: page-cache copies, file creation, sockets. */
+  systemSeconds: number;
 }
 
 export class CommandError extends Error {
@@ -101,6 +103,7 @@ export async function run(cmd: string, args: string[], opts: RunOptions = {}): P
   if (timer) clearTimeout(timer);
   let peakRss = polled;
   let cpuSeconds = 0;
+  let systemSeconds = 0;
   if (useTime) {
     try {
       // GNU time writes "Command exited with non-zero status N" before the values on failures.
@@ -108,12 +111,13 @@ export async function run(cmd: string, args: string[], opts: RunOptions = {}): P
       const [kb, user, sys] = lines[lines.length - 1].split(' ').map(Number);
       peakRss = kb * 1024;
       cpuSeconds = user + sys;
+      systemSeconds = sys;
     } catch {
       peakRss = 0;
     }
   }
   await rm(tmp, { recursive: true, force: true });
-  const result: RunResult = { code, stdout, stderr, seconds, peakRss, cpuSeconds };
+  const result: RunResult = { code, stdout, stderr, seconds, peakRss, cpuSeconds, systemSeconds };
   if (timedOut) throw new CommandError(`${cmd} ${args.join(' ')}: timed out after ${opts.timeoutMs} ms`, result);
   if (code !== 0 && !(opts.okCodes ?? []).includes(code)) {
     throw new CommandError(`${path.basename(cmd)} ${args.join(' ')} exited with ${code}:\n${stderr.slice(-4000)}`, result);
@@ -159,13 +163,23 @@ export class Watched {
 
   /** User + system CPU seconds the process has used so far (from /proc/<pid>/stat). */
   cpuSeconds(): number {
+    const t = this.cpuTimes();
+    return t.user + t.system;
+  }
+
+  /** System (kernel) CPU seconds the process has used so far. */
+  systemSeconds(): number {
+    return this.cpuTimes().system;
+  }
+
+  private cpuTimes(): { user: number; system: number } {
     try {
       const stat = readFileSync(`/proc/${this.pid}/stat`, 'utf8');
       const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
       // After the command name: state is field 3, utime 14, stime 15 (1-based in proc(5)).
-      return (Number(f[11]) + Number(f[12])) / CLOCK_TICKS;
+      return { user: Number(f[11]) / CLOCK_TICKS, system: Number(f[12]) / CLOCK_TICKS };
     } catch {
-      return 0;
+      return { user: 0, system: 0 };
     }
   }
 

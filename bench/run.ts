@@ -112,7 +112,7 @@ async function mainComparison(o: Options, out: Record<string, unknown>): Promise
   const { table, ratios, targets } = report(results);
   out.ratios = ratios;
   out.targets = targets;
-  console.log(`\nDataset: ${sizes.files} files, ${fmt(mib(sizes.before))} MiB before / ${fmt(mib(sizes.after))} MiB after the day of changes (${ds.small} small JSON files; node_modules/ and __pycache__/ excluded by every tool). MB = 10^6 bytes of source data per second; CPU s = user + system seconds of all the tool's processes. Page cache before every step: ${o.pageCache}.${rounds > 1 ? ` Each row: the round of ${rounds} with the median wall time for that step (all rounds are in the JSON).` : ''}`);
+  console.log(`\nDataset: ${sizes.files} files, ${fmt(mib(sizes.before))} MiB before / ${fmt(mib(sizes.after))} MiB after the day of changes (${ds.small} small JSON files; node_modules/ and __pycache__/ excluded by every tool). MB = 10^6 bytes of source data per second; CPU s = user + system seconds of all the tool's processes, sys s = the system (kernel) part of them. Page cache before every step: ${o.pageCache}.${rounds > 1 ? ` Each row: the round of ${rounds} with the median wall time for that step (all rounds are in the JSON).` : ''}`);
   console.log(table);
   for (const r of results) if (!r.available) console.log(`note: ${r.name} not available: ${r.reason}`);
   for (const r of results) for (const n of r.notes) console.log(`note: ${n}`);
@@ -172,7 +172,7 @@ async function oneRound(
     log(`${t.tool.name}: ${STEP_LABEL[s]} (page cache ${cacheMode}) ...`);
     const m = await fn();
     t.result.steps[s] = { ...m, bytes, mbps: bytes / 1e6 / m.seconds };
-    log(`${t.tool.name}: ${STEP_LABEL[s]}: ${m.seconds.toFixed(2)} s, ${fmt(bytes / 1e6 / m.seconds)} MB/s, CPU ${m.cpuSeconds.toFixed(1)} s, peak RSS ${fmt(mib(m.peakRss))} MiB, repo ${fmt(mib(m.repoBytes))} MiB`);
+    log(`${t.tool.name}: ${STEP_LABEL[s]}: ${m.seconds.toFixed(2)} s, ${fmt(bytes / 1e6 / m.seconds)} MB/s, CPU ${m.cpuSeconds.toFixed(1)} s (sys ${m.systemSeconds.toFixed(1)}), peak RSS ${fmt(mib(m.peakRss))} MiB, repo ${fmt(mib(m.repoBytes))} MiB`);
   };
 
   for (const t of live) {
@@ -210,16 +210,16 @@ async function oneRound(
 }
 
 function report(results: ToolResult[]): { table: string; ratios: Record<string, Record<string, number | null>>; targets: Target[] } {
-  const header = ['tool', 'step', 'wall s', 'MB/s', 'CPU s', 'peak RSS MiB', 'repo MiB'];
+  const header = ['tool', 'step', 'wall s', 'MB/s', 'CPU s', 'sys s', 'peak RSS MiB', 'repo MiB'];
   const rows: string[][] = [];
   for (const r of results) {
     if (!r.available) {
-      rows.push([r.name, 'TODO: not available (see note)', '-', '-', '-', '-', '-']);
+      rows.push([r.name, 'TODO: not available (see note)', '-', '-', '-', '-', '-', '-']);
       continue;
     }
     for (const s of STEPS) {
       const m = r.steps[s];
-      rows.push([r.name, STEP_LABEL[s], fmt(m?.seconds, 2), fmt(m?.mbps, 0), fmt(m?.cpuSeconds, 1), fmt(m ? mib(m.peakRss) : undefined, 0), fmt(m ? mib(m.repoBytes) : undefined, 1)]);
+      rows.push([r.name, STEP_LABEL[s], fmt(m?.seconds, 2), fmt(m?.mbps, 0), fmt(m?.cpuSeconds, 1), fmt(m?.systemSeconds, 1), fmt(m ? mib(m.peakRss) : undefined, 0), fmt(m ? mib(m.repoBytes) : undefined, 1)]);
     }
   }
   const cairn = results.find((r) => r.name === 'cairn' && r.available);
@@ -230,7 +230,7 @@ function report(results: ToolResult[]): { table: string; ratios: Record<string, 
     return xs.length > 0 ? pick(xs) : undefined;
   };
   if (cairn && others.length > 0) {
-    rows.push(['---', '', '', '', '', '', '']);
+    rows.push(['---', '', '', '', '', '', '', '']);
     for (const s of STEPS) {
       const m = cairn.steps[s];
       if (!m) continue;
@@ -239,11 +239,12 @@ function report(results: ToolResult[]): { table: string; ratios: Record<string, 
         seconds: ratio(m.seconds, best(s, (x) => x.seconds, (xs) => Math.min(...xs))),
         mbps: ratio(m.mbps, best(s, (x) => x.mbps, (xs) => Math.max(...xs))),
         cpuSeconds: ratio(m.cpuSeconds, best(s, (x) => x.cpuSeconds, (xs) => Math.min(...xs))),
+        systemSeconds: ratio(m.systemSeconds, best(s, (x) => x.systemSeconds, (xs) => Math.min(...xs))),
         peakRss: ratio(m.peakRss, best(s, (x) => x.peakRss, (xs) => Math.min(...xs))),
         repoBytes: ratio(m.repoBytes, best(s, (x) => x.repoBytes, (xs) => Math.min(...xs))),
       };
       const q = ratios[s];
-      rows.push(['cairn ÷ best other', STEP_LABEL[s], `${fmt(q.seconds ?? undefined, 2)}x`, `${fmt(q.mbps ?? undefined, 2)}x`, `${fmt(q.cpuSeconds ?? undefined, 2)}x`, `${fmt(q.peakRss ?? undefined, 2)}x`, `${fmt(q.repoBytes ?? undefined, 2)}x`]);
+      rows.push(['cairn ÷ best other', STEP_LABEL[s], `${fmt(q.seconds ?? undefined, 2)}x`, `${fmt(q.mbps ?? undefined, 2)}x`, `${fmt(q.cpuSeconds ?? undefined, 2)}x`, `${fmt(q.systemSeconds ?? undefined, 2)}x`, `${fmt(q.peakRss ?? undefined, 2)}x`, `${fmt(q.repoBytes ?? undefined, 2)}x`]);
     }
   }
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));

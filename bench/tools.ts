@@ -37,6 +37,8 @@ export interface StepMeasure {
   processes: Record<string, number>;
   /** User + system CPU seconds of the tool's processes during the step (client + server for cairn). */
   cpuSeconds: number;
+  /** Of those, the kernel's: on a VM, page-cache copies into fresh pages are most of it. */
+  systemSeconds: number;
   repoBytes: number;
   /** What the tool itself reported (its JSON summary), for the results file. */
   report?: unknown;
@@ -177,31 +179,32 @@ export class CairnTool implements Tool {
     return { ...process.env, CAIRN_SERVER: this.server!.addr, CAIRN_CACHE_DIR: this.cacheDir };
   }
 
-  private async measured(args: string[], nodeArgs: string[] = []): Promise<{ r: RunResult; serverPeak: number; serverPeakAnon: number; cpuSeconds: number }> {
+  private async measured(args: string[], nodeArgs: string[] = []): Promise<{ r: RunResult; serverPeak: number; serverPeakAnon: number; cpuSeconds: number; systemSeconds: number }> {
     const s = this.server!;
     if (s.child.exitCode !== null) throw new Error(`${this.name}: server has exited:\n${s.logs.slice(-20).join('\n')}`);
     s.watched.resetPeak();
     const cpu0 = s.watched.cpuSeconds();
+    const sys0 = s.watched.systemSeconds();
     const channels = this.opts.channels ? ['--channels', String(this.opts.channels)] : [];
     const r = await run(process.execPath, [...CLI_BIN.flags, ...nodeArgs, CLI_JS, ...channels, '--json', ...args], { env: { ...this.clientEnv(), ...CLI_BIN.env }, timeoutMs: this.opts.timeoutMs });
-    return { r, serverPeak: s.watched.peak(), serverPeakAnon: s.watched.peakAnon(), cpuSeconds: r.cpuSeconds + s.watched.cpuSeconds() - cpu0 };
+    return { r, serverPeak: s.watched.peak(), serverPeakAnon: s.watched.peakAnon(), cpuSeconds: r.cpuSeconds + s.watched.cpuSeconds() - cpu0, systemSeconds: r.systemSeconds + s.watched.systemSeconds() - sys0 };
   }
 
   async backup(src: string): Promise<StepMeasure> {
     const first = this.backups++ === 0;
     const args = ['snapshot', src, '--dataset', 'exp', '--host', 'bench'];
-    const { r, serverPeak, serverPeakAnon, cpuSeconds } = first && this.opts.profileDir ? await this.profiled('snapshot', (p) => this.measured(args, p)) : await this.measured(args);
+    const { r, serverPeak, serverPeakAnon, cpuSeconds, systemSeconds } = first && this.opts.profileDir ? await this.profiled('snapshot', (p) => this.measured(args, p)) : await this.measured(args);
     const report = lastJsonLine(r.stdout) as { problems?: unknown[] } | undefined;
     if (!report) throw new Error(`${this.name}: snapshot printed no JSON:\n${r.stdout}\n${r.stderr}`);
     if (report.problems && report.problems.length > 0) throw new Error(`${this.name}: snapshot reported problems: ${JSON.stringify(report.problems.slice(0, 5))}`);
-    return { seconds: r.seconds, peakRss: r.peakRss + serverPeak, processes: { client: r.peakRss, server: serverPeak, serverAnon: serverPeakAnon }, cpuSeconds, repoBytes: await this.repoBytes(), report: report };
+    return { seconds: r.seconds, peakRss: r.peakRss + serverPeak, processes: { client: r.peakRss, server: serverPeak, serverAnon: serverPeakAnon }, cpuSeconds, systemSeconds, repoBytes: await this.repoBytes(), report: report };
   }
 
   async restore(target: string): Promise<StepMeasure & { root: string }> {
     await rm(target, { recursive: true, force: true });
     const args = ['restore', '--snapshot', 'latest', '--dataset', 'exp', '--host', 'bench', target];
-    const { r, serverPeak, serverPeakAnon, cpuSeconds } = this.opts.profileDir ? await this.profiled('restore', (p) => this.measured(args, p)) : await this.measured(args);
-    return { seconds: r.seconds, peakRss: r.peakRss + serverPeak, processes: { client: r.peakRss, server: serverPeak, serverAnon: serverPeakAnon }, cpuSeconds, repoBytes: await this.repoBytes(), report: lastJsonLine(r.stdout), root: target };
+    const { r, serverPeak, serverPeakAnon, cpuSeconds, systemSeconds } = this.opts.profileDir ? await this.profiled('restore', (p) => this.measured(args, p)) : await this.measured(args);
+    return { seconds: r.seconds, peakRss: r.peakRss + serverPeak, processes: { client: r.peakRss, server: serverPeak, serverAnon: serverPeakAnon }, cpuSeconds, systemSeconds, repoBytes: await this.repoBytes(), report: lastJsonLine(r.stdout), root: target };
   }
 
   async repoBytes(): Promise<number> {
@@ -357,13 +360,13 @@ export class ResticTool implements Tool {
   async backup(src: string): Promise<StepMeasure> {
     const excludes = EXCLUDED_DIRS.flatMap((d) => ['--exclude', d]);
     const r = await run('restic', ['backup', '--compression', 'auto', '--host', 'bench', '--json', ...excludes, '.'], { cwd: src, env: this.env(), timeoutMs: this.opts.timeoutMs });
-    return { seconds: r.seconds, peakRss: r.peakRss, processes: { restic: r.peakRss }, cpuSeconds: r.cpuSeconds, repoBytes: await this.repoBytes(), report: lastJsonLine(r.stdout) };
+    return { seconds: r.seconds, peakRss: r.peakRss, processes: { restic: r.peakRss }, cpuSeconds: r.cpuSeconds, systemSeconds: r.systemSeconds, repoBytes: await this.repoBytes(), report: lastJsonLine(r.stdout) };
   }
 
   async restore(target: string): Promise<StepMeasure & { root: string }> {
     await rm(target, { recursive: true, force: true });
     const r = await run('restic', ['restore', 'latest', '--host', 'bench', '--target', target], { env: this.env(), timeoutMs: this.opts.timeoutMs });
-    return { seconds: r.seconds, peakRss: r.peakRss, processes: { restic: r.peakRss }, cpuSeconds: r.cpuSeconds, repoBytes: await this.repoBytes(), root: target };
+    return { seconds: r.seconds, peakRss: r.peakRss, processes: { restic: r.peakRss }, cpuSeconds: r.cpuSeconds, systemSeconds: r.systemSeconds, repoBytes: await this.repoBytes(), root: target };
   }
 
   repoBytes(): Promise<number> {
@@ -417,14 +420,14 @@ export class BorgTool implements Tool {
     // Exit code 1 is borg's "warning" (e.g. a file changed while read): allowed, kept in the report.
     const r = await run('borg', ['create', '--json', '--compression', 'zstd,3', ...excludes, `::${name}`, '.'], { cwd: src, env: this.env(), timeoutMs: this.opts.timeoutMs, okCodes: [1] });
     const report = tryJson(r.stdout);
-    return { seconds: r.seconds, peakRss: r.peakRss, processes: { borg: r.peakRss }, cpuSeconds: r.cpuSeconds, repoBytes: await this.repoBytes(), report: { borg: report, exitCode: r.code, warnings: r.code === 1 ? r.stderr.slice(-2000) : undefined } };
+    return { seconds: r.seconds, peakRss: r.peakRss, processes: { borg: r.peakRss }, cpuSeconds: r.cpuSeconds, systemSeconds: r.systemSeconds, repoBytes: await this.repoBytes(), report: { borg: report, exitCode: r.code, warnings: r.code === 1 ? r.stderr.slice(-2000) : undefined } };
   }
 
   async restore(target: string): Promise<StepMeasure & { root: string }> {
     await rm(target, { recursive: true, force: true });
     await mkdir(target, { recursive: true });
     const r = await run('borg', ['extract', `::snap-${this.archives}`], { cwd: target, env: this.env(), timeoutMs: this.opts.timeoutMs });
-    return { seconds: r.seconds, peakRss: r.peakRss, processes: { borg: r.peakRss }, cpuSeconds: r.cpuSeconds, repoBytes: await this.repoBytes(), root: target };
+    return { seconds: r.seconds, peakRss: r.peakRss, processes: { borg: r.peakRss }, cpuSeconds: r.cpuSeconds, systemSeconds: r.systemSeconds, repoBytes: await this.repoBytes(), root: target };
   }
 
   repoBytes(): Promise<number> {

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { medianOfRounds, type StepResult, type ToolResult } from '../bench/results.js';
 
-const measure = (seconds: number, cpuSeconds: number, peakRss: number): StepResult => ({ seconds, cpuSeconds, peakRss, repoBytes: 1000, processes: {}, bytes: 1e9, mbps: 1e3 / seconds });
+const measure = (seconds: number, cpuSeconds: number, peakRss: number): StepResult => ({ seconds, cpuSeconds, systemSeconds: cpuSeconds / 4, peakRss, repoBytes: 1000, processes: {}, bytes: 1e9, mbps: 1e3 / seconds });
 const tool = (name: string, first: StepResult, restore?: StepResult): ToolResult => ({ name, available: true, notes: [], steps: { first, ...(restore ? { restore } : {}) } });
 
 describe('bench --rounds: the median round of each step', () => {

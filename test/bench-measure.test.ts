@@ -1,0 +1,31 @@
+import { describe, expect, it } from 'vitest';
+import { hasTimeBinary, run, Watched } from '../bench/measure.js';
+
+describe('bench measurements: CPU split into user and system time', () => {
+  // GNU time reports a child's user and system seconds; the bench installs it with restic and borg.
+  it.runIf(hasTimeBinary())('a command that lives in system calls is measured as system time, one that computes as user time', async () => {
+    // A million one-byte reads and writes: nearly all of dd's time is in the kernel.
+    const dd = await run('dd', ['if=/dev/zero', 'of=/dev/null', 'bs=1', 'count=1000000']);
+    expect(dd.systemSeconds).toBeGreaterThan(0);
+    expect(dd.systemSeconds).toBeLessThanOrEqual(dd.cpuSeconds);
+    expect(dd.systemSeconds).toBeGreaterThan(dd.cpuSeconds - dd.systemSeconds);
+
+    const spin = await run(process.execPath, ['-e', 'const t = Date.now(); let x = 0; while (Date.now() - t < 400) x++;']);
+    expect(spin.cpuSeconds - spin.systemSeconds).toBeGreaterThan(spin.systemSeconds);
+  });
+
+  it("a watched process's system seconds are part of its CPU seconds, and computing adds to the rest", async () => {
+    const me = new Watched(process.pid);
+    const cpu0 = me.cpuSeconds();
+    const sys0 = me.systemSeconds();
+    const t = Date.now();
+    let x = 0;
+    while (Date.now() - t < 400) x++;
+    expect(x).toBeGreaterThan(0);
+    const cpu = me.cpuSeconds() - cpu0;
+    const sys = me.systemSeconds() - sys0;
+    expect(me.systemSeconds()).toBeLessThanOrEqual(me.cpuSeconds());
+    expect(me.systemSeconds()).toBeGreaterThan(0);
+    expect(cpu - sys).toBeGreaterThan(sys);
+  });
+});
