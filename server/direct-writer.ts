@@ -6,7 +6,10 @@ import type { FileHandle } from 'node:fs/promises';
  * writer has two, so one fills while the other is on its way to the disk.
  */
 export const WRITE_BUFFER = 1024 * 1024;
-/** Direct I/O moves whole blocks: offsets and lengths are multiples of this (ext4's block). */
+/**
+ * Direct I/O moves whole blocks: offsets and lengths are multiples of this, the page size,
+ * which covers the logical block of the devices and filesystems we run on.
+ */
 const DIRECT_BLOCK = 4096;
 const WASM_PAGE = 64 * 1024;
 /** Buffer pairs kept for later writers: a server's two open packs and those being committed. */
@@ -16,7 +19,7 @@ const SPARE_PAIRS = 4;
  * Opens files that are written once, front to back, past the page cache (O_DIRECT) while the
  * filesystem takes it. For a file that is fsynced at once and not read again soon (a pack),
  * the cache only costs: the kernel copies every byte into fresh pages (on the 2-core VM of
- * docs/benchmarks.md, 1.5-2 CPU s per GiB) and evicts pages the machine's own work was using.
+ * docs/benchmarks.md, 1.5-2.1 CPU s per GiB) and evicts pages the machine's own work was using.
  * A filesystem that refuses O_DIRECT (at open, or at a write: FUSE, blocks larger than ours)
  * gets the same bytes through the page cache, and later files do not try again.
  *
@@ -35,13 +38,10 @@ export class DirectFiles {
   /** `allocate` gives the buffers; a test hands out unaligned ones to see the kernel refuse them. */
   constructor(private readonly allocate: (bytes: number) => Buffer = pageAlignedBuffer) {}
 
-  /**
-   * Creates `file`, which must not exist (O_EXCL; `flags` are added to it), for writing front
-   * to back.
-   */
-  async create(file: string, flags: number, mode: number): Promise<SequentialWriter> {
+  /** Creates `file`, which must not exist (O_EXCL), for writing front to back. */
+  async create(file: string, mode: number): Promise<SequentialWriter> {
     const buffers = this.takeBuffers();
-    const base = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | flags;
+    const base = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL;
     let handle: FileHandle | undefined;
     try {
       if (this.direct && buffers.aligned) {
@@ -57,15 +57,15 @@ export class DirectFiles {
       }
       const direct = handle !== undefined;
       handle ??= await fs.open(file, base, mode);
-      return new SequentialWriter(file, handle, direct, buffers.buffer, this);
+      return new SequentialWriter(file, handle, direct, buffers, this);
     } catch (err) {
-      this.release(buffers.buffer);
+      this.release(buffers);
       throw err;
     }
   }
 
   /** A pair of buffers; unaligned (so written through the page cache) if no aligned memory can be had. */
-  private takeBuffers(): { buffer: Buffer; aligned: boolean } {
+  private takeBuffers(): WriteBuffers {
     const spare = this.spare.pop();
     if (spare) return { buffer: spare, aligned: true };
     try {
@@ -81,10 +81,16 @@ export class DirectFiles {
     this.direct = false;
   }
 
-  /** @internal A writer is done with its buffers. */
-  release(buffers: Buffer): void {
-    if (this.spare.length < SPARE_PAIRS) this.spare.push(buffers);
+  /** @internal A writer is done with its buffers. Only aligned ones are kept: the next writer takes them for direct I/O. */
+  release(buffers: WriteBuffers): void {
+    if (buffers.aligned && this.spare.length < SPARE_PAIRS) this.spare.push(buffers.buffer);
   }
+}
+
+/** A writer's two halves, one piece of memory; `aligned` when it starts on a page. */
+interface WriteBuffers {
+  buffer: Buffer;
+  aligned: boolean;
 }
 
 /**
@@ -112,15 +118,18 @@ export class SequentialWriter {
   private released = false;
   /** A write failed: where the file ends is unknown, so nothing more may go into it. */
   private failed = false;
+  /** The write() running, if any: close waits for it before the buffers go back. */
+  private writing: Promise<void> = Promise.resolve();
 
   constructor(
     readonly path: string,
     private file: FileHandle,
     private direct: boolean,
-    private readonly buffers: Buffer,
+    private readonly buffers: WriteBuffers,
     private readonly owner: DirectFiles,
   ) {
-    this.halves = [buffers.subarray(0, WRITE_BUFFER), buffers.subarray(WRITE_BUFFER, 2 * WRITE_BUFFER)];
+    const b = buffers.buffer;
+    this.halves = [b.subarray(0, WRITE_BUFFER), b.subarray(WRITE_BUFFER, 2 * WRITE_BUFFER)];
   }
 
   /** Bytes given to write so far. */
@@ -136,6 +145,12 @@ export class SequentialWriter {
   /** Appends `data`; once this resolves the caller may reuse it. Calls must not overlap. */
   async write(data: Uint8Array): Promise<void> {
     this.checkOpen();
+    const running = this.append(data);
+    this.writing = running.catch(() => undefined);
+    return running;
+  }
+
+  private async append(data: Uint8Array): Promise<void> {
     try {
       for (let at = 0; at < data.length; ) {
         const n = Math.min(data.length - at, WRITE_BUFFER - this.used);
@@ -207,6 +222,7 @@ export class SequentialWriter {
 
   /** Closes the file, whatever was written; the caller removes it. Harmless after finish. */
   async close(): Promise<void> {
+    await this.writing;
     await this.inFlight.catch(() => undefined);
     this.release();
     await this.file.close().catch(() => undefined);

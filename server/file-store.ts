@@ -76,7 +76,7 @@ export class FileStore implements ObjectStore {
     const folder = this.resolve(dir);
     await fs.mkdir(folder, { recursive: true });
     const tmp = path.join(folder, temporaryName(''));
-    const out = await this.directFiles.create(tmp, 0, 0o644);
+    const out = await this.directFiles.create(tmp, 0o644);
     return {
       write: (data) => out.write(data),
       commit: async (key) => {

@@ -56,7 +56,8 @@ interface OpenPack {
  * Until a blob's entry is in LevelDB it is "pending": known to dedup, not yet readable.
  *
  * Each pack is streamed into an ObjectWriter and hashed as its blobs arrive, so on the folder
- * store the memory for packs is a write buffer per open pack whatever --pack-size is (packs
+ * store the memory for packs is two 1 MiB write buffers per pack being written (and up to four
+ * pairs kept for the next) whatever --pack-size is (packs
  * built in buffers held 20 MiB each, ~65 MiB of the server's peak in a first snapshot; at
  * 128 MiB packs it would be half a gigabyte). Stores that buffer (S3) hold at most one open
  * pack per kind plus maxQueuedPacks sealed ones.
