@@ -73,9 +73,7 @@ export class FileStore implements ObjectStore {
   }
 
   async openWriter(dir: string): Promise<ObjectWriter> {
-    const folder = this.resolve(dir);
-    await fs.mkdir(folder, { recursive: true });
-    const tmp = path.join(folder, temporaryName(''));
+    const tmp = await this.tempPath(this.resolve(dir), '');
     const out = await this.directFiles.create(tmp, 0o644);
     return {
       write: (data) => out.write(data),
@@ -109,9 +107,14 @@ export class FileStore implements ObjectStore {
   }
 
   private async createTemp(dir: string, stem: string): Promise<{ tmp: string; fh: FileHandle }> {
-    await fs.mkdir(dir, { recursive: true });
-    const tmp = path.join(dir, temporaryName(stem));
+    const tmp = await this.tempPath(dir, stem);
     return { tmp, fh: await fs.open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o644) };
+  }
+
+  /** A fresh temporary's name in `dir`, which is made if missing. */
+  private async tempPath(dir: string, stem: string): Promise<string> {
+    await fs.mkdir(dir, { recursive: true });
+    return path.join(dir, temporaryName(stem));
   }
 
   /** The temporary's bytes are durable before they get a name, and the name before we return. */
