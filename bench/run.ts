@@ -436,7 +436,7 @@ async function main(): Promise<void> {
     .option('--profile <dir>', 'cpu-profile cairn client and server during the first snapshot')
     .option('--keep', 'keep the scratch directory', false)
     .option('--no-self-check', 'skip the check of the generator and the restore verifier')
-    .addOption(new Option('--page-cache <mode>', 'before every timed step: warm (read the source and the tool\'s repository), cold (drop the page cache; root only) or as-is').choices([...CACHE_MODES]).default('warm'))
+    .addOption(new Option('--page-cache <mode>', 'before every timed step: warm (sync, then read the source and the tool\'s repository), cold (sync and drop the page cache; root only) or as-is').choices([...CACHE_MODES]).default('warm'))
     .addOption(new Option('--rounds <n>', 'run the comparison this many times, each from a fresh dataset, and report each step\'s median round').default('1'))
     .addOption(new Option('--timeout <s>', 'per command').default('1800'))
     .parse();
