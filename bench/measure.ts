@@ -39,6 +39,11 @@ export interface RunResult {
   systemSeconds: number;
 }
 
+export interface CpuTimes {
+  user: number;
+  system: number;
+}
+
 export class CommandError extends Error {
   constructor(
     message: string,
@@ -161,18 +166,11 @@ export class Watched {
     return Math.max(hwm, this.polled, rss);
   }
 
-  /** User + system CPU seconds the process has used so far (from /proc/<pid>/stat). */
-  cpuSeconds(): number {
-    const t = this.cpuTimes();
-    return t.user + t.system;
-  }
-
-  /** System (kernel) CPU seconds the process has used so far. */
-  systemSeconds(): number {
-    return this.cpuTimes().system;
-  }
-
-  private cpuTimes(): { user: number; system: number } {
+  /**
+   * User and system CPU seconds the process has used so far, from one read of
+   * /proc/<pid>/stat, so a delta's two parts come from the same moments.
+   */
+  cpuTimes(): CpuTimes {
     try {
       const stat = readFileSync(`/proc/${this.pid}/stat`, 'utf8');
       const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');

@@ -183,11 +183,13 @@ export class CairnTool implements Tool {
     const s = this.server!;
     if (s.child.exitCode !== null) throw new Error(`${this.name}: server has exited:\n${s.logs.slice(-20).join('\n')}`);
     s.watched.resetPeak();
-    const cpu0 = s.watched.cpuSeconds();
-    const sys0 = s.watched.systemSeconds();
+    const before = s.watched.cpuTimes();
     const channels = this.opts.channels ? ['--channels', String(this.opts.channels)] : [];
     const r = await run(process.execPath, [...CLI_BIN.flags, ...nodeArgs, CLI_JS, ...channels, '--json', ...args], { env: { ...this.clientEnv(), ...CLI_BIN.env }, timeoutMs: this.opts.timeoutMs });
-    return { r, serverPeak: s.watched.peak(), serverPeakAnon: s.watched.peakAnon(), cpuSeconds: r.cpuSeconds + s.watched.cpuSeconds() - cpu0, systemSeconds: r.systemSeconds + s.watched.systemSeconds() - sys0 };
+    const after = s.watched.cpuTimes();
+    const serverSystem = after.system - before.system;
+    const serverCpu = after.user - before.user + serverSystem;
+    return { r, serverPeak: s.watched.peak(), serverPeakAnon: s.watched.peakAnon(), cpuSeconds: r.cpuSeconds + serverCpu, systemSeconds: r.systemSeconds + serverSystem };
   }
 
   async backup(src: string): Promise<StepMeasure> {
