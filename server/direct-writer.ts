@@ -99,7 +99,7 @@ interface WriteBuffers {
  * malloc, 16 bytes past a page; a WebAssembly memory is mapped whole, so it starts on one.
  * Its size is fixed: growing a WebAssembly memory would detach this view.
  */
-function pageAlignedBuffer(bytes: number): Buffer {
+export function pageAlignedBuffer(bytes: number): Buffer {
   const pages = Math.ceil(bytes / WASM_PAGE);
   return Buffer.from(new WebAssembly.Memory({ initial: pages, maximum: pages }).buffer, 0, bytes);
 }

@@ -4,7 +4,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { DirectFiles, WRITE_BUFFER } from '../server/direct-writer.js';
+import { DirectFiles, pageAlignedBuffer, WRITE_BUFFER } from '../server/direct-writer.js';
 import { directIoChecked, openFlags } from './direct-io.js';
 
 // Linux filesystems that take O_DIRECT and check its alignment (this machine's /tmp is ext4).
@@ -54,7 +54,7 @@ describe('DirectFiles', () => {
     let allocated = 0;
     const files = new DirectFiles((bytes) => {
       allocated++;
-      return Buffer.from(new WebAssembly.Memory({ initial: Math.ceil(bytes / 65536) }).buffer, 0, bytes);
+      return pageAlignedBuffer(bytes);
     });
     const sizes = [WRITE_BUFFER * 2 + 1, 10, WRITE_BUFFER - 3, 3 * WRITE_BUFFER];
     const datas = sizes.map((n) => randomBytes(n));
@@ -120,7 +120,7 @@ describe('DirectFiles', () => {
     let refuse = true;
     const files = new DirectFiles((bytes) => {
       if (refuse) throw new RangeError('WebAssembly.Memory(): could not allocate memory');
-      return Buffer.from(new WebAssembly.Memory({ initial: Math.ceil(bytes / 65536) }).buffer, 0, bytes);
+      return pageAlignedBuffer(bytes);
     });
     const w = await files.create(path.join(dir, 'plain'), 0o600);
     expect(w.isDirect).toBe(false);
