@@ -170,7 +170,7 @@ program
     const g = cmd.optsWithGlobals<ServeOptions>();
     const store = await openStore(g.store, g);
     try {
-      const r = await rebuildIndex({ store, indexDir: g.index ?? defaultIndexDir(g.store), repository: o.repository, log: createLogger(g.logLevel, 'cairn-server') });
+      const r = await rebuildIndex({ store, indexDir: g.index ?? defaultIndexDir(g.store), repository: o.repository, log: createLogger(g.logLevel, 'cairn-server'), leaseTtlMs: parseDurationMs(g.leaseTtl) });
       process.stdout.write(`${JSON.stringify(r)}\n`);
     } finally {
       await store.close();

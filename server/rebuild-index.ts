@@ -6,6 +6,7 @@ import { IndexDb } from './index-db.js';
 import type { ObjectStore } from './object-store.js';
 import { PrefixedStore } from './prefixed-store.js';
 import { Repository } from './repository.js';
+import { WriterLease } from './writer-lease.js';
 
 export interface RebuildSummary {
   repository: string;
@@ -24,26 +25,57 @@ export interface RebuildSummary {
  * Removing the index's owner marker is what makes Repository.open rebuild; opening the index
  * first takes LevelDB's lock, so an index a running server holds is refused, not clobbered.
  * An index too damaged to open is moved aside, not deleted.
+ *
+ * It takes the repository's writer lease, as a server does: a server with an index of its own
+ * elsewhere may be writing to the same store, and a rebuild beside it would delete that
+ * writer's temporaries as a crash's leftovers and miss the packs it adds, leaving an index
+ * that says chunks of its later snapshots are not there.
  */
-export async function rebuildIndex(opts: { store: ObjectStore; indexDir: string; repository: string; log: Logger }): Promise<RebuildSummary> {
+export async function rebuildIndex(opts: { store: ObjectStore; indexDir: string; repository: string; log: Logger; leaseTtlMs: number }): Promise<RebuildSummary> {
   const started = Date.now();
   const dir = path.join(opts.indexDir, opts.repository);
-  let index: IndexDb | undefined;
+  const index = await openOrMoveAside(dir, opts.log);
+  // The same layout as CairnServer.openRepository: each repository under repos/<name>/.
+  const store = new PrefixedStore(opts.store, `repos/${opts.repository}/`);
+  let lost: Error | undefined;
+  const lease = new WriterLease(store, opts.leaseTtlMs, opts.log, (err) => (lost = err));
   try {
-    index = await IndexDb.open(dir);
+    await lease.acquire();
+    if (index) await index.db.del('meta/repository');
+  } catch (err) {
+    await index?.close();
+    throw err;
+  }
+  try {
+    await index?.close();
+    const summary = await reopenAndCount(store, dir, started, opts);
+    if (lost) throw lost;
+    return summary;
+  } finally {
+    await lease.release();
+  }
+}
+
+/**
+ * The index, or undefined when there is none yet (nothing is created before the lease is
+ * held) or it could not be opened and was moved aside; an index in use is refused.
+ */
+async function openOrMoveAside(dir: string, log: Logger): Promise<IndexDb | undefined> {
+  if (!(await fs.stat(dir).then(() => true, () => false))) return undefined;
+  try {
+    return await IndexDb.open(dir);
   } catch (err) {
     const e = err as { code?: string; cause?: { code?: string }; message: string };
     if ((e.cause?.code ?? e.code) === 'LEVEL_LOCKED') throw failedPrecondition(`index ${dir} is in use: stop cairn-server before rebuilding it`);
     const aside = `${dir}.unreadable-${Date.now()}`;
-    opts.log.warn({ index: dir, movedTo: aside, err: e.cause?.code ?? e.message }, 'index cannot be opened: moved aside, rebuilding from scratch');
+    log.warn({ index: dir, movedTo: aside, err: e.cause?.code ?? e.message }, 'index cannot be opened: moved aside, rebuilding from scratch');
     await fs.rename(dir, aside);
+    return undefined;
   }
-  if (index) {
-    await index.db.del('meta/repository');
-    await index.close();
-  }
-  // The same layout as CairnServer.openRepository: each repository under repos/<name>/.
-  const repo = await Repository.open({ name: opts.repository, store: new PrefixedStore(opts.store, `repos/${opts.repository}/`), indexDir: dir, log: opts.log });
+}
+
+async function reopenAndCount(store: ObjectStore, dir: string, started: number, opts: { repository: string; log: Logger }): Promise<RebuildSummary> {
+  const repo = await Repository.open({ name: opts.repository, store, indexDir: dir, log: opts.log });
   try {
     const count = async (prefix: string) => {
       let n = 0;

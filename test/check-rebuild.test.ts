@@ -98,6 +98,34 @@ describe('check', () => {
 });
 
 describe('rebuild-index', () => {
+  it('refuses while a server with an index elsewhere writes to the same store, and touches nothing of it', async () => {
+    const base = tmpDir();
+    const storeDir = path.join(base, 'store');
+    const store = `file:${storeDir}`;
+    const server = await startServer({ store, indexDir: path.join(base, 'index-a') });
+    const data = path.join(base, 'data');
+    await writeFile(path.join(data, 'a.bin'), randomBytes(50_000, 3));
+    // What a pack write of the running server looks like between its write and its rename.
+    const inFlight = path.join(storeDir, 'repos/default/in-flight.tmp-0123456789ab');
+    const otherIndex = path.join(base, 'index-b');
+    try {
+      await snap(server, data, 'exp', '2024-07-01T00:00:00Z');
+      await fs.writeFile(inFlight, 'a pack being written');
+      const refused = await rebuild(store, otherIndex);
+      expect(refused.code).toBe(1);
+      expect(refused.stderr).toMatch(/FAILED_PRECONDITION: repository .* is held by another writer: .* pid \d+/);
+      expect(await fs.readFile(inFlight, 'utf8')).toBe('a pack being written');
+      expect(await fs.readdir(otherIndex).catch(() => [])).not.toContain('default');
+    } finally {
+      await server.stop();
+    }
+    // Its lease released, the same rebuild goes ahead and clears what a crash would have left.
+    const r = await rebuild(store, otherIndex);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({ repository: 'default', snapshots: 1 });
+    await expect(fs.access(inFlight)).rejects.toThrow();
+  });
+
   it('LevelDB deleted: rebuilt from index segments, then from pack trailers alone; check passes and restores are byte-identical', async () => {
     const base = tmpDir();
     const storeDir = path.join(base, 'store');
