@@ -98,6 +98,8 @@ export interface ArchiverParts {
 export class Archiver {
   readonly stats: ArchiveStats = { files: 0, dirs: 0, symlinks: 0, bytes: 0, bytesRead: 0, filesReused: 0, bytesReused: 0, errors: 0, skipped: 0 };
   readonly problems: ArchiveProblem[] = [];
+  /** What each root the user named holds in the new snapshot: files read or reused, bytes. */
+  readonly roots: Array<{ path: string; files: number; bytes: number }> = [];
   private readonly reader: DirReader;
   private readonly readBuffers: Slots<Buffer>;
   private dirsFinishing = 0;
@@ -153,8 +155,13 @@ export class Archiver {
 
   /** One root the user named, walked whole: its tree id once every read below it has ended. */
   private async archiveRoot(abs: string, rel: string, parentTree: Buffer | undefined): Promise<Buffer> {
+    // Roots are walked one after another and a root's tree settles only when every read
+    // below it has ended, so the counters' growth meanwhile is this root's alone.
+    const [files, bytes] = [this.stats.files, this.stats.bytes];
     try {
-      return await (await this.walkDir(abs, rel, parentTree, true)).tree;
+      const tree = await (await this.walkDir(abs, rel, parentTree, true)).tree;
+      this.roots.push({ path: abs, files: this.stats.files - files, bytes: this.stats.bytes - bytes });
+      return tree;
     } catch (err) {
       // Directories still finishing behind the walk store no tree once it has failed.
       this.failure ??= { err };

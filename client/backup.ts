@@ -107,26 +107,45 @@ function checkSize(scan: ScanSummary, maxSize: number, dataset: string): void {
   throw failedPrecondition(`dataset ${dataset}: ${formatBytes(scan.bytes)} in ${scan.files} files is over its size limit of ${formatBytes(maxSize)} (--max-size, max_size); nothing was uploaded. ${where}`);
 }
 
+/** What a guard measured: the pre-scan before any upload, or the walk before the commit. */
+interface Measured {
+  files: number;
+  bytes: number;
+  skipped: number;
+  roots: Array<{ path: string; files: number }>;
+}
+
+/**
+ * The pre-scan only lists: files it counted may fail to open, and a volume may unmount or be
+ * emptied while the walk reads it. So the guards run twice, on the pre-scan and on what the
+ * walk recorded; the stage says what a refusal left behind.
+ */
+const GUARD_OUTCOME = {
+  prescan: 'nothing was uploaded',
+  walk: 'the snapshot was not recorded (the walk read less than the pre-scan listed: unreadable files, or data that went away during the run)',
+} as const;
+type GuardStage = keyof typeof GUARD_OUTCOME;
+
 /** An empty root is most often a volume that did not mount: it must never become the newest snapshot. */
-function checkNotEmpty(scan: ScanSummary, dataset: string): void {
-  const empty = scan.roots.find((r) => r.files === 0);
+function checkNotEmpty(m: Measured, dataset: string, stage: GuardStage): void {
+  const empty = m.roots.find((r) => r.files === 0);
   if (!empty) return;
-  const excluded = scan.skipped > 0 ? ` (${scan.skipped} entries excluded)` : '';
+  const excluded = m.skipped > 0 ? ` (${m.skipped} entries excluded)` : '';
   throw failedPrecondition(
-    `dataset ${dataset}: ${empty.path} holds no files to back up${excluded}; an empty directory is often a volume that did not mount, so it is not recorded and nothing was uploaded. If it really is empty, run cairn snapshot once with --allow-shrink.`,
+    `dataset ${dataset}: ${empty.path} holds no files to back up${excluded}; an empty directory is often a volume that did not mount, so ${GUARD_OUTCOME[stage]}. If it really is empty, run cairn snapshot once with --allow-shrink.`,
   );
 }
 
-function checkShrink(scan: ScanSummary, parent: Snapshot, maxShrink: number): void {
+function checkShrink(m: Measured, parent: Snapshot, maxShrink: number, stage: GuardStage): void {
   const [files, bytes] = [Number(parent.summary.files), Number(parent.summary.bytes)];
-  const lostFiles = files > 0 ? Math.max(0, files - scan.files) / files : 0;
-  const lostBytes = bytes > 0 ? Math.max(0, bytes - scan.bytes) / bytes : 0;
+  const lostFiles = files > 0 ? Math.max(0, files - m.files) / files : 0;
+  const lostBytes = bytes > 0 ? Math.max(0, bytes - m.bytes) / bytes : 0;
   if (lostFiles <= maxShrink && lostBytes <= maxShrink) return;
   throw failedPrecondition(
     `dataset ${parent.dataset}@${parent.host} shrank since its last snapshot ${shortId(parent.id)} (${parent.time}): ` +
-      `${scan.files} files, ${formatBytes(scan.bytes)} now against ${files} files, ${formatBytes(bytes)} then; ` +
-      `${percent(lostFiles)} of the files and ${percent(lostBytes)} of the bytes are gone, more than the ${percent(maxShrink)} the shrink guard allows (--max-shrink, max_shrink). ` +
-      'Nothing was uploaded. Check that the path is mounted and complete; if the data really was removed, run cairn snapshot once with --allow-shrink.',
+      `${m.files} files, ${formatBytes(m.bytes)} now against ${files} files, ${formatBytes(bytes)} then; ` +
+      `${percent(lostFiles)} of the files and ${percent(lostBytes)} of the bytes are gone, more than the ${percent(maxShrink)} the shrink guard allows (--max-shrink, max_shrink); ` +
+      `${GUARD_OUTCOME[stage]}. Check that the path is mounted, complete and readable; if the data really was removed, run cairn snapshot once with --allow-shrink.`,
   );
 }
 
@@ -152,11 +171,11 @@ async function startSession(conn: Connection, opts: BackupOptions): Promise<Star
   const walked = new WalkCache();
   const scan = await prescan(roots, opts.excludes, opts.signal, walked);
   if (opts.maxSize !== undefined) checkSize(scan, opts.maxSize, opts.dataset);
-  if (!opts.allowShrink) checkNotEmpty(scan, opts.dataset);
+  if (!opts.allowShrink) checkNotEmpty(scan, opts.dataset, 'prescan');
   const hello = await conn.unary<HelloReply>('Hello', {});
   const begin = await conn.unary<BeginBackupReply>('BeginBackup', { dataset: opts.dataset, host: opts.host, paths: roots, tags: opts.tags, time: opts.time ?? '' });
   try {
-    if (begin.parent && !opts.allowShrink) checkShrink(scan, begin.parent, opts.maxShrink ?? DEFAULT_MAX_SHRINK);
+    if (begin.parent && !opts.allowShrink) checkShrink(scan, begin.parent, opts.maxShrink ?? DEFAULT_MAX_SHRINK, 'prescan');
   } catch (err) {
     await abortSession(conn, begin.sessionId);
     throw err;
@@ -192,8 +211,13 @@ export async function runBackup(conn: Connection, opts: BackupOptions): Promise<
     const parentRoot = begin.parent ? Buffer.from(begin.parent.rootTree, 'hex') : undefined;
     const root = await archiver.archive(roots, parentRoot);
     if (opts.signal?.aborted) throw new CairnError(Code.CANCELLED, 'snapshot interrupted');
-    await uploader.finish();
     const s = archiver.stats;
+    if (!opts.allowShrink) {
+      const recorded: Measured = { files: s.files, bytes: s.bytes, skipped: s.skipped, roots: archiver.roots };
+      checkNotEmpty(recorded, opts.dataset, 'walk');
+      if (begin.parent) checkShrink(recorded, begin.parent, opts.maxShrink ?? DEFAULT_MAX_SHRINK, 'walk');
+    }
+    await uploader.finish();
     const snapshot = await conn.unary<Snapshot>('CommitBackup', {
       sessionId: begin.sessionId,
       rootTree: root,

@@ -1,6 +1,6 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { cleanupTmp, cliJson, runCli, startServer, tmpDir, type ServerHandle } from './harness.js';
 import { describeTree, randomBytes, writeFile } from './tree-gen.js';
 
@@ -183,6 +183,71 @@ describe('snapshot safety rails through the CLI', () => {
     const r2 = await cli(['snapshot', fresh, '--dataset', 'logs', '--host', 'h', '--exclude', '*.log']);
     expect(r2.code).toBe(1);
     expect(r2.stderr).toContain('holds no files to back up (1 entries excluded)');
+  });
+
+  /**
+   * A snapshot whose data goes away after the pre-scan (the volume unmounts, a job empties
+   * it), by way of a real connection whose BeginBackup reply is held until the files are gone.
+   */
+  async function snapshotLosingData(root: string, dataset: string, lose: () => Promise<void>, allowShrink = false) {
+    // From the build: a snapshot runs worker threads (`npm test` builds first).
+    const { runBackup } = (await import('../dist/client/backup.js')) as typeof import('../client/backup.js');
+    const { Connection } = (await import('../dist/client/connection.js')) as typeof import('../client/connection.js');
+    const { ExcludeMatcher } = (await import('../dist/client/excludes.js')) as typeof import('../client/excludes.js');
+    const conn = new Connection({ server: server.addr });
+    const unary = conn.unary.bind(conn);
+    conn.unary = (async (method: string, req: unknown, channel?: number) => {
+      const reply = await unary(method, req, channel);
+      if (method === 'BeginBackup') await lose();
+      return reply;
+    }) as typeof conn.unary;
+    const excludes = await ExcludeMatcher.create({ excludes: [], includes: [], excludeFiles: [], defaultExcludes: true, excludeCaches: true });
+    try {
+      return await runBackup(conn, { paths: [root], dataset, host: 'h', tags: [], excludes, allowShrink });
+    } finally {
+      conn.close();
+    }
+  }
+
+  it('data that goes away after the pre-scan is caught by the guards again before the commit: nothing recorded, retention keeps the good snapshot', async () => {
+    const ws = path.join(tmpDir(), 'vanishing');
+    await writeFile(path.join(ws, 'a/notes.txt'), 'kept');
+    for (let i = 0; i < 20; i++) await writeFile(path.join(ws, `z/g${i}.bin`), randomBytes(3 * KiB, 300 + i));
+    expect((await cli(['policy', 'set', '--dataset', 'vanish', '--keep-last', '1'])).code).toBe(0);
+    const good = await json<SnapshotOut>(['snapshot', ws, '--dataset', 'vanish', '--host', 'h']);
+    const aborted = () => server.logs.filter((l) => l.includes('"backup aborted"')).length;
+    const abortedBefore = aborted();
+    const emptyZ = async () => {
+      await fs.rm(path.join(ws, 'z'), { recursive: true });
+      await fs.mkdir(path.join(ws, 'z'));
+    };
+    const err = await snapshotLosingData(ws, 'vanish', emptyZ).then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    expect(err?.message).toContain(`dataset vanish@h shrank since its last snapshot ${good.snapshot.id.slice(0, 8)}`);
+    expect(err?.message).toContain('1 files, 4 B now against 21 files');
+    expect(err?.message).toContain('the snapshot was not recorded');
+    // The server logs asynchronously: its line may trail the refusal.
+    await vi.waitFor(() => expect(aborted()).toBe(abortedBefore + 1));
+    expect(await history('vanish')).toEqual([good.snapshot.id]);
+    // The same loss, allowed, is recorded: the walk really did read one file.
+    for (let i = 0; i < 20; i++) await writeFile(path.join(ws, `z/g${i}.bin`), randomBytes(3 * KiB, 300 + i));
+    const allowed = await snapshotLosingData(ws, 'vanish', emptyZ, true);
+    expect(allowed.stats.files).toBe(1);
+    expect(await history('vanish')).toEqual([allowed.snapshot.id]);
+  });
+
+  it('a root that is emptied after the pre-scan of a first snapshot is refused as empty before the commit', async () => {
+    const ws = path.join(tmpDir(), 'unmounting');
+    for (let i = 0; i < 3; i++) await writeFile(path.join(ws, `games/g${i}.json`), `{"game":${i}}`);
+    const err = await snapshotLosingData(ws, 'unmounting', () => fs.rm(path.join(ws, 'games'), { recursive: true })).then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    expect(err?.message).toContain(`dataset unmounting: ${ws} holds no files to back up`);
+    expect(err?.message).toContain('the snapshot was not recorded');
+    expect(await history('unmounting')).toEqual([]);
   });
 
   it('--dry-run reports changed, unchanged, skipped and what would upload, records nothing, and predicts the real snapshot', async () => {
