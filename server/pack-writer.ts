@@ -72,6 +72,8 @@ export class PackWriter {
   private waiters: Array<() => void> = [];
   private failure: Error | undefined;
   private indexing: Promise<void> = Promise.resolve();
+  /** Ids of the packs stored since watchStored() (prune.ts): undefined when nobody watches. */
+  private stored: Set<string> | undefined;
 
   constructor(
     private readonly store: ObjectStore,
@@ -79,6 +81,21 @@ export class PackWriter {
     private readonly opts: PackWriterOptions,
   ) {
     this.queue = fastq.promise(this, this.upload, opts.uploadConcurrency);
+  }
+
+  /**
+   * From now on, records the id of every pack this writer stores, until unwatchStored(). A
+   * pack's key is the hash of its bytes, so a backup that uploads the same blobs in the same
+   * order stores the very pack prune has condemned, under the same key: prune asks this set
+   * before it deletes one (prune.ts, deletePacks).
+   */
+  watchStored(): ReadonlySet<string> {
+    this.stored = new Set();
+    return this.stored;
+  }
+
+  unwatchStored(): void {
+    this.stored = undefined;
   }
 
   isPending(idHex: string): boolean {
@@ -133,6 +150,7 @@ export class PackWriter {
       writer = await pack.writer;
       await pack.written;
       await writer.commit(packKey(toHex(id)));
+      this.stored?.add(toHex(id));
       this.uploaded.push({ id, size: pack.size, kind: pack.kind, entries: pack.entries });
       this.uploadedEntries += pack.entries.length;
     } catch (err) {

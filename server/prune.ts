@@ -33,7 +33,9 @@
  *   6. write fresh index segments listing the surviving packs of every segment that names a
  *      doomed pack (and of small segments, consolidated), then delete the segments replaced;
  *   7. delete the packs left with no live blob, each checked first (no index entry may point
- *      into it), its pack/ key before its object.
+ *      into it), its pack/ key before its object; a batch at a time under the lock, after a
+ *      writer flush, and never a pack the writer stored since prune began (a backup that
+ *      uploads a doomed pack's blobs in the same order stores the same bytes under its key).
  *
  * Crash safety, kill -9 anywhere: until step 4 only the scratch db has changed. After it, each
  * unindexed blob was unreachable from every snapshot and pin and its pack is still there. After
@@ -128,9 +130,11 @@ export async function prune(repo: Repository, opts: PruneOptions = {}): Promise<
   if (!(maxUnused >= 0 && maxUnused <= 1)) throw invalidArgument(`max unused must be a share from 0 to 1 (0% to 100%), got ${maxUnused}`);
   return exclusiveMaintenance(repo, 'prune', async () => {
     const scratch = await Scratch.open(repo.index.dir, 'prune');
+    const storedMeanwhile = repo.writer.watchStored();
     try {
-      return await new Pruner(repo, scratch.db, maxUnused, opts.dryRun ?? false).run();
+      return await new Pruner(repo, scratch.db, maxUnused, opts.dryRun ?? false, storedMeanwhile).run();
     } finally {
+      repo.writer.unwatchStored();
       await scratch.destroy();
     }
   });
@@ -147,6 +151,8 @@ class Pruner {
     private readonly scratch: IndexDb,
     private readonly maxUnused: number,
     private readonly dryRun: boolean,
+    /** Packs the writer stored since this prune began: any of them may be a doomed pack stored again. */
+    private readonly storedMeanwhile: ReadonlySet<string>,
   ) {
     this.before = repo.store.counts();
   }
@@ -484,27 +490,39 @@ class Pruner {
     return replaced.filter((k) => !fresh.has(k));
   }
 
-  /** Step 7. */
+  /**
+   * Step 7, a batch at a time under the lock held exclusive, after a writer flush: no pack can
+   * be stored while a batch is checked and deleted. A doomed pack that a backup stored again
+   * (the same blobs in the same order make the same bytes, so the same key) is kept: its new
+   * index entries point into it, and the orphan or dead copy it replaced is gone with it.
+   */
   private async deletePacks(remove: Map<string, number>): Promise<{ packs: number; bytes: number }> {
     const hexes = [...remove.keys()];
     const deleted = { packs: 0, bytes: 0 };
     for (let i = 0; i < hexes.length; i += DELETE_BATCH) {
-      const ops: Batch = [];
-      const keys: string[] = [];
-      for (const hex of hexes.slice(i, i + DELETE_BATCH)) {
-        const referenced = await this.stillIn(hex, await this.members(hex));
-        if (referenced.length > 0) {
-          this.repo.log.error({ pack: hex, blob: toHex(referenced[0]), blobs: referenced.length }, 'prune: pack still holds indexed blobs; not deleted');
-          continue;
+      await this.repo.gcLock.exclusive(async () => {
+        await this.repo.writer.flush();
+        const ops: Batch = [];
+        const keys: string[] = [];
+        for (const hex of hexes.slice(i, i + DELETE_BATCH)) {
+          if (this.storedMeanwhile.has(hex)) {
+            this.repo.log.info({ pack: hex }, 'prune: a backup stored this pack again while prune ran; kept');
+            continue;
+          }
+          const referenced = await this.stillIn(hex, await this.members(hex));
+          if (referenced.length > 0) {
+            this.repo.log.error({ pack: hex, blob: toHex(referenced[0]), blobs: referenced.length }, 'prune: pack still holds indexed blobs; not deleted');
+            continue;
+          }
+          ops.push({ type: 'del', key: packInfoKey(hex) });
+          keys.push(packKey(hex));
+          deleted.bytes += remove.get(hex)!;
         }
-        ops.push({ type: 'del', key: packInfoKey(hex) });
-        keys.push(packKey(hex));
-        deleted.bytes += remove.get(hex)!;
-      }
-      await this.repo.index.batch(ops);
-      await checkpoint('prune:mid-delete');
-      await this.repo.store.delete(keys);
-      deleted.packs += keys.length;
+        await this.repo.index.batch(ops);
+        await checkpoint('prune:mid-delete');
+        await this.repo.store.delete(keys);
+        deleted.packs += keys.length;
+      });
     }
     return deleted;
   }

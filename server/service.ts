@@ -96,9 +96,11 @@ export function coreHandlers(deps: ServiceDeps): grpc.UntypedServiceImplementati
       if (Number.isNaN(t.getTime())) throw invalidArgument(`time ${JSON.stringify(req.time)} is not an RFC 3339 time`);
       time = t.toISOString();
     }
-    let parent;
-    for await (const s of repo.listSnapshots({ dataset, host, limit: 1 })) parent = s;
-    const session = await sessions.begin({ repo, dataset, host, paths: req.paths, tags, time, parent, principal });
+    const session = await sessions.begin({ repo, dataset, host, paths: req.paths, tags, time, principal }, async () => {
+      for await (const s of repo.listSnapshots({ dataset, host, limit: 1 })) return s;
+      return undefined;
+    });
+    const parent = session.parent;
     log.info({ session: session.id, dataset, host, parent: parent?.id }, 'backup started');
     return { sessionId: session.id, parent: parent ?? null };
   };

@@ -80,7 +80,13 @@ export class SessionManager {
     this.timer = setInterval(() => void this.expire(), Math.min(60_000, limits.idleTimeoutMs)).unref();
   }
 
-  async begin(init: Omit<Session, 'id' | 'lastUsed' | 'newBytes' | 'newChunks' | 'trees'>): Promise<Session> {
+  /**
+   * `findParent` runs inside the same shared hold of the GC lock as the parent's pin: a prune
+   * then either sees the pin when it marks again under the lock, or has unindexed before the
+   * lookup, when a forgotten parent is no longer listed. Looked up outside, a parent forgotten
+   * meanwhile could be handed to the client while its pin waited behind the prune.
+   */
+  async begin(init: Omit<Session, 'id' | 'lastUsed' | 'newBytes' | 'newChunks' | 'trees' | 'parent'>, findParent: () => Promise<Snapshot | undefined>): Promise<Session> {
     if (this.sessions.size >= this.limits.maxSessions) {
       throw resourceExhausted(`server has ${this.sessions.size} backup sessions open, the limit is ${this.limits.maxSessions}; retry later`);
     }
@@ -88,9 +94,11 @@ export class SessionManager {
     if (mine >= this.limits.maxSessionsPerPrincipal) {
       throw resourceExhausted(`${init.principal} has ${mine} backup sessions open, the limit is ${this.limits.maxSessionsPerPrincipal} per token`);
     }
-    const session: Session = { ...init, id: randomBytes(16).toString('hex'), lastUsed: Date.now(), newBytes: 0, newChunks: 0, trees: new UploadedTrees(this.treeBytes) };
-    // Under the GC lock like FindMissing's pins: prune must see this pin or have unindexed the tree before the client reads it.
-    if (session.parent) await session.repo.gcLock.shared(() => session.repo.index.putMarkers([pinKey(session.id, session.parent!.rootTree)]));
+    const session: Session = { ...init, parent: undefined, id: randomBytes(16).toString('hex'), lastUsed: Date.now(), newBytes: 0, newChunks: 0, trees: new UploadedTrees(this.treeBytes) };
+    await session.repo.gcLock.shared(async () => {
+      session.parent = await findParent();
+      if (session.parent) await session.repo.index.putMarkers([pinKey(session.id, session.parent.rootTree)]);
+    });
     this.sessions.set(session.id, session);
     return session;
   }

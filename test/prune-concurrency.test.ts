@@ -1,7 +1,10 @@
+import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import type { CheckReply, PruneReply } from '../common/admin-messages.js';
-import { toHex } from '../common/hash.js';
+import { hash, toHex } from '../common/hash.js';
+import type { Snapshot } from '../common/messages.js';
+import { emptyNode, encodeTree } from '../common/tree.js';
 import { setPruneCheckpointHook } from '../server/prune.js';
 import { backupFiles, begin, commit, findMissing, flatTree, rawBlob, restoredContents, sha256, startInProcess, upload, type InProcess } from './admin-helpers.js';
 import { cleanupTmp, runCli, tmpDir } from './harness.js';
@@ -98,6 +101,94 @@ describe('prune while backups run', () => {
     await prune();
     await expectZRemoved();
     await finishAndRestore(sessionId);
+    await expectCheckClean();
+  });
+
+  it('a retried backup that stores an orphaned pack again byte for byte keeps it: prune does not delete the pack under the new snapshot', async () => {
+    // The packs a backup stored before a kill -9 took the server down ahead of their index
+    // entries: made on a scratch server, then copied in unindexed.
+    const scratch = await startInProcess();
+    await backupFiles(scratch.conn, 'retried', { 'x.bin': X, 'z.bin': Z });
+    await scratch.stop();
+    srv = await startInProcess();
+    const packs = 'store/repos/default/packs';
+    await fs.cp(path.join(scratch.dir, packs), path.join(srv.dir, packs), { recursive: true });
+    let again: Snapshot | undefined;
+    setPruneCheckpointHook(async (point) => {
+      if (point !== 'prune:after-unindex' || again) return;
+      // Prune has just called those packs orphans; the retry stores them again under the same keys.
+      again = await backupFiles(srv.conn, 'retried', { 'x.bin': X, 'z.bin': Z });
+    });
+    const r = await prune();
+    expect(again).toBeDefined();
+    expect(await restoredContents(srv.addr, again!.id)).toEqual({ 'x.bin': sha256(X), 'z.bin': sha256(Z) });
+    await expectCheckClean();
+    expect(Number(r.packsDeleted)).toBe(0);
+  });
+
+  it('a condemned pack stored again by a session that has not committed yet is kept, and its commit restores', async () => {
+    await withGarbage();
+    let sessionId = '';
+    setPruneCheckpointHook(async (point) => {
+      if (point !== 'prune:after-old-index-deleted' || sessionId) return;
+      // X and Z again, in the forgotten snapshot's order: they fill a pack (64 KiB here), which
+      // is sealed and stored at once but indexed only at a flush.
+      sessionId = (await begin(srv.conn, 'again')).sessionId;
+      await upload(srv.conn, sessionId, [rawBlob(X), rawBlob(Z)]);
+    });
+    await prune();
+    const root = flatTree({ 'x.bin': X, 'z.bin': Z });
+    await upload(srv.conn, sessionId, [root]);
+    const snap = await commit(srv.conn, sessionId, root);
+    expect(await restoredContents(srv.addr, snap.id)).toEqual({ 'x.bin': sha256(X), 'z.bin': sha256(Z) });
+    await expectCheckClean();
+  });
+
+  it('BeginBackup looks its parent up under the lock: a parent forgotten while a prune waits for the lock is not handed out', async () => {
+    srv = await startInProcess();
+    const repo = await srv.server.repository('default');
+    const lock = repo.gcLock as unknown as { writersWaiting: number };
+    const C = randomBytes(20 * KiB, 21);
+    // C is garbage when prune starts: only a forgotten snapshot had it.
+    const old = await backupFiles(srv.conn, 'old', { 'c-old.bin': C });
+    await srv.conn.unary('Forget', { snapshotIds: [old.id] });
+    const sub = flatTree({ 'c.bin': C });
+    const dir = emptyNode('sub', 'DIR');
+    dir.mode = 0o755;
+    dir.subtree = sub.id;
+    const root = rawBlob(encodeTree([dir]), 'TREE');
+    let began: Promise<{ sessionId: string; parent: Snapshot | null }> | undefined;
+    let steps: Promise<void> | undefined;
+    setPruneCheckpointHook(async (point) => {
+      if (point !== 'prune:after-mark' || steps) return;
+      // P is committed after the first mark, reusing C, so nothing but P keeps C.
+      const p = await (async () => {
+        const { sessionId } = await begin(srv.conn, 'exp');
+        await findMissing(srv.conn, sessionId, [hash(C)]);
+        await upload(srv.conn, sessionId, [sub, root]);
+        return commit(srv.conn, sessionId, root);
+      })();
+      // An Upload is inside the lock when prune asks for it: prune waits, and so does what comes after.
+      let release = () => undefined as void;
+      const held = new Promise<void>((resolve) => (release = resolve));
+      void repo.gcLock.shared(() => held);
+      steps = (async () => {
+        while (lock.writersWaiting === 0) await new Promise((r) => setTimeout(r, 5));
+        began = begin(srv.conn, 'exp');
+        await new Promise((r) => setTimeout(r, 50));
+        await srv.conn.unary('Forget', { snapshotIds: [p.id] });
+        release();
+      })();
+    });
+    await prune();
+    await steps;
+    const b = await began!;
+    // P was forgotten before the lookup could run: the client starts from no parent and uploads what it has.
+    expect(b.parent).toBeNull();
+    const missing = new Set(await findMissing(srv.conn, b.sessionId, [hash(C), sub.id, root.id]));
+    await upload(srv.conn, b.sessionId, [rawBlob(C), sub, root].filter((blob) => missing.has(toHex(blob.id))));
+    const snap = await commit(srv.conn, b.sessionId, root);
+    expect(await restoredContents(srv.addr, snap.id)).toEqual({ 'sub/c.bin': sha256(C) });
     await expectCheckClean();
   });
 
