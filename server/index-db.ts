@@ -124,8 +124,14 @@ export class IndexDb {
     return (await this.db.get(key)) !== undefined;
   }
 
-  async batch(ops: Batch): Promise<void> {
-    if (ops.length > 0) await this.db.batch(ops);
+  /**
+   * `sync` waits for LevelDB's log to reach the disk, and with it every write before: a write
+   * without it survives kill -9 (it is in the kernel) but not a power loss. Sync where the
+   * store is told next to rely on the index: before a snapshot names what was indexed, and
+   * before the objects of unindexed packs are deleted.
+   */
+  async batch(ops: Batch, opts: { sync?: boolean } = {}): Promise<void> {
+    if (ops.length > 0) await this.db.batch(ops, { sync: opts.sync ?? false });
   }
 
   async putMarkers(keys: string[]): Promise<void> {

@@ -202,7 +202,9 @@ export class PackWriter {
           }
         }
       }
-      await this.index.batch(ops);
+      // Synced: a commit writes its snapshot object next, and a power loss must not leave a
+      // snapshot whose packs the index lost (prune would delete them as orphans).
+      await this.index.batch(ops, { sync: true });
     } catch (err) {
       // Packs without an index entry are unreferenced: garbage collection removes them.
       this.failure ??= toCairnError(err);

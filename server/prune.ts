@@ -518,7 +518,9 @@ class Pruner {
           keys.push(packKey(hex));
           deleted.bytes += remove.get(hex)!;
         }
-        await this.repo.index.batch(ops);
+        // Synced before any object goes, and with it the unindexing of step 4: after a power
+        // loss, index entries come back only for packs that still exist.
+        await this.repo.index.batch(ops, { sync: true });
         await checkpoint('prune:mid-delete');
         await this.repo.store.delete(keys);
         deleted.packs += keys.length;
