@@ -77,6 +77,17 @@ export class BlobDecompressor {
     if (declared !== null && declared !== rawLength) {
       throw new CairnError(Code.INVALID_ARGUMENT, `${what}: zstd frame declares ${declared} bytes but the blob says ${rawLength}`);
     }
+    // One frame and nothing after it: zstd skips padding ("skippable") frames, so bytes behind
+    // the first frame would pass the hash and be stored, and served, at any size.
+    let frame: number;
+    try {
+      frame = binding.findFrameCompressedSize(data);
+    } catch (err) {
+      throw new CairnError(Code.INVALID_ARGUMENT, `${what}: not a complete zstd frame (${(err as Error).message})`);
+    }
+    if (frame !== data.length) {
+      throw new CairnError(Code.INVALID_ARGUMENT, `${what}: ${data.length - frame} bytes follow its zstd frame of ${frame} bytes`);
+    }
     const out = into && into.length >= rawLength ? into.subarray(0, rawLength) : Buffer.allocUnsafe(rawLength);
     let written: number;
     try {

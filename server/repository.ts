@@ -171,6 +171,9 @@ export class Repository {
     const limit = blob.kind === 'TREE' ? MAX_TREE_BLOB_BYTES : this.maxBlobRaw;
     if (blob.kind !== 'TREE' && blob.kind !== 'DATA') throw invalidArgument(`blob ${hex}: unknown kind ${blob.kind}`);
     if (!(blob.rawLength > 0) && blob.data.length > 0) throw invalidArgument(`blob ${hex}: raw_length must be set`);
+    // An empty file has no chunk; an empty DATA blob would share its id with the empty tree
+    // (every empty directory's) and, found present, keep that tree from ever being stored.
+    if (blob.kind === 'DATA' && !(blob.rawLength > 0)) throw invalidArgument(`blob ${hex}: an empty DATA blob is not a chunk (empty files have none)`);
     if (blob.rawLength > limit) {
       throw new CairnError(Code.INVALID_ARGUMENT, `blob ${hex}: raw length ${blob.rawLength} passes the limit of ${limit} bytes for ${blob.kind} blobs`);
     }

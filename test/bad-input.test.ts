@@ -58,6 +58,30 @@ describe('the server refuses bad input with a status code and stores nothing', (
     expect(await failure(upload(conn, sessionId, [lie]))).toMatch(/^INVALID_ARGUMENT: blob [0-9a-f]{64}: zstd frame declares \d+ bytes but the blob says \d+$/);
   });
 
+  it('refuses a zstd blob with bytes after its frame (padding frames would be stored and served at any size)', async () => {
+    const { sessionId } = await begin();
+    const real = Buffer.from(randomBytes(4096, 10).toString('hex'));
+    const frame = Buffer.from(new BlobCompressor().pack(real)!);
+    // A skippable frame: magic 0x184D2A50, a 4-byte length, then that many bytes zstd ignores.
+    const pad = Buffer.alloc(8 + 64 * 1024);
+    pad.writeUInt32LE(0x184d2a50, 0);
+    pad.writeUInt32LE(64 * 1024, 4);
+    const padded: Blob = { id: hash(real), kind: 'DATA', compression: 'ZSTD', rawLength: real.length, data: Buffer.concat([frame, pad]) };
+    expect(await failure(upload(conn, sessionId, [padded]))).toBe(`INVALID_ARGUMENT: blob ${toHex(hash(real))}: ${pad.length} bytes follow its zstd frame of ${frame.length} bytes`);
+    // The frame alone is accepted.
+    await upload(conn, sessionId, [{ ...padded, data: frame }]);
+  });
+
+  it('refuses an empty DATA blob, which would take the id of every empty directory', async () => {
+    const { sessionId } = await begin();
+    const empty: Blob = { id: hash(Buffer.alloc(0)), kind: 'DATA', compression: 'NONE', rawLength: 0, data: Buffer.alloc(0) };
+    expect(await failure(upload(conn, sessionId, [empty]))).toBe(`INVALID_ARGUMENT: blob ${toHex(empty.id)}: an empty DATA blob is not a chunk (empty files have none)`);
+    // The empty tree itself is still taken, and a commit of an empty directory goes through.
+    const emptyTree: Blob = { ...empty, kind: 'TREE' };
+    await upload(conn, sessionId, [emptyTree]);
+    await conn.unary('CommitBackup', { sessionId, rootTree: emptyTree.id, clientVersion: 'test' });
+  });
+
   it('refuses a blob whose declared raw length passes the chunker maximum, before inflating it', async () => {
     const { sessionId } = await begin();
     const bomb: Blob = { id: hash(Buffer.from('x')), kind: 'DATA', compression: 'ZSTD', rawLength: 1 << 30, data: Buffer.from('not even zstd') };
