@@ -240,7 +240,14 @@ export class Restorer {
         this.stats.filesKeptLocal++;
         return;
       }
-      await fs.rm(abs, { recursive: existing.isDirectory(), force: true });
+      // Never a recursive delete: a local directory where the snapshot has a link may hold
+      // work no snapshot has. Only an empty one makes way.
+      const gone = existing.isDirectory() ? await fs.rmdir(abs).then(() => true, () => false) : await fs.rm(abs, { force: true }).then(() => true);
+      if (!gone) {
+        this.conflicts.push({ path: abs, reason: 'a directory that is not empty stands where the snapshot has a symlink; kept' });
+        this.stats.filesKeptLocal++;
+        return;
+      }
     }
     await fs.symlink(node.target, abs);
     await applyMeta(abs, node, true);
@@ -359,7 +366,10 @@ function wholeFile(abs: string, node: Node, data: Buffer): WholeFile {
   return { abs, tmp: tempName(abs), mode: restoredMode(node), mtime: mtimeSeconds(node), data };
 }
 
-const TEMP_NAME = /^\..*\.cairn-[0-9a-f]{8}$/;
+/** Distinctive enough that no file of the user's is taken for one and removed. */
+const TEMP_NAME = /^\..*\.cairn-restoring-[0-9a-f]{8}$/;
+/** Bytes of the file's name a temporary name keeps: with the dots and suffix, well under 255. */
+const TEMP_STEM_BYTES = 200;
 
 /** Temporary files of a restore that was killed before its rename: a resumed restore clears them. */
 async function removeLeftovers(dir: string): Promise<void> {
@@ -376,7 +386,20 @@ let tempSeq = randomBytes(4).readUInt32BE(0);
  *  through a link someone planted at that name. */
 function tempName(abs: string): string {
   tempSeq = (tempSeq + 1) >>> 0;
-  return path.join(path.dirname(abs), `.${path.basename(abs).slice(0, 200)}.cairn-${tempSeq.toString(16).padStart(8, '0')}`);
+  return path.join(path.dirname(abs), `.${stemOf(path.basename(abs))}.cairn-restoring-${tempSeq.toString(16).padStart(8, '0')}`);
+}
+
+/** The start of a name, whole characters of at most TEMP_STEM_BYTES bytes of UTF-8: names are limited in bytes, not characters. */
+function stemOf(name: string): string {
+  if (Buffer.byteLength(name) <= TEMP_STEM_BYTES) return name;
+  let stem = '';
+  let bytes = 0;
+  for (const ch of name) {
+    bytes += Buffer.byteLength(ch);
+    if (bytes > TEMP_STEM_BYTES) break;
+    stem += ch;
+  }
+  return stem;
 }
 
 /** No setuid or setgid: restored files belong to whoever restores, often root, and a snapshot

@@ -22,8 +22,8 @@ interface RestoreOut {
   stats: { files: number; filesSkippedSame: number; filesKeptLocal: number };
 }
 
-/** A restore killed mid-file leaves its temporary `.name.cairn-xxxxxxxx`; only finished files count. */
-const isTemp = (name: string) => /\.cairn-[0-9a-f]{8}$/.test(name);
+/** A restore killed mid-file leaves its temporary `.name.cairn-restoring-xxxxxxxx`; only finished files count. */
+const isTemp = (name: string) => /\.cairn-restoring-[0-9a-f]{8}$/.test(name);
 
 /** Mount namespaces let an unprivileged test mount a small tmpfs; where they are off, the disk test cannot run. */
 const canMountTmpfs = spawnSync('unshare', ['-rm', 'sh', '-c', 'mount -t tmpfs -o size=1m tmpfs "$1"', 'sh', os.tmpdir()], { stdio: 'ignore' }).status === 0;
@@ -76,6 +76,31 @@ describe('restore safety through the CLI', () => {
     const replaced = await json<RestoreOut>(['restore', '--dataset', 'exp', '--overwrite', 'always', target]);
     expect(replaced.plan).toMatchObject({ filesToWrite: 1, filesReplaced: 1, filesKeptLocal: 0, filesIdentical: 2 });
     expect(await fs.readFile(path.join(target, 'results.csv'), 'utf8')).toBe('epoch,loss\n1,0.9\n');
+  });
+
+  it('--overwrite always never deletes a local directory with files, nor a file of the user that looks temporary; long multi-byte names restore', async () => {
+    const src = path.join(tmpDir(), 'links');
+    await writeFile(path.join(src, 'report.txt'), 'from the snapshot');
+    await fs.symlink('/mnt/bucket/ckpt', path.join(src, 'ckpt'));
+    // 244 bytes of UTF-8 in 122 characters: a legal name whose 200-character stem made a
+    // temporary name past the 255-byte limit.
+    const long = 'д'.repeat(120) + '.txt';
+    await writeFile(path.join(src, long), 'long name');
+    await cli(['snapshot', src, '--dataset', 'links', '--host', 'h']);
+    const target = path.join(tmpDir(), 'links-instance');
+    await writeFile(path.join(target, 'ckpt/new-run/weights.bin'), 'work in no snapshot');
+    await writeFile(path.join(target, '.notes.cairn-20241107'), 'a note of the user');
+    const r = await cli(['restore', '--dataset', 'links', '--overwrite', 'always', target]);
+    expect(r.code, r.stderr).toBe(3);
+    expect(r.stderr).toContain(`${path.join(target, 'ckpt')}: a directory that is not empty stands where the snapshot has a symlink; kept`);
+    expect(await fs.readFile(path.join(target, 'ckpt/new-run/weights.bin'), 'utf8')).toBe('work in no snapshot');
+    expect(await fs.readFile(path.join(target, '.notes.cairn-20241107'), 'utf8')).toBe('a note of the user');
+    expect(await fs.readFile(path.join(target, long), 'utf8')).toBe('long name');
+    expect(await fs.readFile(path.join(target, 'report.txt'), 'utf8')).toBe('from the snapshot');
+    // An empty directory makes way for the link.
+    await fs.rm(path.join(target, 'ckpt/new-run'), { recursive: true });
+    expect((await cli(['restore', '--dataset', 'links', '--overwrite', 'always', target])).code).toBe(0);
+    expect(await fs.readlink(path.join(target, 'ckpt'))).toBe('/mnt/bucket/ckpt');
   });
 
   it('a restore killed with SIGKILL mid-way resumes, skipping every file it had finished', async () => {
