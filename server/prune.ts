@@ -159,6 +159,10 @@ class Pruner {
 
   async run(): Promise<PruneResult> {
     const started = Date.now();
+    // A commit whose index write failed (the index's disk full, say) without the process dying
+    // leaves a snapshot object the index lacks; marked from the index alone, its packs would go,
+    // and the next start would index it again as the newest snapshot, with its data gone.
+    await this.repo.reconcileSnapshots();
     await this.loadPacks();
     await this.mark();
     await checkpoint('prune:after-mark');

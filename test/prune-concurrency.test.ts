@@ -5,7 +5,9 @@ import type { CheckReply, PruneReply } from '../common/admin-messages.js';
 import { hash, toHex } from '../common/hash.js';
 import type { Snapshot } from '../common/messages.js';
 import { emptyNode, encodeTree } from '../common/tree.js';
+import { snapKey } from '../server/index-db.js';
 import { setPruneCheckpointHook } from '../server/prune.js';
+import { snapshotIndexKeys } from '../server/repository.js';
 import { backupFiles, begin, commit, findMissing, flatTree, rawBlob, restoredContents, sha256, startInProcess, upload, type InProcess } from './admin-helpers.js';
 import { cleanupTmp, runCli, tmpDir } from './harness.js';
 import { describeTree, randomBytes, writeFile } from './tree-gen.js';
@@ -141,6 +143,16 @@ describe('prune while backups run', () => {
     await upload(srv.conn, sessionId, [root]);
     const snap = await commit(srv.conn, sessionId, root);
     expect(await restoredContents(srv.addr, snap.id)).toEqual({ 'x.bin': sha256(X), 'z.bin': sha256(Z) });
+    await expectCheckClean();
+  });
+
+  it('a snapshot object the index lost (a commit whose index write failed) is indexed again before prune marks, so its data stays', async () => {
+    srv = await startInProcess();
+    const repo = await srv.server.repository('default');
+    const snap = await backupFiles(srv.conn, 'unindexed', { 'x.bin': X });
+    await repo.index.batch([snapKey(snap.id), ...snapshotIndexKeys(snap)].map((key) => ({ type: 'del' as const, key })));
+    await prune();
+    expect(await restoredContents(srv.addr, snap.id)).toEqual({ 'x.bin': sha256(X) });
     await expectCheckClean();
   });
 
