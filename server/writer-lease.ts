@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { readFileSync, readlinkSync } from 'node:fs';
 import os from 'node:os';
 import type { Logger } from 'pino';
 import { CairnError, Code, failedPrecondition } from '../common/errors.js';
@@ -10,14 +11,29 @@ interface LeaseRecord {
   holder: string;
   host: string;
   pid: number;
+  /** This boot of this kernel and this process-id namespace: where `pid` means a process. */
+  machine?: string;
   expires: string;
+}
+
+/**
+ * Host names repeat (cloned images, containers sharing one), and a pid means a process only
+ * within one boot and one pid namespace: both must match before a missing pid says the
+ * holder is gone.
+ */
+function machineIdentity(): string | undefined {
+  try {
+    return `${readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim()} ${readlinkSync('/proc/self/ns/pid')}`;
+  } catch {
+    return undefined;
+  }
 }
 
 /**
  * One writer per repository. The lease is an object under locks/ written with the store's
  * conditional put (If-None-Match: * on S3, link(2) on the folder store) and refreshed well
- * before it expires. A lease past its expiry, or held by a process on this host that no
- * longer exists, belongs to a writer that is gone: it is deleted and raced for again, and each refresh reads the object back, so a writer that
+ * before it expires. A lease past its expiry, or held by a process on this machine (same
+ * host name, boot and pid namespace) that no longer exists, belongs to a writer that is gone: it is deleted and raced for again, and each refresh reads the object back, so a writer that
  * lost its lease finds out within one refresh and stops instead of writing beside another.
  */
 export class WriterLease {
@@ -32,7 +48,7 @@ export class WriterLease {
     private readonly log: Logger,
     private readonly onLost: (err: CairnError) => void,
   ) {
-    this.me = { holder: randomBytes(8).toString('hex'), host: os.hostname(), pid: process.pid, expires: '' };
+    this.me = { holder: randomBytes(8).toString('hex'), host: os.hostname(), pid: process.pid, machine: machineIdentity(), expires: '' };
   }
 
   private record(): Buffer {
@@ -73,7 +89,7 @@ export class WriterLease {
 
   /** A holder on this machine whose process no longer exists (a kill -9 and restart) need not be waited for. */
   private deadOnThisHost(other: LeaseRecord): boolean {
-    if (other.host !== this.me.host || other.pid === process.pid) return false;
+    if (other.host !== this.me.host || other.machine === undefined || other.machine !== this.me.machine || other.pid === process.pid) return false;
     try {
       process.kill(other.pid, 0);
       return false;

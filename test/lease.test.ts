@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -28,6 +29,20 @@ describe.each(storeBackends())('one writer per repository on the $name store', (
     await writeFile(path.join(dir, 'f'), 'after takeover');
     expect((await runCli(['snapshot', dir, '--dataset', 'lease', '--host', 'h'], { server: taker.addr })).code).toBe(0);
     await taker.stop();
+  });
+
+  it('a lease under this host name from another boot or pid namespace is honoured although its pid is not running here', async () => {
+    const opts = await sharedOptions();
+    const store = inspectStore(opts);
+    const key = `repos/default/${LEASE_KEY}`;
+    // A pid no process here has: on this machine it would mean the holder was gone.
+    const gone = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' }).stdout;
+    const twin = { holder: 'twin', host: os.hostname(), pid: Number(gone), expires: new Date(Date.now() + 60_000).toISOString() };
+    await store.put(key, Buffer.from(JSON.stringify({ ...twin, machine: 'another-boot pid:[1]' })));
+    await expect(startServer(opts)).rejects.toThrow(new RegExp(`held by another writer: ${os.hostname()} pid ${gone} \\(lease twin`));
+    // A record without the machine's identity (an older server's) is waited out the same way.
+    await store.put(key, Buffer.from(JSON.stringify(twin)));
+    await expect(startServer(opts)).rejects.toThrow(/held by another writer/);
   });
 
   it('a lease from another host is honoured until it expires, then taken over', async () => {
