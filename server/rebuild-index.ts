@@ -41,13 +41,16 @@ export async function rebuildIndex(opts: { store: ObjectStore; indexDir: string;
   const lease = new WriterLease(store, opts.leaseTtlMs, opts.log, (err) => (lost = err));
   try {
     await lease.acquire();
-    if (index) await index.db.del('meta/repository');
   } catch (err) {
     await index?.close();
     throw err;
   }
   try {
-    await index?.close();
+    try {
+      if (index) await index.db.del('meta/repository');
+    } finally {
+      await index?.close();
+    }
     const summary = await reopenAndCount(store, dir, started, opts);
     if (lost) throw lost;
     return summary;
