@@ -172,8 +172,9 @@ export class S3Store implements ObjectStore {
     const Key = this.fullKey(key);
     let answerLost = false;
     await this.retrying('put', key, async () => {
-      // Keys are content-addressed: if the earlier attempt landed, the object is already right.
-      if (answerLost && (await this.headFull(Key))?.size === data.length) return;
+      // A lost answer may hide a put that landed. The bytes must match, not only the size: a
+      // policy or the lease record is rewritten in place with bytes of the same length.
+      if (answerLost && (await this.headFull(Key))?.size === data.length && (await this.getIfExists(key))?.equals(data)) return;
       try {
         this.count('put', data.length);
         await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, Body: data, ContentLength: data.length }));

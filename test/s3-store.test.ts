@@ -141,6 +141,27 @@ function commonS3Suite(name: string, target: () => Target): void {
         await proxy.stop();
       }
     });
+
+    it('a rewrite of the same length whose request never arrived is sent again, not taken for landed', async () => {
+      const t = target();
+      const options = storeOptions(t);
+      const direct = new S3Store(options);
+      const proxy = await startFaultProxy({ target: t.endpoint, faultRate: 0.4, seed: 11, faults: ['dropBeforeForward'] });
+      const store = new S3Store({ ...options, endpoint: proxy.endpoint });
+      try {
+        const keys = Array.from({ length: 20 }, (_, i) => `policies/rewrite${i}`);
+        const policy = (keepDaily: number) => Buffer.from(JSON.stringify({ keepDaily }));
+        for (const key of keys) await direct.put(key, policy(7));
+        for (const key of keys) await store.put(key, policy(9));
+        expect(proxy.counters.dropBeforeForward).toBeGreaterThan(2);
+        for (const key of keys) expect((await direct.get(key)).toString(), key).toBe(policy(9).toString());
+        await direct.delete(keys);
+      } finally {
+        await store.close();
+        await direct.close();
+        await proxy.stop();
+      }
+    });
   });
 }
 
