@@ -1,5 +1,6 @@
 import type * as grpc from '@grpc/grpc-js';
 import type { Blob, UploadReply } from '../common/messages.js';
+import { MAX_TREE_BLOB_BYTES } from '../common/tree.js';
 import type { Connection } from './connection.js';
 import { UPLOAD_MESSAGE_BLOBS, UPLOAD_MESSAGE_BYTES, UPLOAD_STREAM_QUEUE_BYTES } from './limits.js';
 import { UploadEncoder } from './upload-encoder.js';
@@ -16,6 +17,7 @@ export class UploadStream {
   private readonly call: grpc.ClientWritableStream<unknown>;
   private batch: Blob[] = [];
   private batchBytes = 0;
+  private batchTreeBytes = 0;
   private queued = 0;
   private settled = false;
   private waiting: Promise<void> | undefined;
@@ -49,12 +51,17 @@ export class UploadStream {
    */
   async add(blob: Blob): Promise<void> {
     while (this.flushing) await this.flushing;
+    // The server takes at most one tree's worth of raw tree bytes per message.
+    if (blob.kind === 'TREE' && this.batchTreeBytes + blob.rawLength > MAX_TREE_BLOB_BYTES) await this.cut();
     this.batch.push(blob);
     this.batchBytes += blob.data.length;
-    if (this.batchBytes >= UPLOAD_MESSAGE_BYTES || this.batch.length >= UPLOAD_MESSAGE_BLOBS) {
-      this.flushing = this.flush().finally(() => (this.flushing = undefined));
-      await this.flushing;
-    }
+    if (blob.kind === 'TREE') this.batchTreeBytes += blob.rawLength;
+    if (this.batchBytes >= UPLOAD_MESSAGE_BYTES || this.batch.length >= UPLOAD_MESSAGE_BLOBS) await this.cut();
+  }
+
+  private async cut(): Promise<void> {
+    this.flushing = this.flush().finally(() => (this.flushing = undefined));
+    await this.flushing;
   }
 
   /** Writes the pending blobs as one message, after waiting for the stream to have room. */
@@ -66,6 +73,7 @@ export class UploadStream {
     const bytes = this.batchBytes;
     this.batch = [];
     this.batchBytes = 0;
+    this.batchTreeBytes = 0;
     while (this.busy()) await (this.waiting ??= new Promise<void>((resolve) => (this.wake = resolve)));
     this.queued += bytes;
     this.call.write(blobs, (err: unknown) => {

@@ -10,6 +10,13 @@ import type { Node } from './messages.js';
  */
 
 export const MAX_TREE_ENTRIES = 1_000_000;
+/**
+ * Tree blobs are not cut by the chunker; this bounds what one directory may cost the server.
+ * It also bounds the raw bytes of all trees in one Upload message: the server inflates and
+ * decodes each to verify it, so a small message of highly compressible trees could otherwise
+ * cost it gigabytes.
+ */
+export const MAX_TREE_BLOB_BYTES = 64 * 1024 * 1024;
 const MAX_NAME_LENGTH = 4096;
 const NODE_TYPES = new Set(['FILE', 'DIR', 'SYMLINK']);
 
@@ -202,7 +209,7 @@ function utf8Like(s: string): Uint8Array {
 class TreeReader {
   pos: number;
   constructor(
-    private readonly buf: Buffer,
+    readonly buf: Buffer,
     start: number,
     readonly end: number,
   ) {
@@ -270,8 +277,14 @@ class TreeReader {
   }
 }
 
-function decodeNode(r: TreeReader): Node {
+/**
+ * With `chunkStarts`, a file's 32-byte chunk ids are not made into Buffers: where each starts
+ * in the tree is pushed there instead (ids of other lengths still land in `chunks`, for
+ * validateNodes to refuse).
+ */
+function decodeNode(r: TreeReader, chunkStarts?: number[]): Node {
   const n = emptyNode('', 'FILE');
+  const mark = chunkStarts?.length ?? 0;
   while (r.pos < r.end) {
     const tag = r.varint32();
     const field = tag >>> 3;
@@ -303,9 +316,17 @@ function decodeNode(r: TreeReader): Node {
       case 5:
         n.size = r.varint64(false);
         break;
-      case 6:
-        n.chunks.push(r.bytes());
+      case 6: {
+        if (chunkStarts === undefined) {
+          n.chunks.push(r.bytes());
+          break;
+        }
+        const len = r.length();
+        if (len === ID_BYTES) chunkStarts.push(r.pos);
+        else n.chunks.push(r.buf.subarray(r.pos, r.pos + len));
+        r.pos += len;
         break;
+      }
       case 7:
         n.subtree = r.bytes();
         break;
@@ -317,6 +338,7 @@ function decodeNode(r: TreeReader): Node {
         break;
     }
   }
+  if (chunkStarts !== undefined && n.type !== 'FILE') chunkStarts.length = mark;
   return n;
 }
 
@@ -347,11 +369,34 @@ export function decodeTree(data: Uint8Array, what: string, code: Code = Code.DAT
 }
 
 /**
+ * decodeTree for a reader that wants the files' chunk ids together rather than per file: the
+ * same checks, but the ids are copied into one buffer, in tree order, instead of becoming an
+ * object each (a tree naming two million chunks was ~200 MiB of them). The nodes come back
+ * with their files' `chunks` empty.
+ */
+export function decodeTreeChunks(data: Uint8Array, what: string, code: Code = Code.DATA_LOSS): { nodes: Node[]; chunks: Buffer } {
+  const buf = asBuffer(data);
+  const starts: number[] = [];
+  const nodes = readNodes(buf, what, code, starts);
+  validateNodes(nodes, what, code);
+  const chunks = Buffer.allocUnsafeSlow(starts.length * ID_BYTES);
+  for (let i = 0; i < starts.length; i++) buf.copy(chunks, i * ID_BYTES, starts[i], starts[i] + ID_BYTES);
+  return { nodes, chunks };
+}
+
+function asBuffer(data: Uint8Array): Buffer {
+  return Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+}
+
+/**
  * decodeTree without the tree rules (order, names), for a page of a tree whose reader checks
  * the whole; the structure is still checked.
  */
 export function decodeNodes(data: Uint8Array, what: string, code: Code = Code.DATA_LOSS): Node[] {
-  const buf = Buffer.isBuffer(data) ? data : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+  return readNodes(asBuffer(data), what, code);
+}
+
+function readNodes(buf: Buffer, what: string, code: Code, chunkStarts?: number[]): Node[] {
   const nodes: Node[] = [];
   try {
     // Count before decoding: a 64 MiB blob of five-byte nodes holds 13 million entries, and
@@ -359,7 +404,7 @@ export function decodeNodes(data: Uint8Array, what: string, code: Code = Code.DA
     let count = 0;
     forEachNode(buf, () => count++);
     if (count > MAX_TREE_ENTRIES) throw new CairnError(Code.RESOURCE_EXHAUSTED, `${what}: ${count} entries pass the limit of ${MAX_TREE_ENTRIES} per tree`);
-    forEachNode(buf, (start, end) => nodes.push(decodeNode(new TreeReader(buf, start, end))));
+    forEachNode(buf, (start, end) => nodes.push(decodeNode(new TreeReader(buf, start, end), chunkStarts)));
   } catch (err) {
     if (err instanceof CairnError) throw err;
     throw new CairnError(code, `${what}: not a valid tree (${(err as Error).message})`);

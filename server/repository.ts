@@ -6,7 +6,7 @@ import { CairnError, Code, dataLoss, failedPrecondition, invalidArgument, notFou
 import { hash, ID_BYTES, isHexId, toHex } from '../common/hash.js';
 import type { Node, Snapshot } from '../common/messages.js';
 import { packKey, parsePack } from '../common/pack-format.js';
-import { decodeTree } from '../common/tree.js';
+import { decodeTree, decodeTreeChunks, MAX_TREE_BLOB_BYTES } from '../common/tree.js';
 import { IndexDb, packIndexOps, protectKey, snapKey, snapTimeKey, verifiedKey, type Batch, type Location } from './index-db.js';
 import { decodeSegment } from './index-segment.js';
 import type { ObjectStore } from './object-store.js';
@@ -16,8 +16,6 @@ import { GcLock } from './gc-lock.js';
 import { parseSnapshotRecord } from './snapshot-record.js';
 
 export const REPO_FORMAT_VERSION = 1;
-/** Tree blobs are not cut by the chunker; this bounds what one directory may cost the server. */
-export const MAX_TREE_BLOB_BYTES = 64 * 1024 * 1024;
 
 export interface RepoConfig {
   version: number;
@@ -61,16 +59,10 @@ export interface UploadedTreeSource {
   get(hex: string): TreeRefs | undefined;
 }
 
-function treeRefs(nodes: Node[]): TreeRefs {
+function treeRefs(raw: Buffer, what: string, code: Code): TreeRefs {
+  const { nodes, chunks } = decodeTreeChunks(raw, what, code);
   const dirs: TreeRefs['dirs'] = [];
-  let count = 0;
-  for (const n of nodes) {
-    if (n.type === 'DIR') dirs.push({ name: n.name, id: Buffer.from(n.subtree) });
-    else if (n.type === 'FILE') count += n.chunks.length;
-  }
-  const chunks = Buffer.allocUnsafeSlow(count * ID_BYTES);
-  let at = 0;
-  for (const n of nodes) if (n.type === 'FILE') for (const c of n.chunks) at += c.copy(chunks, at);
+  for (const n of nodes) if (n.type === 'DIR') dirs.push({ name: n.name, id: Buffer.from(n.subtree) });
   return { dirs, chunks };
 }
 
@@ -190,7 +182,7 @@ export class Repository {
       throw invalidArgument(`blob ${hex}: unknown compression ${blob.compression}`);
     }
     if (!hash(raw).equals(blob.id)) throw invalidArgument(`blob ${hex}: content does not hash to its id; nothing stored`);
-    const refs = blob.kind === 'TREE' ? treeRefs(decodeTree(raw, `tree ${hex}`, Code.INVALID_ARGUMENT)) : undefined;
+    const refs = blob.kind === 'TREE' ? treeRefs(raw, `tree ${hex}`, Code.INVALID_ARGUMENT) : undefined;
     // The id is a view into the whole received message: copy it, or every indexed-but-not-yet-
     // segmented entry would pin its megabyte message in memory.
     return { id: Buffer.from(blob.id), kind: blob.kind, compressed: blob.compression === 'ZSTD', rawLength: blob.rawLength, data: blob.data, refs };
@@ -221,8 +213,11 @@ export class Repository {
   }
 
   private async decodeTreeAt(id: Buffer, loc: Location): Promise<Node[]> {
-    const stored = await this.store.getRange(packKey(toHex(loc.pack)), loc.offset, loc.storedLength);
-    return decodeTree(this.inflateVerified(id, loc, stored), `tree ${toHex(id)}`);
+    return decodeTree(await this.readTreeRaw(id, loc), `tree ${toHex(id)}`);
+  }
+
+  private async readTreeRaw(id: Buffer, loc: Location): Promise<Buffer> {
+    return this.inflateVerified(id, loc, await this.store.getRange(packKey(toHex(loc.pack)), loc.offset, loc.storedLength));
   }
 
   readStored(ids: Buffer[]) {
@@ -276,29 +271,28 @@ export class Repository {
    */
   private async checkTree(tree: LocatedTree, uploaded?: UploadedTreeSource): Promise<TreeToVerify[]> {
     const { id, path, loc } = tree;
-    const refs = uploaded?.get(toHex(id));
-    if (refs) {
-      const ids: Buffer[] = [];
-      for (let at = 0; at < refs.chunks.length; at += ID_BYTES) ids.push(refs.chunks.subarray(at, at + ID_BYTES));
-      if ((await this.firstMissing(ids)) < 0) return refs.dirs.map((d) => ({ id: d.id, path: childPath(path, d.name) }));
-      return this.checkTree(tree);
+    const hex = toHex(id);
+    const refs = uploaded?.get(hex) ?? treeRefs(await this.readTreeRaw(id, loc), `tree ${hex}`, Code.DATA_LOSS);
+    const missing = await this.firstMissing(refs.chunks);
+    if (missing < 0) return refs.dirs.map((d) => ({ id: d.id, path: childPath(path, d.name) }));
+    let before = missing;
+    for (const n of await this.decodeTreeAt(id, loc)) {
+      if (n.type !== 'FILE') continue;
+      if (before < n.chunks.length) {
+        throw failedPrecondition(`commit references unknown chunk ${toHex(n.chunks[before])} (file ${childPath(path, n.name)}); upload it first`);
+      }
+      before -= n.chunks.length;
     }
-    const nodes = await this.decodeTreeAt(id, loc);
-    const subtrees: TreeToVerify[] = [];
-    const fileChunks: Array<{ id: Buffer; path: string }> = [];
-    for (const n of nodes) {
-      if (n.type === 'DIR') subtrees.push({ id: n.subtree, path: childPath(path, n.name) });
-      else if (n.type === 'FILE') for (const c of n.chunks) fileChunks.push({ id: c, path: childPath(path, n.name) });
-    }
-    const missing = await this.firstMissing(fileChunks.map((c) => c.id));
-    if (missing >= 0) throw failedPrecondition(`commit references unknown chunk ${toHex(fileChunks[missing].id)} (file ${fileChunks[missing].path}); upload it first`);
-    return subtrees;
+    throw failedPrecondition(`commit references unknown chunk ${toHex(refs.chunks.subarray(missing * ID_BYTES, (missing + 1) * ID_BYTES))} (directory ${path}); upload it first`);
   }
 
-  /** The index of the first id that is not a stored data chunk, or -1; looked up 1,000 at a time. */
-  private async firstMissing(ids: Buffer[]): Promise<number> {
-    for (let i = 0; i < ids.length; i += 1000) {
-      const locs = await this.index.locate(ids.slice(i, i + 1000));
+  /** The index of the first id in `chunks` (ids back to back) that is not a stored data chunk, or -1; looked up 1,000 at a time. */
+  private async firstMissing(chunks: Buffer): Promise<number> {
+    const count = chunks.length / ID_BYTES;
+    for (let i = 0; i < count; i += 1000) {
+      const ids: Buffer[] = [];
+      for (let j = i; j < Math.min(count, i + 1000); j++) ids.push(chunks.subarray(j * ID_BYTES, (j + 1) * ID_BYTES));
+      const locs = await this.index.locate(ids);
       const missing = locs.findIndex((l) => l === undefined || l.kind !== 'DATA');
       if (missing >= 0) return i + missing;
     }

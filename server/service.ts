@@ -4,9 +4,10 @@ import { CairnError, Code, invalidArgument, toCairnError } from '../common/error
 import { ID_BYTES, toHex } from '../common/hash.js';
 import type { BeginBackupRequest, CommitBackupRequest, FindMissingRequest, GetSnapshotRequest, HelloReply, ListSnapshotsRequest, Node, UploadRequest } from '../common/messages.js';
 import { emptySummary } from '../common/messages.js';
+import { MAX_TREE_BLOB_BYTES } from '../common/tree.js';
 import { SERVER_VERSION } from '../common/version.js';
 import { applyPolicyAfterCommit } from './forget.js';
-import { MAX_TREE_BLOB_BYTES, validateName, type Repository } from './repository.js';
+import { validateName, type Repository } from './repository.js';
 import type { SessionManager } from './sessions.js';
 
 export const MAX_MESSAGE_BYTES = MAX_TREE_BLOB_BYTES + 1024 * 1024;
@@ -143,8 +144,20 @@ export function coreHandlers(deps: ServiceDeps): grpc.UntypedServiceImplementati
           if (req.sessionId && req.sessionId !== sessionId) throw invalidArgument('one Upload stream carries one session');
           const session = sessions.get(sessionId, principal);
           const repo = session.repo;
-          const blobs = req.blobs.map((b) => repo.verifyBlob(b));
-          for (const b of blobs) if (b.refs) session.trees.remember(toHex(b.id), b.refs);
+          let treeBytes = 0;
+          let trees = 0;
+          for (const b of req.blobs) if (b.kind === 'TREE') (treeBytes += b.rawLength), trees++;
+          // A single tree past the limit is refused by verifyBlob, with the blob's own message.
+          if (trees > 1 && treeBytes > MAX_TREE_BLOB_BYTES) {
+            throw new CairnError(Code.RESOURCE_EXHAUSTED, `one Upload message carries ${treeBytes} raw bytes of trees, the limit is ${MAX_TREE_BLOB_BYTES}; send them in separate messages`);
+          }
+          // One blob at a time, keeping no refs the session did not remember: a small message
+          // of highly compressible trees would otherwise hold every copy's refs at once.
+          const blobs = req.blobs.map((b) => {
+            const { refs, ...blob } = repo.verifyBlob(b);
+            if (refs) session.trees.remember(toHex(blob.id), refs);
+            return blob;
+          });
           await repo.gcLock.shared(async () => {
             const present = await repo.present(blobs.map((b) => b.id));
             for (let i = 0; i < blobs.length; i++) {

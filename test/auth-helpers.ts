@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { expect } from 'vitest';
 import type { Connection } from '../client/connection.js';
@@ -60,6 +60,11 @@ export async function upload(conn: Connection, sessionId: string, blobs: Blob[])
   call.write({ sessionId, blobs });
   call.end();
   return result;
+}
+
+/** Starts a process's peak resident memory (VmHWM) again from its current RSS. */
+export function resetPeakRss(pid: number): void {
+  writeFileSync(`/proc/${pid}/clear_refs`, '5');
 }
 
 /** Peak resident memory of a process so far (VmHWM), in bytes. */

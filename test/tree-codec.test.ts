@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { CairnError, Code } from '../common/errors.js';
 import type { Node } from '../common/messages.js';
 import { CONVERSION, protoRoot } from '../common/proto.js';
-import { decodeTree, emptyNode, encodeTree } from '../common/tree.js';
+import { decodeTree, decodeTreeChunks, emptyNode, encodeTree } from '../common/tree.js';
 
 /**
  * Tree ids are hashes of the encoded bytes, so the hand-written codec in common/tree.ts must
@@ -95,5 +95,27 @@ describe('tree codec', () => {
       expect((err as CairnError).code).toBe(Code.INVALID_ARGUMENT);
       expect((err as CairnError).message).toMatch(/field 1 has wire type 0/);
     }
+  });
+
+  it('decodeTreeChunks gives the files\' chunk ids in tree order, skipping ids on other nodes, and refuses what decodeTree refuses', () => {
+    const r = rng(99);
+    for (let i = 0; i < 200; i++) {
+      const nodes = randomNodes(r).filter((n) => !/[\uD800-\uDFFF]/.test(n.name));
+      nodes.forEach((n, k) => n.chunks.forEach((c, j) => c.writeUInt16BE(k * 16 + j)));
+      // A directory carrying chunk ids: not a file's, so not the tree's.
+      const dir = nodes.find((n) => n.type === 'DIR');
+      if (dir) dir.chunks = [Buffer.alloc(32, 0xee)];
+      const bytes = encodeTree(nodes);
+      const { nodes: got, chunks } = decodeTreeChunks(bytes, 'tree');
+      const files = nodes.filter((n) => n.type === 'FILE');
+      expect(chunks.equals(Buffer.concat(files.flatMap((n) => n.chunks)))).toBe(true);
+      expect(got.map((n) => [n.name, n.type, n.size, n.subtree.toString('hex')])).toEqual(nodes.map((n) => [n.name, n.type, n.size, n.subtree.toString('hex')]));
+      expect(got.every((n) => n.type !== 'FILE' || n.chunks.length === 0)).toBe(true);
+    }
+    const short = emptyNode('f', 'FILE');
+    short.chunks = [Buffer.alloc(32, 1), Buffer.alloc(31, 2)];
+    expect(() => decodeTreeChunks(encodeTree([short]), 'tree', Code.INVALID_ARGUMENT)).toThrow('tree: file "f" has a malformed chunk id');
+    const unsorted = [emptyNode('b', 'FILE'), emptyNode('a', 'FILE')];
+    expect(() => decodeTreeChunks(encodeTree(unsorted), 'tree')).toThrow(/not sorted/);
   });
 });
