@@ -27,6 +27,8 @@ export interface ServerOptions {
   chunker?: ChunkerParams;
   sessionIdleMs?: number;
   maxSessionsPerToken?: number;
+  /** Upload streams one token may have open at once (see SessionLimits). */
+  maxUploadsPerToken?: number;
   tls?: ServerTls;
   /** Serve a non-loopback address with neither a token nor client certificates. */
   insecure?: boolean;
@@ -54,7 +56,7 @@ export class CairnServer {
   port = 0;
 
   private constructor(readonly opts: ServerOptions) {
-    this.sessions = new SessionManager({ maxSessions: 256, maxSessionsPerPrincipal: opts.maxSessionsPerToken ?? 64, idleTimeoutMs: opts.sessionIdleMs ?? 60 * 60 * 1000 });
+    this.sessions = new SessionManager({ maxSessions: 256, maxSessionsPerPrincipal: opts.maxSessionsPerToken ?? 64, maxUploadsPerPrincipal: opts.maxUploadsPerToken ?? 8, idleTimeoutMs: opts.sessionIdleMs ?? 60 * 60 * 1000 });
     this.access = new AccessControl({ tokens: new TokenStore(opts.store), repository: (name) => this.repository(name), cacheMs: opts.tokenCacheMs ?? 0, log: opts.log });
   }
 

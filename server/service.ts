@@ -127,13 +127,22 @@ export function coreHandlers(deps: ServiceDeps): grpc.UntypedServiceImplementati
     let sessionId = '';
     let failed = false;
     let chain: Promise<void> = Promise.resolve();
+    let release = () => {};
     const fail = (err: unknown) => {
+      release();
       if (failed) return;
       failed = true;
       callback(grpcError(err, log, 'Upload'));
     };
-    const ctxPromise = auth(call as grpc.ServerReadableStream<unknown, unknown>, 'Upload');
-    ctxPromise.catch(fail);
+    // Nothing is read until the caller is known and admitted: a message of up to
+    // MAX_MESSAGE_BYTES accumulates while it arrives, on every stream that reads.
+    call.pause();
+    const ctxPromise = auth(call as grpc.ServerReadableStream<unknown, unknown>, 'Upload').then((ctx) => {
+      release = sessions.openUpload(ctx.principal);
+      return ctx;
+    });
+    ctxPromise.then(() => void (failed || call.resume()), fail);
+    call.on('cancelled', () => release());
     call.on('data', (req: UploadRequest) => {
       if (failed) return;
       call.pause();
@@ -176,6 +185,7 @@ export function coreHandlers(deps: ServiceDeps): grpc.UntypedServiceImplementati
     });
     call.on('end', () => {
       chain.then(() => {
+        release();
         if (!failed) callback(null, { blobsReceived: String(received), blobsStored: String(stored), bytesStored: String(storedBytes) });
       }, fail);
     });

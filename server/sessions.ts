@@ -23,6 +23,11 @@ export interface Session {
 export interface SessionLimits {
   maxSessions: number;
   maxSessionsPerPrincipal: number;
+  /**
+   * Upload streams one principal may have open: each may hold a message of up to
+   * MAX_MESSAGE_BYTES while it arrives, so this bounds what one token can make the server buffer.
+   */
+  maxUploadsPerPrincipal: number;
   idleTimeoutMs: number;
 }
 
@@ -74,6 +79,7 @@ export class UploadedTrees {
 export class SessionManager {
   private readonly sessions = new Map<string, Session>();
   private readonly treeBytes = { used: 0 };
+  private readonly uploads = new Map<string, number>();
   private readonly timer: NodeJS.Timeout;
 
   constructor(private readonly limits: SessionLimits) {
@@ -103,6 +109,23 @@ export class SessionManager {
     return session;
   }
 
+  /** Counts an Upload stream against its principal's limit; call the result once when it ends. */
+  openUpload(principal: string): () => void {
+    const open = this.uploads.get(principal) ?? 0;
+    if (open >= this.limits.maxUploadsPerPrincipal) {
+      throw resourceExhausted(`${principal} has ${open} Upload streams open, the limit is ${this.limits.maxUploadsPerPrincipal} per token`);
+    }
+    this.uploads.set(principal, open + 1);
+    let closed = false;
+    return () => {
+      if (closed) return;
+      closed = true;
+      const left = (this.uploads.get(principal) ?? 1) - 1;
+      if (left > 0) this.uploads.set(principal, left);
+      else this.uploads.delete(principal);
+    };
+  }
+
   get(id: string, principal: string): Session {
     if (!id) throw invalidArgument('session_id is required');
     const s = this.sessions.get(id);
@@ -118,6 +141,9 @@ export class SessionManager {
 
   async pin(s: Session, idsHex: string[]): Promise<void> {
     await s.repo.index.putMarkers(idsHex.map((h) => pinKey(s.id, h)));
+    // An Upload or FindMissing still running when its session ended writes after end() cleared
+    // the session's pins: clear again, or they would keep their chunks from prune until restart.
+    if (!this.sessions.has(s.id)) await s.repo.index.deletePrefix(`pin/${s.id}/`);
   }
 
   async end(s: Session): Promise<void> {

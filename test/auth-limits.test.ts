@@ -33,7 +33,7 @@ async function readChunk(conn: Connection, id: Buffer): Promise<number> {
   return n;
 }
 
-describe('limits: sessions per token, session expiry, decompression bombs, tree size', () => {
+describe('limits: sessions and Upload streams per token, session expiry, decompression bombs, tree size', () => {
   let server: ServerHandle;
   let agent: Connection;
   let other: Connection;
@@ -41,7 +41,7 @@ describe('limits: sessions per token, session expiry, decompression bombs, tree 
   const begin = (conn: Connection, host: string) => conn.unary<BeginBackupReply>('BeginBackup', { dataset: 'lim', host, paths: ['/x'], tags: [] });
 
   beforeAll(async () => {
-    server = await startServer({ args: ['--max-sessions-per-token', '2', '--session-timeout', '3s'] });
+    server = await startServer({ args: ['--max-sessions-per-token', '2', '--max-uploads-per-token', '2', '--session-timeout', '3s'] });
     const [a, o, ad] = await Promise.all([
       createToken(server.storeSpec, 'default', 'agent', 'gpu-1'),
       createToken(server.storeSpec, 'default', 'agent', 'gpu-2'),
@@ -63,6 +63,36 @@ describe('limits: sessions per token, session expiry, decompression bombs, tree 
     const theirs = await begin(other, 'gpu-2');
     for (const s of [...held, theirs]) await (s === theirs ? other : agent).unary('AbortBackup', { sessionId: s.sessionId });
     await agent.unary('AbortBackup', { sessionId: (await begin(agent, 'gpu-1')).sessionId });
+  });
+
+  it('caps the Upload streams one token holds open, reading nothing from the one refused, without starving other tokens', async () => {
+    const { sessionId } = await begin(agent, 'gpu-1');
+    const theirs = await begin(other, 'gpu-2');
+    const missing = async (id: Buffer) => (await agent.unary<{ missing: Buffer[] }>('FindMissing', { sessionId, ids: [id] })).missing.length;
+    const open = async (tag: string) => {
+      const blob = rawBlob(Buffer.from(`upload stream ${tag} ${Date.now()}`));
+      const stream = agent.clientStream<{ blobsStored: string }>('Upload');
+      stream.call.write({ sessionId, blobs: [blob] });
+      // Admitted once its message has been read: the server then knows the blob.
+      while ((await missing(blob.id)) > 0) await new Promise((r) => setTimeout(r, 20));
+      return stream;
+    };
+    const held = [await open('a'), await open('b')];
+    const refused = agent.clientStream('Upload');
+    const extra = rawBlob(Buffer.from(`refused upload ${Date.now()}`));
+    refused.call.write({ sessionId, blobs: [extra] });
+    refused.call.end();
+    expect(await failure(refused.result)).toBe('RESOURCE_EXHAUSTED: default/gpu-1 has 2 Upload streams open, the limit is 2 per token');
+    expect(await missing(extra.id)).toBe(1);
+    expect((await upload(other, theirs.sessionId, [rawBlob(Buffer.from(`their upload ${Date.now()}`))])).blobsStored).toBe('1');
+    // A stream that ends gives its place back.
+    held[0].call.end();
+    expect((await held[0].result).blobsStored).toBe('1');
+    expect((await upload(agent, sessionId, [extra])).blobsStored).toBe('1');
+    held[1].call.end();
+    await held[1].result;
+    await agent.unary('AbortBackup', { sessionId });
+    await other.unary('AbortBackup', { sessionId: theirs.sessionId });
   });
 
   it('expires an idle session: its calls are refused and garbage collection may take what only it pinned', async () => {
