@@ -6,7 +6,7 @@ import { parseDurationMs } from '../common/durations.js';
 import { CairnError, Code, invalidArgument } from '../common/errors.js';
 import { parseSize } from '../common/units.js';
 import { DEFAULT_MAX_SHRINK, defaultHost, parseShare } from './backup.js';
-import type { TlsFlags } from './connection.js';
+import { MAX_CHANNELS, type TlsFlags } from './connection.js';
 import type { ExcludeOptions } from './excludes.js';
 import { parseCron, type Schedule } from './scheduler.js';
 
@@ -123,10 +123,11 @@ class Fields {
     });
   }
 
-  int(key: string, min: number): number | undefined {
+  int(key: string, min: number, max = Number.MAX_SAFE_INTEGER): number | undefined {
     const v = this.raw(key);
     if (v === undefined || v === null) return undefined;
     if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < min) throw this.error(key, `must be a whole number of at least ${min}, got ${JSON.stringify(v)}`);
+    if (v > max) throw this.error(key, `must be at most ${max}, got ${v}`);
     return v;
   }
 
@@ -237,7 +238,7 @@ export function parseAgentConfig(text: string, file: string): AgentConfig {
     tls: readTls(top, dir),
     host,
     logLevel,
-    channels: top.int('channels', 1) ?? 2,
+    channels: top.int('channels', 1, MAX_CHANNELS) ?? 2,
     maxConcurrent: top.int('max_concurrent', 1) ?? 2,
     retry: {
       attempts: retry?.int('attempts', 1) ?? 4,

@@ -1,7 +1,8 @@
 import type { Command } from 'commander';
 import type { Snapshot } from '../common/messages.js';
 import { formatBytes } from '../common/units.js';
-import { Connection, tlsFromFlags, type TlsFlags } from './connection.js';
+import { invalidArgument } from '../common/errors.js';
+import { Connection, MAX_CHANNELS, tlsFromFlags, type TlsFlags } from './connection.js';
 import { localTime, relativeTime } from './format.js';
 
 export const EXIT = { OK: 0, ERROR: 1, USAGE: 2, PARTIAL: 3 } as const;
@@ -15,7 +16,11 @@ export interface GlobalOpts extends TlsFlags {
 
 export function connect(cmd: Command): { conn: Connection; g: GlobalOpts } {
   const g = cmd.optsWithGlobals<GlobalOpts>();
-  return { conn: new Connection({ server: g.server, token: g.token, tls: tlsFromFlags(g), channels: Number(g.channels) }), g };
+  const channels = Number(g.channels);
+  if (!Number.isSafeInteger(channels) || channels < 1 || channels > MAX_CHANNELS) {
+    throw invalidArgument(`--channels must be a whole number from 1 to ${MAX_CHANNELS}, got ${JSON.stringify(g.channels)}`);
+  }
+  return { conn: new Connection({ server: g.server, token: g.token, tls: tlsFromFlags(g), channels }), g };
 }
 
 export function out(line: string): void {

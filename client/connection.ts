@@ -88,6 +88,9 @@ type UnaryFn = (req: unknown, md: grpc.Metadata, opts: grpc.CallOptions, cb: (er
 type StreamFn = (req: unknown, md: grpc.Metadata, opts?: grpc.CallOptions) => grpc.ClientReadableStream<unknown>;
 type ClientStreamFn = (md: grpc.Metadata, opts: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res: unknown) => void) => grpc.ClientWritableStream<unknown>;
 
+/** Each channel is one Upload stream per backup, counted against the server's --max-uploads-per-token (32). */
+export const MAX_CHANNELS = 16;
+
 /** A connection to cairn-server with promise and async-iterator wrappers; errors come back as CairnErrors. */
 export class Connection {
   private readonly clients: grpc.Client[];

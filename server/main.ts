@@ -96,7 +96,7 @@ const program = new Command('cairn-server')
   .addOption(new Option('--insecure', 'allow a non-loopback --listen with no token and no client certificates (anyone reaching the port is admin)'))
   .addOption(new Option('--session-timeout <duration>', 'a backup session idle this long expires and its pins are released').default('1h'))
   .addOption(new Option('--max-sessions-per-token <n>', 'backup sessions one token may hold open at once').default('64'))
-  .addOption(new Option('--max-uploads-per-token <n>', 'Upload streams one token may have open at once (each may buffer a 65 MiB message)').default('8'))
+  .addOption(new Option('--max-uploads-per-token <n>', 'Upload streams one token may have open at once: one per channel of each running backup (each may buffer a 65 MiB message)').default('32'))
   .addOption(new Option('--token-cache <duration>', 'reuse a token check this long (0s: a revoked token is refused at once; more saves store reads on S3)').default('0s'))
   .action(serve);
 

@@ -56,7 +56,7 @@ export class CairnServer {
   port = 0;
 
   private constructor(readonly opts: ServerOptions) {
-    this.sessions = new SessionManager({ maxSessions: 256, maxSessionsPerPrincipal: opts.maxSessionsPerToken ?? 64, maxUploadsPerPrincipal: opts.maxUploadsPerToken ?? 8, idleTimeoutMs: opts.sessionIdleMs ?? 60 * 60 * 1000 });
+    this.sessions = new SessionManager({ maxSessions: 256, maxSessionsPerPrincipal: opts.maxSessionsPerToken ?? 64, maxUploadsPerPrincipal: opts.maxUploadsPerToken ?? 32, idleTimeoutMs: opts.sessionIdleMs ?? 60 * 60 * 1000 });
     this.access = new AccessControl({ tokens: new TokenStore(opts.store), repository: (name) => this.repository(name), cacheMs: opts.tokenCacheMs ?? 0, log: opts.log });
   }
 

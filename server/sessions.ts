@@ -113,7 +113,7 @@ export class SessionManager {
   openUpload(principal: string): () => void {
     const open = this.uploads.get(principal) ?? 0;
     if (open >= this.limits.maxUploadsPerPrincipal) {
-      throw resourceExhausted(`${principal} has ${open} Upload streams open, the limit is ${this.limits.maxUploadsPerPrincipal} per token`);
+      throw resourceExhausted(`${principal} has ${open} Upload streams open, the limit is ${this.limits.maxUploadsPerPrincipal} per token (a backup opens one per channel): use fewer --channels or concurrent backups, or raise the server's --max-uploads-per-token`);
     }
     this.uploads.set(principal, open + 1);
     let closed = false;

@@ -91,6 +91,7 @@ datasets:
     expect(error('server: x:1\n')).toContain('agent.yaml: datasets: name at least one dataset');
     expect(error(`token: abc\ntoken_file: /t\n${ds('    every: 1h\n')}`)).toContain('token_file: give token or token_file, not both');
     expect(error(`log_level: loud\n${ds('    every: 1h\n')}`)).toContain('log_level: must be one of trace, debug, info, warn, error, fatal');
+    expect(error(`channels: 17\n${ds('    every: 1h\n')}`)).toContain('channels: must be at most 16, got 17');
     expect(error('datasets: [a, b\n')).toMatch(/^\/etc\/cairn\/agent\.yaml: not valid YAML/);
   });
 });

@@ -82,7 +82,7 @@ describe('limits: sessions and Upload streams per token, session expiry, decompr
     const extra = rawBlob(Buffer.from(`refused upload ${Date.now()}`));
     refused.call.write({ sessionId, blobs: [extra] });
     refused.call.end();
-    expect(await failure(refused.result)).toBe('RESOURCE_EXHAUSTED: default/gpu-1 has 2 Upload streams open, the limit is 2 per token');
+    expect(await failure(refused.result)).toBe("RESOURCE_EXHAUSTED: default/gpu-1 has 2 Upload streams open, the limit is 2 per token (a backup opens one per channel): use fewer --channels or concurrent backups, or raise the server's --max-uploads-per-token");
     expect(await missing(extra.id)).toBe(1);
     expect((await upload(other, theirs.sessionId, [rawBlob(Buffer.from(`their upload ${Date.now()}`))])).blobsStored).toBe('1');
     // A stream that ends gives its place back.

@@ -128,6 +128,12 @@ describe('client behaviour', () => {
     expect(hist.stdout.trim()).toBe('');
   });
 
+  it('refuses more channels than the server admits Upload streams for, before connecting', async () => {
+    const r = await runCli(['--channels', '17', 'snapshot', tmpDir(), '--dataset', 'wide', '--host', 'h'], { server: server.addr });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('INVALID_ARGUMENT: --channels must be a whole number from 1 to 16, got "17"');
+  });
+
   it('rejects a bad dataset name with INVALID_ARGUMENT naming it', async () => {
     const dir = path.join(tmpDir(), 'x');
     await writeFile(path.join(dir, 'a'), 'a');
