@@ -150,6 +150,13 @@ function statusState(r: StatusRow): string {
   return r.stale ? 'STALE' : 'ok';
 }
 
+/** What the ERROR column says: a pair failing now, else a latest snapshot that left entries out. */
+function statusProblem(r: StatusRow, nowMs: number): string {
+  if (failing(r)) return `failing since ${relativeTime(r.lastErrorTime, nowMs)}: ${r.lastError}`;
+  const unreadable = Number(r.unreadable);
+  return unreadable > 0 ? `last snapshot left out ${unreadable} unreadable ${unreadable === 1 ? 'entry' : 'entries'}` : '';
+}
+
 /** The last error, if it came after the last success: a pair that is failing right now. */
 function failing(r: StatusRow): boolean {
   return r.lastErrorTime !== '' && r.lastErrorTime > r.lastSuccessTime;
@@ -363,7 +370,7 @@ export function registerQueryCommands(program: Command): void {
         const nowMs = now ? Date.parse(now) : Date.now();
         if (g.json) {
           for (const r of rows) {
-            await emit(JSON.stringify({ ...r, state: statusState(r), failing: failing(r), bytes: Number(r.bytes), files: Number(r.files) }));
+            await emit(JSON.stringify({ ...r, state: statusState(r), failing: failing(r), bytes: Number(r.bytes), files: Number(r.files), unreadable: Number(r.unreadable) }));
           }
         } else if (rows.length === 0) {
           await emit('no snapshots or heartbeats');
@@ -377,7 +384,7 @@ export function registerQueryCommands(program: Command): void {
             r.lastSnapshot ? formatBytes(Number(r.bytes)) : '-',
             r.lastSnapshot ? r.files : '-',
             statusState(r),
-            failing(r) ? `failing since ${relativeTime(r.lastErrorTime, nowMs)}: ${r.lastError}` : '',
+            statusProblem(r, nowMs),
           ]);
           await emit(table(['DATASET', 'HOST', 'LAST', 'TIME', 'AGE', 'SIZE', 'FILES', 'STATE', 'ERROR'], lines));
         }

@@ -73,6 +73,8 @@ export interface StatusRow {
   lastError: string;
   lastErrorTime: string;
   lastSuccessTime: string;
+  /** Entries the latest snapshot left out as unreadable (its summary's errors). */
+  unreadable: string;
 }
 
 export interface StatusReply {

@@ -166,6 +166,7 @@ export async function repositoryStatus(repo: Repository, opts: { now: number; st
       lastError: beat?.lastError ?? '',
       lastErrorTime: beat?.lastErrorTime ?? '',
       lastSuccessTime: lastSuccess,
+      unreadable: snap?.summary.errors ?? '0',
     });
   }
   return rows;

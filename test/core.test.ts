@@ -118,6 +118,10 @@ describe('client behaviour', () => {
     expect(out.stats.errors).toBe(2);
     expect(out.stats.files).toBe(1);
     expect(r.stderr).toContain('warning:');
+    // Status shows the gap in the newest snapshot, not only the run's own output.
+    const status = await runCli(['--json', 'status', '--dataset', 'partial'], { server: server.addr });
+    expect(JSON.parse(status.stdout)).toMatchObject({ dataset: 'partial', state: 'ok', unreadable: 2 });
+    expect((await runCli(['status', '--dataset', 'partial'], { server: server.addr })).stdout).toContain('last snapshot left out 2 unreadable entries');
   });
 
   it('refuses a missing directory with NOT_FOUND and records nothing', async () => {
