@@ -141,6 +141,8 @@ export function buildProgram(): Command {
       const { conn, g } = connect(cmd);
       try {
         const overwrite = parseOverwrite(o.overwrite);
+        // With --overwrite always, what is still kept is a directory that only a person may empty.
+        const overwriteHint = overwrite === 'always' ? '' : ' (use --overwrite to replace)';
         const hello = await conn.unary<HelloReply>('Hello', {});
         const snapshot = await conn.unary<Snapshot>('GetSnapshot', { ref: o.snapshot, dataset: o.dataset ?? '', host: o.host ?? '', tag: '' });
         // The plan is a dry run of this very restore, so it decides each file exactly as the restore will.
@@ -152,7 +154,7 @@ export function buildProgram(): Command {
         if (o.dryRun) {
           if (g.json) out(JSON.stringify({ snapshot: snapshot.id, target, dryRun: true, plan, stats: planner.stats, conflicts: planner.conflicts }));
           else {
-            for (const c of planner.conflicts) process.stderr.write(`would keep local: ${c.path}: ${c.reason} (use --overwrite to replace)\n`);
+            for (const c of planner.conflicts) process.stderr.write(`would keep local: ${c.path}: ${c.reason}${overwriteHint}\n`);
             out(`restore of snapshot ${snapshot.id.slice(0, 8)} (${snapshot.dataset}@${snapshot.host}, ${localTime(snapshot.time)}) to ${target} would:`);
             out(describePlan(plan));
           }
@@ -174,7 +176,7 @@ export function buildProgram(): Command {
         if (g.json) {
           out(JSON.stringify({ snapshot: snapshot.id, target, plan, stats, conflicts: restorer.conflicts, seconds, dryRun: false, peakRssBytes: peakRss() }));
         } else {
-          for (const c of restorer.conflicts) process.stderr.write(`kept local: ${c.path}: ${c.reason} (use --overwrite to replace)\n`);
+          for (const c of restorer.conflicts) process.stderr.write(`kept local: ${c.path}: ${c.reason}${overwriteHint}\n`);
           out(`restored snapshot ${snapshot.id.slice(0, 8)} (${snapshot.dataset}@${snapshot.host}, ${localTime(snapshot.time)}) to ${target}`);
           out(`  files ${stats.files} (${stats.filesSkippedSame} already present), dirs ${stats.dirs}, symlinks ${stats.symlinks}, ${formatBytes(stats.bytes)} written, ${stats.filesKeptLocal} local files kept`);
           out(`  ${seconds.toFixed(2)}s, ${formatBytes(stats.bytes / Math.max(seconds, 0.001))}/s`);

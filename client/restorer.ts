@@ -230,8 +230,8 @@ export class Restorer {
       return;
     }
     this.stats.symlinks++;
-    if (this.opts.dryRun) return;
-    await this.ensureDir(path.dirname(abs));
+    const dryRun = this.opts.dryRun;
+    if (!dryRun) await this.ensureDir(path.dirname(abs));
     const existing = await fs.lstat(abs).catch(() => undefined);
     if (existing) {
       if (existing.isSymbolicLink() && (await fs.readlink(abs)) === node.target) return;
@@ -241,14 +241,17 @@ export class Restorer {
         return;
       }
       // Never a recursive delete: a local directory where the snapshot has a link may hold
-      // work no snapshot has. Only an empty one makes way.
-      const gone = existing.isDirectory() ? await fs.rmdir(abs).then(() => true, () => false) : await fs.rm(abs, { force: true }).then(() => true);
+      // work no snapshot has. Only an empty one makes way; a dry run reports the same.
+      const gone = existing.isDirectory()
+        ? await (dryRun ? fs.readdir(abs).then((entries) => entries.length === 0) : fs.rmdir(abs).then(() => true)).catch(() => false)
+        : dryRun || (await fs.rm(abs, { force: true }).then(() => true));
       if (!gone) {
         this.conflicts.push({ path: abs, reason: 'a directory that is not empty stands where the snapshot has a symlink; kept' });
         this.stats.filesKeptLocal++;
         return;
       }
     }
+    if (dryRun) return;
     await fs.symlink(node.target, abs);
     await applyMeta(abs, node, true);
   }

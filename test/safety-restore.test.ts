@@ -90,6 +90,11 @@ describe('restore safety through the CLI', () => {
     const target = path.join(tmpDir(), 'links-instance');
     await writeFile(path.join(target, 'ckpt/new-run/weights.bin'), 'work in no snapshot');
     await writeFile(path.join(target, '.notes.cairn-20241107'), 'a note of the user');
+    // The dry run foresees the same conflict.
+    const dry = await cli(['restore', '--dataset', 'links', '--overwrite', 'always', '--dry-run', target]);
+    expect(dry.code, dry.stderr).toBe(0);
+    expect(dry.stderr).toContain(`would keep local: ${path.join(target, 'ckpt')}: a directory that is not empty stands where the snapshot has a symlink; kept\n`);
+    expect(await fs.readFile(path.join(target, 'ckpt/new-run/weights.bin'), 'utf8')).toBe('work in no snapshot');
     const r = await cli(['restore', '--dataset', 'links', '--overwrite', 'always', target]);
     expect(r.code, r.stderr).toBe(3);
     expect(r.stderr).toContain(`${path.join(target, 'ckpt')}: a directory that is not empty stands where the snapshot has a symlink; kept`);
