@@ -1,8 +1,9 @@
 import { lstatSync, readdirSync, type BigIntStats, type Dirent } from 'node:fs';
 import path from 'node:path';
 import { CairnError, Code } from '../common/errors.js';
+import { ID_BYTES } from '../common/hash.js';
 import { formatBytes } from '../common/units.js';
-import { compareNames, joinPath } from '../common/tree.js';
+import { compareNames, joinPath, MAX_TREE_BLOB_BYTES, MAX_TREE_ENTRIES } from '../common/tree.js';
 import type { ExcludeMatcher } from './excludes.js';
 import type { DirListing, DirStamp, WalkCache } from './walk-cache.js';
 
@@ -189,7 +190,9 @@ export async function prescan(roots: string[], excludes: ExcludeMatcher, signal?
     summary.dirs++;
     let bytes = 0;
     let files = 0;
-    for (const e of await reader.entries(abs, rel, isRoot)) {
+    const entries = await reader.entries(abs, rel, isRoot);
+    checkTreeFits(abs, entries);
+    for (const e of entries) {
       if (e.type === 'FILE') {
         files++;
         bytes += Number(e.st.size);
@@ -213,6 +216,41 @@ export async function prescan(roots: string[], excludes: ExcludeMatcher, signal?
   }
   summary.largest = largestDirs(candidates, LARGEST_SHOWN);
   return summary;
+}
+
+/**
+ * The fewest bytes an entry takes in a tree blob besides its name: every field is written,
+ * defaults included (common/tree.ts), so ten fields of at least a tag and a byte each.
+ */
+const TREE_ENTRY_MIN_BYTES = 20;
+
+/**
+ * A directory becomes one tree blob, which the server takes up to MAX_TREE_ENTRIES entries and
+ * MAX_TREE_BLOB_BYTES: refused here, before any file is read, rather than by the server after
+ * every file in it was. The bytes counted are a floor (names, link targets, a subtree id per
+ * directory, one chunk id per non-empty file), so a directory that fits is never refused.
+ */
+export function checkTreeFits(abs: string, entries: ScanEntry[]): void {
+  const advice = 'exclude some of them or spread them over subdirectories';
+  if (entries.length > MAX_TREE_ENTRIES) {
+    throw new CairnError(Code.RESOURCE_EXHAUSTED, `${abs} holds ${entries.length} entries to back up; a directory may hold at most ${MAX_TREE_ENTRIES}: ${advice}`);
+  }
+  const floor = treeBytesFloor(entries);
+  if (floor > MAX_TREE_BLOB_BYTES) {
+    throw new CairnError(Code.RESOURCE_EXHAUSTED, `${abs} holds ${entries.length} entries whose listing takes at least ${formatBytes(floor)}, past the ${formatBytes(MAX_TREE_BLOB_BYTES)} a directory may take: ${advice}`);
+  }
+}
+
+/** The fewest bytes the tree of these entries can take (see checkTreeFits). */
+export function treeBytesFloor(entries: ScanEntry[]): number {
+  let floor = 0;
+  for (const e of entries) {
+    floor += TREE_ENTRY_MIN_BYTES + Buffer.byteLength(e.name);
+    if (e.type === 'DIR') floor += ID_BYTES;
+    else if (e.type === 'SYMLINK') floor += Number(e.st.size);
+    else if (e.st.size > 0n) floor += ID_BYTES + 2;
+  }
+  return floor;
 }
 
 /**
