@@ -51,8 +51,12 @@ export class UploadStream {
    */
   async add(blob: Blob): Promise<void> {
     while (this.flushing) await this.flushing;
-    // The server takes at most one tree's worth of raw tree bytes per message.
-    if (blob.kind === 'TREE' && this.batchTreeBytes + blob.rawLength > MAX_TREE_BLOB_BYTES) await this.cut();
+    // The server takes at most one tree's worth of raw tree bytes per message. Checked again
+    // after each wait: a concurrent add may have put a tree into the fresh batch meanwhile.
+    while (blob.kind === 'TREE' && this.batch.length > 0 && this.batchTreeBytes + blob.rawLength > MAX_TREE_BLOB_BYTES) {
+      await this.cut();
+      while (this.flushing) await this.flushing;
+    }
     this.batch.push(blob);
     this.batchBytes += blob.data.length;
     if (blob.kind === 'TREE') this.batchTreeBytes += blob.rawLength;

@@ -34,6 +34,7 @@ interface ServeOptions {
   sessionTimeout: string;
   maxSessionsPerToken: string;
   maxUploadsPerToken: string;
+  keepalive: string;
   tokenCache: string;
 }
 
@@ -53,6 +54,7 @@ async function serve(opts: ServeOptions): Promise<void> {
     log,
     packSize: parseSize(opts.packSize),
     leaseTtlMs: parseDurationMs(opts.leaseTtl),
+    keepaliveMs: parseDurationMs(opts.keepalive),
     tls: loadServerTls({ cert: opts.tlsCert, key: opts.tlsKey, clientCa: opts.tlsClientCa }),
     insecure: opts.insecure,
     sessionIdleMs: parseDurationMs(opts.sessionTimeout),
@@ -97,6 +99,7 @@ const program = new Command('cairn-server')
   .addOption(new Option('--session-timeout <duration>', 'a backup session idle this long expires and its pins are released').default('1h'))
   .addOption(new Option('--max-sessions-per-token <n>', 'backup sessions one token may hold open at once').default('64'))
   .addOption(new Option('--max-uploads-per-token <n>', 'Upload streams one token may have open at once: one per channel of each running backup (each may buffer a 65 MiB message)').default('32'))
+  .addOption(new Option('--keepalive <duration>', 'ping a connection idle this long; one that does not answer (within 20s at most) is closed and its streams ended').default('60s'))
   .addOption(new Option('--token-cache <duration>', 'reuse a token check this long (0s: a revoked token is refused at once; more saves store reads on S3)').default('0s'))
   .action(serve);
 

@@ -27,6 +27,8 @@ export interface ServerOptions {
   chunker?: ChunkerParams;
   sessionIdleMs?: number;
   maxSessionsPerToken?: number;
+  /** Idle time before the server pings a connection; one that does not answer as long is closed. */
+  keepaliveMs?: number;
   /** Upload streams one token may have open at once (see SessionLimits). */
   maxUploadsPerToken?: number;
   tls?: ServerTls;
@@ -44,10 +46,7 @@ export { DEFAULT_REPOSITORY };
 
 /** Opens (or initialises) the store's repositories and serves them over gRPC. */
 export class CairnServer {
-  readonly grpc = new grpc.Server({
-    'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
-    'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
-  });
+  readonly grpc: grpc.Server;
   readonly repos = new Map<string, Repository>();
   private readonly opening = new Map<string, Promise<Repository>>();
   private readonly leases: WriterLease[] = [];
@@ -56,6 +55,15 @@ export class CairnServer {
   port = 0;
 
   private constructor(readonly opts: ServerOptions) {
+    const keepaliveMs = opts.keepaliveMs ?? 60_000;
+    this.grpc = new grpc.Server({
+      'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
+      'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
+      // A client that vanished (power loss, a NAT that forgot the flow) sends no FIN: without
+      // pings its streams, and the Upload places they hold, would stay open for good.
+      'grpc.keepalive_time_ms': keepaliveMs,
+      'grpc.keepalive_timeout_ms': Math.min(keepaliveMs, 20_000),
+    });
     this.sessions = new SessionManager({ maxSessions: 256, maxSessionsPerPrincipal: opts.maxSessionsPerToken ?? 64, maxUploadsPerPrincipal: opts.maxUploadsPerToken ?? 32, idleTimeoutMs: opts.sessionIdleMs ?? 60 * 60 * 1000 });
     this.access = new AccessControl({ tokens: new TokenStore(opts.store), repository: (name) => this.repository(name), cacheMs: opts.tokenCacheMs ?? 0, log: opts.log });
   }

@@ -127,6 +127,7 @@ export function coreHandlers(deps: ServiceDeps): grpc.UntypedServiceImplementati
     let sessionId = '';
     let failed = false;
     let chain: Promise<void> = Promise.resolve();
+    let cancelled = false;
     let release = () => {};
     const fail = (err: unknown) => {
       release();
@@ -135,14 +136,21 @@ export function coreHandlers(deps: ServiceDeps): grpc.UntypedServiceImplementati
       callback(grpcError(err, log, 'Upload'));
     };
     // Nothing is read until the caller is known and admitted: a message of up to
-    // MAX_MESSAGE_BYTES accumulates while it arrives, on every stream that reads.
+    // MAX_MESSAGE_BYTES accumulates while it arrives, on every stream that reads. Then one
+    // message at a time: grpc-js would otherwise read sixteen ahead while one is verified.
     call.pause();
+    (call as unknown as { _readableState: { highWaterMark: number } })._readableState.highWaterMark = 0;
     const ctxPromise = auth(call as grpc.ServerReadableStream<unknown, unknown>, 'Upload').then((ctx) => {
+      // A stream gone while its caller was checked must not take a place nobody would give back.
+      if (failed || cancelled) throw new CairnError(Code.CANCELLED, 'client cancelled the call');
       release = sessions.openUpload(ctx.principal);
       return ctx;
     });
     ctxPromise.then(() => void (failed || call.resume()), fail);
-    call.on('cancelled', () => release());
+    call.on('cancelled', () => {
+      cancelled = true;
+      release();
+    });
     call.on('data', (req: UploadRequest) => {
       if (failed) return;
       call.pause();
