@@ -81,7 +81,8 @@ function isRetryable(err: unknown): boolean {
   if (err instanceof CairnError) return false;
   if ((err as SdkError)?.retryable === true || isNetworkError(err)) return true;
   const status = httpStatus(err);
-  if (status === 429 || (status !== undefined && status >= 500)) return true;
+  // 501 is an answer, not an outage: the store lacks the feature (a conditional put, say).
+  if (status === 429 || (status !== undefined && status >= 500 && status !== 501)) return true;
   return RETRYABLE_S3_CODES.has(s3Code(err));
 }
 
@@ -146,6 +147,8 @@ export class S3Store implements ObjectStore {
       // Self-hosted stores ignore the region, but SigV4 needs one to sign with.
       region: opts.region ?? (opts.endpoint ? 'us-east-1' : undefined),
       forcePathStyle: opts.pathStyle ?? opts.endpoint !== undefined,
+      // On AWS a bucket outside the configured region answers 301 or a bare 400 to a HEAD.
+      followRegionRedirects: opts.endpoint === undefined,
       credentials: opts.credentials,
       maxAttempts: 1,
       // s3rver and some R2/Lambda adapters store aws-chunked framing as the object's bytes;
@@ -394,6 +397,9 @@ export class S3Store implements ObjectStore {
       return failedPrecondition(`bucket ${this.bucket} does not exist${this.endpoint ? ` at ${this.endpoint}` : ''}; create it or fix the store URL`);
     }
     if (code === 'NoSuchKey' || status === 404) return notFound(`object ${key} does not exist in ${this.description}`);
+    if (status === 501) {
+      return failedPrecondition(`${this.description} does not implement ${op} ${key} (${errorSummary(err)}); cairn needs conditional writes (If-None-Match) and ranged reads from its store: upgrade it or use another`);
+    }
     if (DENIED_S3_CODES.has(code) || status === 403) {
       return permissionDenied(`${this.description} refused ${op} ${key}: ${errorSummary(err)}; check the access key, secret key and bucket policy`);
     }

@@ -39,8 +39,11 @@ function machineIdentity(): string | undefined {
 export class WriterLease {
   private readonly me: LeaseRecord;
   private timer: NodeJS.Timeout | undefined;
+  /** Fires shortly before the last lease this writer wrote expires, unless a refresh came first. */
+  private fence: NodeJS.Timeout | undefined;
   private refreshing: Promise<void> = Promise.resolve();
   private released = false;
+  private lost = false;
 
   constructor(
     private readonly store: ObjectStore,
@@ -56,6 +59,29 @@ export class WriterLease {
     return Buffer.from(JSON.stringify(this.me));
   }
 
+  /**
+   * After each lease written: a writer whose refreshes keep failing (a store outage, a network
+   * partition) must stop before its lease runs out, or a second server could take the lease
+   * and write beside it while it goes on. Its expiry was set before the write, so it is early.
+   */
+  private armFence(): void {
+    clearTimeout(this.fence);
+    const expires = this.me.expires;
+    const margin = Math.min(this.ttlMs / 6, 10_000);
+    this.fence = setTimeout(
+      () => this.lose(failedPrecondition(`could not refresh the writer lease of ${this.store.description} before it expires at ${expires}; stopping writes, so that another writer may take over safely`)),
+      Math.max(0, Date.parse(expires) - margin - Date.now()),
+    ).unref();
+  }
+
+  private lose(err: CairnError): void {
+    if (this.released || this.lost) return;
+    this.lost = true;
+    clearInterval(this.timer);
+    clearTimeout(this.fence);
+    this.onLost(err);
+  }
+
   private async current(): Promise<LeaseRecord | undefined> {
     try {
       return JSON.parse((await this.store.get(LEASE_KEY)).toString('utf8')) as LeaseRecord;
@@ -68,6 +94,7 @@ export class WriterLease {
   async acquire(): Promise<void> {
     for (let attempt = 0; attempt < 3; attempt++) {
       if (await this.store.putIfAbsent(LEASE_KEY, this.record())) {
+        this.armFence();
         this.timer = setInterval(() => {
           this.refreshing = this.refreshing.then(() => this.refresh());
         }, Math.max(500, this.ttlMs / 3)).unref();
@@ -81,6 +108,12 @@ export class WriterLease {
           `repository ${this.store.description} is held by another writer: ${other.host} pid ${other.pid} (lease ${other.holder}, expires ${other.expires}); stop it, or wait for its lease to expire if it is gone`,
         );
       }
+      // Another server may be taking over the same stale lease: delete only what was judged
+      // stale, not the lease that server may have just written in its place. (A store has no
+      // conditional delete, so two takers can still cross in the moment between the two reads;
+      // the loser finds out at its first refresh.)
+      const again = await this.current();
+      if (again?.holder !== other.holder || again.expires !== other.expires) continue;
       this.log.warn({ stale: other }, 'taking over the writer lease of a writer that is gone');
       await this.store.delete([LEASE_KEY]);
     }
@@ -99,15 +132,15 @@ export class WriterLease {
   }
 
   private async refresh(): Promise<void> {
-    if (this.released) return;
+    if (this.released || this.lost) return;
     try {
       const cur = await this.current();
       if (cur?.holder !== this.me.holder) {
-        clearInterval(this.timer);
-        this.onLost(failedPrecondition(`writer lease of ${this.store.description} was taken by ${cur ? `${cur.host} pid ${cur.pid}` : 'nobody (deleted)'}; stopping writes`));
+        this.lose(failedPrecondition(`writer lease of ${this.store.description} was taken by ${cur ? `${cur.host} pid ${cur.pid}` : 'nobody (deleted)'}; stopping writes`));
         return;
       }
       await this.store.put(LEASE_KEY, this.record());
+      this.armFence();
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, 'writer lease refresh failed; retrying');
     }
@@ -115,6 +148,7 @@ export class WriterLease {
 
   async release(): Promise<void> {
     clearInterval(this.timer);
+    clearTimeout(this.fence);
     this.released = true;
     // A refresh already on its way would write the lease back after we delete it.
     await this.refreshing;

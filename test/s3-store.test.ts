@@ -1,8 +1,10 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
+import { pino } from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CairnError, Code } from '../common/errors.js';
 import { parseS3Url, S3Store, type S3StoreOptions } from '../server/s3-store.js';
+import { LEASE_KEY, WriterLease } from '../server/writer-lease.js';
 import { startFaultProxy } from './s3/fault-proxy.js';
 import { startS3rver, type S3rverHandle } from './s3/s3rver.js';
 import { inBatches, listAll, objectStoreContract, type StoreFactory } from './store-contract.js';
@@ -138,6 +140,50 @@ function commonS3Suite(name: string, target: () => Target): void {
         await store.delete(objects.flatMap((o) => [o.key, `locks/${o.key}`]));
       } finally {
         await store.close();
+        await proxy.stop();
+      }
+    });
+
+    it('a store that does not implement a request (HTTP 501) is told at once, not retried as an outage', async () => {
+      const t = target();
+      const proxy = await startFaultProxy({ target: t.endpoint, faultRate: 0, seed: 1, override: (method) => (method === 'PUT' ? 501 : undefined) });
+      const store = new S3Store(storeOptions({ ...t, endpoint: proxy.endpoint }));
+      try {
+        const err = await caught(store.putIfAbsent('locks/writer', Buffer.from('me')));
+        expect(err.code).toBe(Code.FAILED_PRECONDITION);
+        expect(err.message).toMatch(/ does not implement putIfAbsent locks\/writer \(HTTP 501.*\); cairn needs conditional writes \(If-None-Match\) and ranged reads from its store: upgrade it or use another$/);
+        expect(store.counts().retries).toBe(0);
+      } finally {
+        await store.close();
+        await proxy.stop();
+      }
+    });
+
+    it('a writer whose lease refreshes keep failing stops itself, naming the expiry it could not extend', async () => {
+      const t = target();
+      let outage = false;
+      const proxy = await startFaultProxy({ target: t.endpoint, faultRate: 0, seed: 1, override: () => (outage ? 503 : undefined) });
+      const options = storeOptions(t);
+      const store = new S3Store({ ...options, endpoint: proxy.endpoint });
+      const direct = new S3Store(options);
+      const lost: CairnError[] = [];
+      const lease = new WriterLease(store, 3000, pino({ level: 'silent' }), (err) => lost.push(err));
+      try {
+        await lease.acquire();
+        const written = (JSON.parse((await direct.get(LEASE_KEY)).toString('utf8')) as { expires: string }).expires;
+        // Every request now fails slowly (retried with backoff): refreshing cannot succeed.
+        outage = true;
+        for (let i = 0; i < 200 && lost.length === 0; i++) await new Promise((r) => setTimeout(r, 50));
+        expect(lost[0].code).toBe(Code.FAILED_PRECONDITION);
+        expect(lost[0].message).toMatch(/^could not refresh the writer lease of .* before it expires at (\S+); stopping writes, so that another writer may take over safely$/);
+        expect(Date.parse(lost[0].message.match(/expires at (\S+);/)![1])).toBeGreaterThanOrEqual(Date.parse(written));
+        expect(lost).toHaveLength(1);
+      } finally {
+        outage = false;
+        await lease.release();
+        await direct.delete([LEASE_KEY]);
+        await store.close();
+        await direct.close();
         await proxy.stop();
       }
     });
