@@ -267,13 +267,17 @@ export async function loadAgentConfig(file: string): Promise<AgentConfig> {
     throw new CairnError(Code.NOT_FOUND, `cannot read agent config ${file}: ${(err as Error).message}`);
   }
   const config = parseAgentConfig(text, file);
-  if (config.tokenFile) {
-    try {
-      config.token = (await readFile(config.tokenFile, 'utf8')).trim();
-    } catch (err) {
-      throw invalidArgument(`${file}: token_file: cannot read ${config.tokenFile}: ${(err as Error).message}`);
-    }
-    if (!config.token) throw invalidArgument(`${file}: token_file: ${config.tokenFile} is empty`);
-  }
+  if (config.tokenFile) config.token = await readTokenFile(file, config.tokenFile);
   return config;
+}
+
+export async function readTokenFile(configFile: string, tokenFile: string): Promise<string> {
+  let token: string;
+  try {
+    token = (await readFile(tokenFile, 'utf8')).trim();
+  } catch (err) {
+    throw invalidArgument(`${configFile}: token_file: cannot read ${tokenFile}: ${(err as Error).message}`);
+  }
+  if (!token) throw invalidArgument(`${configFile}: token_file: ${tokenFile} is empty`);
+  return token;
 }

@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { codeName, Code, invalidArgument, toCairnError } from '../common/errors.js';
 import { createLogger, type Logger } from '../common/log.js';
 import type { HeartbeatRequest } from '../common/query-messages.js';
-import { loadAgentConfig, type AgentConfig, type DatasetConfig } from './agent-config.js';
+import { loadAgentConfig, readTokenFile, type AgentConfig, type DatasetConfig } from './agent-config.js';
 import { runBackup } from './backup.js';
 import { defaultCacheDir } from './tree-cache.js';
 import { EXIT, type GlobalOpts } from './cli-common.js';
@@ -16,6 +16,12 @@ import { backoffMs, describeSchedule, nextDue, Semaphore, sleepUntil } from './s
  * retrying it only delays the alarm.
  */
 const RETRYABLE = new Set<Code>([Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED, Code.RESOURCE_EXHAUSTED, Code.ABORTED, Code.INTERNAL, Code.UNKNOWN, Code.CANCELLED]);
+
+const HEARTBEAT_ATTEMPTS = 4;
+const HEARTBEAT_DEADLINE_MS = 30_000;
+
+/** How a scheduled run ended: `partial` recorded a snapshot that left unreadable entries out. */
+type RunOutcome = 'saved' | 'partial' | 'failed' | 'interrupted';
 
 /**
  * The node agent: snapshots each configured dataset on its schedule, each in its own loop
@@ -62,10 +68,13 @@ export class Agent {
       for (const d of [...this.policyPending]) await this.storePolicy(d, true);
       if (once) {
         const results = await Promise.all(config.datasets.map((d) => this.runDataset(d)));
-        const failed = config.datasets.filter((_d, i) => !results[i]).map((d) => d.name);
-        if (this.stop.signal.aborted) return EXIT.OK;
-        if (failed.length > 0) this.log.error({ failed }, `${failed.length} of ${config.datasets.length} datasets failed`);
-        return failed.length > 0 ? EXIT.ERROR : EXIT.OK;
+        // A cron job reads this: only a run that recorded every dataset whole is a success.
+        const failed = config.datasets.filter((_d, i) => results[i] === 'failed' || results[i] === 'interrupted').map((d) => d.name);
+        if (failed.length > 0) {
+          this.log.error({ failed }, `${failed.length} of ${config.datasets.length} datasets ${this.stop.signal.aborted ? 'failed or were interrupted' : 'failed'}`);
+          return EXIT.ERROR;
+        }
+        return results.includes('partial') ? EXIT.PARTIAL : EXIT.OK;
       }
       await Promise.all(config.datasets.map((d) => this.loop(d)));
       return EXIT.OK;
@@ -118,68 +127,87 @@ export class Agent {
     }
   }
 
-  /** One scheduled run, retries included; true when a snapshot was recorded. */
-  private async runDataset(d: DatasetConfig): Promise<boolean> {
+  /**
+   * One scheduled run, retries included. A concurrency slot is held only while a snapshot is
+   * taken: not while the heartbeat is sent, nor during the wait before a retry, so one dataset
+   * waiting on the server never keeps the others from starting.
+   */
+  private async runDataset(d: DatasetConfig): Promise<RunOutcome> {
     const signal = this.stop.signal;
-    if (!(await this.slots.acquire(signal))) return false;
     const started = Date.now();
-    try {
-      if (this.policyPending.has(d)) await this.storePolicy(d, false);
-      for (let attempt = 1; ; attempt++) {
+    for (let attempt = 1; ; attempt++) {
+      if (!(await this.slots.acquire(signal))) return 'interrupted';
+      let result: Awaited<ReturnType<typeof runBackup>>;
+      try {
+        await this.useCurrentToken();
+        if (this.policyPending.has(d)) await this.storePolicy(d, false);
         this.log.info({ dataset: d.name, attempt }, 'snapshot started');
-        try {
-          const r = await runBackup(this.conn, {
-            paths: d.paths,
-            dataset: d.name,
-            host: this.config.host,
-            tags: d.tags,
-            excludes: await ExcludeMatcher.create(d.excludes),
-            maxSize: d.maxSize,
-            maxShrink: d.maxShrink,
-            cacheDir: defaultCacheDir(),
-            signal,
-          });
-          const s = r.stats;
-          this.log.info(
-            { dataset: d.name, snapshot: r.snapshot.id, files: s.files, filesUnchanged: s.filesReused, bytes: s.bytes, bytesRead: s.bytesRead, skipped: s.skipped, newBytes: Number(r.snapshot.summary.newBytes), treeCache: r.treeCache, seconds: r.seconds },
-            'snapshot saved',
-          );
-          if (r.problems.length > 0) this.log.warn({ dataset: d.name, unreadable: r.problems.length, first: r.problems.slice(0, 5) }, 'snapshot saved without some unreadable entries');
-          await this.heartbeat(d, started, { ok: true, error: '', snapshot: r.snapshot.id });
-          return true;
-        } catch (err) {
-          const e = toCairnError(err);
-          if (signal.aborted) {
-            this.log.info({ dataset: d.name }, 'snapshot interrupted by shutdown; session aborted, nothing recorded');
-            return false;
-          }
-          const error = `${codeName(e.code)}: ${e.message}`;
-          // A local filesystem error (an unreadable root, say) will be there in a minute too.
-          const local = typeof (err as NodeJS.ErrnoException).syscall === 'string';
-          if (RETRYABLE.has(e.code) && !local && attempt < this.config.retry.attempts) {
-            const delay = backoffMs(attempt, this.config.retry.initialDelayMs, this.config.retry.maxDelayMs);
-            this.log.warn({ dataset: d.name, attempt, err: error, retryInSeconds: delay / 1000 }, 'snapshot failed; retrying');
-            if (!(await sleepUntil(Date.now() + delay, signal))) return false;
-            continue;
-          }
-          this.log.error({ dataset: d.name, attempts: attempt, err: error }, 'snapshot failed');
-          await this.heartbeat(d, started, { ok: false, error, snapshot: '' });
-          return false;
+        result = await runBackup(this.conn, {
+          paths: d.paths,
+          dataset: d.name,
+          host: this.config.host,
+          tags: d.tags,
+          excludes: await ExcludeMatcher.create(d.excludes),
+          maxSize: d.maxSize,
+          maxShrink: d.maxShrink,
+          cacheDir: defaultCacheDir(),
+          signal,
+        });
+      } catch (err) {
+        this.slots.release();
+        const e = toCairnError(err);
+        if (signal.aborted) {
+          this.log.info({ dataset: d.name }, 'snapshot interrupted by shutdown; session aborted, nothing recorded');
+          return 'interrupted';
         }
+        const error = `${codeName(e.code)}: ${e.message}`;
+        // A local filesystem error (an unreadable root, say) will be there in a minute too.
+        const local = typeof (err as NodeJS.ErrnoException).syscall === 'string';
+        if (RETRYABLE.has(e.code) && !local && attempt < this.config.retry.attempts) {
+          const delay = backoffMs(attempt, this.config.retry.initialDelayMs, this.config.retry.maxDelayMs);
+          this.log.warn({ dataset: d.name, attempt, err: error, retryInSeconds: delay / 1000 }, 'snapshot failed; retrying');
+          if (!(await sleepUntil(Date.now() + delay, signal))) return 'interrupted';
+          continue;
+        }
+        this.log.error({ dataset: d.name, attempts: attempt, err: error }, 'snapshot failed');
+        await this.heartbeat(d, started, { ok: false, error, snapshot: '' });
+        return 'failed';
       }
-    } finally {
       this.slots.release();
+      const s = result.stats;
+      this.log.info(
+        { dataset: d.name, snapshot: result.snapshot.id, files: s.files, filesUnchanged: s.filesReused, bytes: s.bytes, bytesRead: s.bytesRead, skipped: s.skipped, newBytes: Number(result.snapshot.summary.newBytes), treeCache: result.treeCache, seconds: result.seconds },
+        'snapshot saved',
+      );
+      if (result.problems.length > 0) this.log.warn({ dataset: d.name, unreadable: result.problems.length, first: result.problems.slice(0, 5) }, 'snapshot saved without some unreadable entries');
+      await this.heartbeat(d, started, { ok: true, error: '', snapshot: result.snapshot.id });
+      return result.problems.length > 0 ? 'partial' : 'saved';
     }
   }
 
+  /** A token_file is read before every run: a rotated token is picked up without a restart. */
+  private async useCurrentToken(): Promise<void> {
+    if (this.config.tokenFile) this.conn.setToken(await readTokenFile(this.config.file, this.config.tokenFile));
+  }
+
+  /**
+   * Tried a few times over about a minute: the heartbeat is how a failure reaches `cairn status`,
+   * and a network blip right after a refused run must not lose it.
+   */
   private async heartbeat(d: DatasetConfig, started: number, result: Pick<HeartbeatRequest, 'ok' | 'error' | 'snapshot'>): Promise<void> {
     const req: HeartbeatRequest = { dataset: d.name, host: this.config.host, durationSeconds: (Date.now() - started) / 1000, ...result };
-    try {
-      await this.conn.unary('Heartbeat', req);
-    } catch (err) {
-      const e = toCairnError(err);
-      // The server is the one place failures become visible; when it cannot be told, the log must say so.
-      this.log.error({ dataset: d.name, code: codeName(e.code), err: e.message, report: req }, 'heartbeat not delivered: cairn status will show this dataset as stale');
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.conn.unary('Heartbeat', req, undefined, HEARTBEAT_DEADLINE_MS);
+        return;
+      } catch (err) {
+        const e = toCairnError(err);
+        if (attempt < HEARTBEAT_ATTEMPTS && RETRYABLE.has(e.code) && (await sleepUntil(Date.now() + attempt * 5_000, this.stop.signal))) continue;
+        // The server is the one place failures become visible; when it cannot be told, the log must say so.
+        const shows = result.ok ? 'the last report it has (and, in time, stale)' : 'the last report it has, not this failure';
+        this.log.error({ dataset: d.name, code: codeName(e.code), err: e.message, report: req }, `heartbeat not delivered: cairn status will show ${shows}`);
+        return;
+      }
     }
   }
 }
@@ -189,10 +217,14 @@ export function registerAgentCommand(program: Command): void {
     .command('agent')
     .description('snapshot the datasets of a config file on their schedules, until stopped; logs JSON lines on stderr')
     .requiredOption('--config <file>', 'agent config (YAML), e.g. /etc/cairn/agent.yaml')
-    .option('--once', 'snapshot every dataset once, then exit (for cron); exit 1 if any failed', false)
+    .option('--once', 'snapshot every dataset once, then exit (for cron): 1 if any failed or was interrupted, 3 if a snapshot left unreadable entries out', false)
     .action(async (o: { config: string; once: boolean }, cmd: Command) => {
       const g = cmd.optsWithGlobals<GlobalOpts>();
       const config = await loadAgentConfig(o.config);
+      // A forgotten server: line must not become a node that backs up nowhere, forever.
+      if (!config.server && cmd.getOptionValueSourceWithGlobals('server') === 'default') {
+        throw invalidArgument(`${config.file}: server: name the cairn-server to back up to (server: host:port here, or --server / CAIRN_SERVER)`);
+      }
       const agent = new Agent(config, { server: config.server ?? g.server, token: config.token ?? g.token, tls: tlsFromFlags(config.tls ?? g) });
       process.exitCode = await agent.run(o.once);
     });

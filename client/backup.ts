@@ -157,8 +157,9 @@ interface Started {
   scan: ScanSummary;
 }
 
+/** Best effort, and brief: it runs on the way out (a refusal, a shutdown), and the session expires anyway. */
 async function abortSession(conn: Connection, sessionId: string): Promise<void> {
-  await conn.unary('AbortBackup', { sessionId }).catch(() => undefined);
+  await conn.unary('AbortBackup', { sessionId }, undefined, 10_000).catch(() => undefined);
 }
 
 /**

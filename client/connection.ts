@@ -88,6 +88,12 @@ type UnaryFn = (req: unknown, md: grpc.Metadata, opts: grpc.CallOptions, cb: (er
 type StreamFn = (req: unknown, md: grpc.Metadata, opts?: grpc.CallOptions) => grpc.ClientReadableStream<unknown>;
 type ClientStreamFn = (md: grpc.Metadata, opts: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res: unknown) => void) => grpc.ClientWritableStream<unknown>;
 
+/**
+ * Far beyond any answer a working server takes (a commit verifying a first snapshot of
+ * millions of files takes tens of seconds), yet finite.
+ */
+export const UNARY_DEADLINE_MS = 10 * 60_000;
+
 /** Each channel is one Upload stream per backup, counted against the server's --max-uploads-per-token (32). */
 export const MAX_CHANNELS = 16;
 
@@ -117,10 +123,18 @@ export class Connection {
     );
   }
 
+  private token: string | undefined;
+
   private metadata(): grpc.Metadata {
     const md = new grpc.Metadata();
-    if (this.opts.token) md.set('authorization', `Bearer ${this.opts.token}`);
+    const token = this.token ?? this.opts.token;
+    if (token) md.set('authorization', `Bearer ${token}`);
     return md;
+  }
+
+  /** For calls from now on: a long-running agent picks up a rotated token. */
+  setToken(token: string): void {
+    this.token = token;
   }
 
   private pick(channel?: number): grpc.Client {
@@ -132,10 +146,11 @@ export class Connection {
     return this.clients.length;
   }
 
-  unary<Res>(method: string, req: unknown, channel?: number): Promise<Res> {
+  /** Every call has a deadline: a server that accepts a call and never answers must not hang an agent for good. */
+  unary<Res>(method: string, req: unknown, channel?: number, deadlineMs = UNARY_DEADLINE_MS): Promise<Res> {
     const client = this.pick(channel) as unknown as Record<string, UnaryFn>;
     return new Promise<Res>((resolve, reject) => {
-      client[method].call(client, req, this.metadata(), {}, (err, res) => (err ? reject(explain(err, this.opts.tls)) : resolve(res as Res)));
+      client[method].call(client, req, this.metadata(), { deadline: Date.now() + deadlineMs }, (err, res) => (err ? reject(explain(err, this.opts.tls)) : resolve(res as Res)));
     });
   }
 

@@ -393,6 +393,13 @@ export function registerQueryCommands(program: Command): void {
           process.stderr.write(`cairn: ${bad.length} of ${rows.length} dataset/host pairs stale (older than ${o.staleAfter}) or never backed up: ${bad.map((r) => `${r.dataset}@${r.host}`).join(', ')}\n`);
           process.exitCode = EXIT.ERROR;
         }
+        // A pair whose runs fail while its last snapshot is still fresh is the alarm to raise
+        // now, not when the snapshot ages past --stale-after.
+        const failingNow = rows.filter((r) => !r.stale && failing(r));
+        if (failingNow.length > 0) {
+          process.stderr.write(`cairn: ${failingNow.length} of ${rows.length} dataset/host pairs failing: ${failingNow.map((r) => `${r.dataset}@${r.host}`).join(', ')}\n`);
+          process.exitCode = EXIT.ERROR;
+        }
       } finally {
         conn.close();
       }

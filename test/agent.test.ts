@@ -4,7 +4,8 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseAgentConfig } from '../client/agent-config.js';
 import { backoffMs, nextDue } from '../client/scheduler.js';
-import { createToken } from './auth-helpers.js';
+import { Connection } from '../client/connection.js';
+import { createToken, serverCli } from './auth-helpers.js';
 import { cleanupTmp, ROOT, runCli, startServer, tmpDir, type ServerHandle } from './harness.js';
 import { randomBytes, writeFile } from './tree-gen.js';
 
@@ -292,5 +293,66 @@ datasets:
     expect(await history('large')).toEqual([]);
     // An interruption by the operator is not a failure: no error reaches cairn status.
     expect((await status()).find((r) => r.dataset === 'large')).toBeUndefined();
+  });
+
+  it('reads token_file before every run: a rotated token is used without a restart', async () => {
+    const guarded = await startServer();
+    try {
+      const first = await createToken(guarded.storeSpec, 'default', 'agent', 'gpu-4');
+      const tokenFile = path.join(dir, 'gpu-4.token');
+      await fs.writeFile(tokenFile, `${first}\n`);
+      await writeFile(path.join(dir, 'gpu4-data/m.json'), '{}');
+      await fs.writeFile(path.join(dir, 'rotate.yaml'), `host: gpu-4\ntoken_file: gpu-4.token\nretry: { attempts: 1 }\ndatasets:\n  gpu4: { paths: [gpu4-data], every: 1s }\n`);
+      const agent = startAgent(['--config', path.join(dir, 'rotate.yaml')], guarded.addr);
+      await agent.waitFor((l) => count(l, 'snapshot saved', 'gpu4') >= 1, 'a snapshot with the first token');
+      expect((await serverCli(guarded.storeSpec, ['token', 'revoke', 'gpu-4'])).code).toBe(0);
+      await agent.waitFor((l) => l.some((x) => x.msg === 'snapshot failed' && String(x.err).startsWith('UNAUTHENTICATED')), 'a run refused with the revoked token');
+      await fs.writeFile(tokenFile, `${await createToken(guarded.storeSpec, 'default', 'agent', 'gpu-4')}\n`);
+      const before = count(agent.lines, 'snapshot saved', 'gpu4');
+      await agent.waitFor((l) => count(l, 'snapshot saved', 'gpu4') > before, 'a snapshot with the rotated token');
+      agent.proc.kill('SIGTERM');
+      expect(await agent.exited).toBe(0);
+    } finally {
+      await guarded.stop();
+    }
+  });
+
+  it('--once exits 1 when a shutdown interrupts it, even while it waits to retry', async () => {
+    await writeFile(path.join(dir, 'far/a.txt'), 'a');
+    await fs.writeFile(path.join(dir, 'far.yaml'), 'host: far-node\nretry: { attempts: 3, initial_delay: 60s }\ndatasets:\n  far: { paths: [far], every: 1h }\n');
+    // Nothing listens there: every attempt is UNAVAILABLE, and the agent waits before the next.
+    const agent = startAgent(['--config', path.join(dir, 'far.yaml'), '--once'], '127.0.0.1:1');
+    await agent.waitFor((l) => count(l, 'snapshot failed; retrying', 'far') >= 1, 'a failed attempt waiting to be retried');
+    agent.proc.kill('SIGTERM');
+    expect(await agent.exited).toBe(1);
+    expect(agent.lines.find((l) => String(l.msg).endsWith('datasets failed or were interrupted'))?.failed).toEqual(['far']);
+  });
+
+  it('refuses to start without a server named in the config, --server or CAIRN_SERVER', async () => {
+    await fs.writeFile(path.join(dir, 'noserver.yaml'), 'host: lost\ndatasets:\n  d: { paths: [d], every: 1h }\n');
+    const env = { ...process.env };
+    delete env.CAIRN_SERVER;
+    const proc = spawn(process.execPath, [CLI_JS, 'agent', '--config', path.join(dir, 'noserver.yaml'), '--once'], { env, stdio: ['ignore', 'ignore', 'pipe'] });
+    let stderr = '';
+    proc.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    const code = await new Promise<number | null>((resolve) => proc.once('exit', resolve));
+    expect(code).toBe(1);
+    expect(stderr).toContain(`${path.join(dir, 'noserver.yaml')}: server: name the cairn-server to back up to (server: host:port here, or --server / CAIRN_SERVER)`);
+  });
+
+  it('cairn status exits 1 for a pair whose runs fail while its last snapshot is still fresh', async () => {
+    await writeFile(path.join(dir, 'flaky/a.txt'), 'a');
+    expect((await cli(['snapshot', path.join(dir, 'flaky'), '--dataset', 'flaky', '--host', 'node-f'])).code).toBe(0);
+    expect((await cli(['status', '--dataset', 'flaky'])).code).toBe(0);
+    const conn = new Connection({ server: server.addr });
+    try {
+      await conn.unary('Heartbeat', { dataset: 'flaky', host: 'node-f', ok: false, error: 'NOT_FOUND: /data/flaky does not exist (is the volume mounted?)', durationSeconds: 0.1, snapshot: '' });
+    } finally {
+      conn.close();
+    }
+    const r = await cli(['status', '--dataset', 'flaky']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toContain('cairn: 1 of 1 dataset/host pairs failing: flaky@node-f');
+    expect(r.stdout).toMatch(/flaky\s+node-f\s+\w{8} .*ok\s+failing since \d+s ago: NOT_FOUND: \/data\/flaky does not exist/);
   });
 });

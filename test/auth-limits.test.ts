@@ -44,7 +44,7 @@ describe('limits: sessions and Upload streams per token, session expiry, decompr
   const begin = (conn: Connection, host: string) => conn.unary<BeginBackupReply>('BeginBackup', { dataset: 'lim', host, paths: ['/x'], tags: [] });
 
   beforeAll(async () => {
-    server = await startServer({ args: ['--max-sessions-per-token', '2', '--max-uploads-per-token', '2', '--session-timeout', '3s', '--keepalive', '1s'] });
+    server = await startServer({ args: ['--max-sessions-per-token', '2', '--max-uploads-per-token', '2', '--session-timeout', '3s'] });
     const [a, o, ad] = await Promise.all([
       createToken(server.storeSpec, 'default', 'agent', 'gpu-1'),
       createToken(server.storeSpec, 'default', 'agent', 'gpu-2'),
@@ -116,19 +116,23 @@ describe('limits: sessions and Upload streams per token, session expiry, decompr
   });
 
   it('closes a connection that stopped answering, giving back its Upload places', async () => {
-    const { sessionId } = await begin(agent, 'gpu-1');
+    // Its own server: pings after 1 s idle would drop the other tests' connections whenever
+    // this process is busy compressing a tree for longer than that.
+    const pinging = await startServer({ args: ['--max-uploads-per-token', '2', '--keepalive', '1s'] });
+    const near = new Connection({ server: pinging.addr, token: await createToken(pinging.storeSpec, 'default', 'agent', 'gpu-1') });
+    const { sessionId } = await begin(near, 'gpu-1');
     // A proxy that goes silent, as a client behind a NAT that forgot the flow: no FIN, no RST.
     let frozen = false;
     const sockets: net.Socket[] = [];
     const proxy = net.createServer((client) => {
-      const upstream = net.connect(server.port, '127.0.0.1');
+      const upstream = net.connect(pinging.port, '127.0.0.1');
       sockets.push(client, upstream);
       for (const s of [client, upstream]) s.on('error', () => undefined);
       client.on('data', (d) => void (frozen || upstream.write(d)));
       upstream.on('data', (d) => void (frozen || client.write(d)));
     });
     await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve));
-    const far = new Connection({ server: `127.0.0.1:${(proxy.address() as net.AddressInfo).port}`, token: agentToken });
+    const far = new Connection({ server: `127.0.0.1:${(proxy.address() as net.AddressInfo).port}`, token: near.opts.token });
     try {
       for (let i = 0; i < 2; i++) {
         const blob = rawBlob(Buffer.from(`through the proxy ${i} ${Date.now()}`));
@@ -136,22 +140,24 @@ describe('limits: sessions and Upload streams per token, session expiry, decompr
         // Ended by the server's close or ours; either way this test asks nothing of it.
         stream.result.catch(() => undefined);
         stream.call.write({ sessionId, blobs: [blob] });
-        while ((await agent.unary<{ missing: Buffer[] }>('FindMissing', { sessionId, ids: [blob.id] })).missing.length > 0) await new Promise((r) => setTimeout(r, 20));
+        while ((await near.unary<{ missing: Buffer[] }>('FindMissing', { sessionId, ids: [blob.id] })).missing.length > 0) await new Promise((r) => setTimeout(r, 20));
       }
       frozen = true;
-      expect(await failure(upload(agent, sessionId, [rawBlob(Buffer.from('while the proxy is silent'))]))).toMatch(/has 2 Upload streams open/);
+      expect(await failure(upload(near, sessionId, [rawBlob(Buffer.from('while the proxy is silent'))]))).toMatch(/has 2 Upload streams open/);
       // The server pings after 1 s idle and gives up 1 s later; until then the places stay taken.
       let stored = '';
       for (let tries = 0; tries < 100 && !stored; tries++) {
         await new Promise((r) => setTimeout(r, 200));
-        stored = await upload(agent, sessionId, [rawBlob(Buffer.from(`after the silence ${tries}`))]).then((r) => r.blobsStored, () => '');
+        stored = await upload(near, sessionId, [rawBlob(Buffer.from(`after the silence ${tries}`))]).then((r) => r.blobsStored, () => '');
       }
       expect(stored).toBe('1');
     } finally {
       far.close();
       for (const s of sockets) s.destroy();
       proxy.close();
-      await agent.unary('AbortBackup', { sessionId });
+      await near.unary('AbortBackup', { sessionId });
+      near.close();
+      await pinging.stop();
     }
   });
 
