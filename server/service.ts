@@ -12,6 +12,7 @@ import type { SessionManager } from './sessions.js';
 
 export const MAX_MESSAGE_BYTES = MAX_TREE_BLOB_BYTES + 1024 * 1024;
 const MAX_IDS_PER_CALL = 10_000;
+const UPLOAD_READ_AHEAD = 2;
 const READ_CHUNKS_MAX_IDS = 1_000;
 const TREE_ENTRIES_PER_MESSAGE = 1_000;
 
@@ -136,10 +137,11 @@ export function coreHandlers(deps: ServiceDeps): grpc.UntypedServiceImplementati
       callback(grpcError(err, log, 'Upload'));
     };
     // Nothing is read until the caller is known and admitted: a message of up to
-    // MAX_MESSAGE_BYTES accumulates while it arrives, on every stream that reads. Then one
-    // message at a time: grpc-js would otherwise read sixteen ahead while one is verified.
+    // MAX_MESSAGE_BYTES accumulates while it arrives, on every stream that reads. Then at most
+    // two messages are read ahead of the one being verified, where grpc-js would read sixteen.
+    // None ahead made a first snapshot 5% slower (the client waited); two cost nothing measurable.
     call.pause();
-    (call as unknown as { _readableState: { highWaterMark: number } })._readableState.highWaterMark = 0;
+    (call as unknown as { _readableState: { highWaterMark: number } })._readableState.highWaterMark = UPLOAD_READ_AHEAD;
     const ctxPromise = auth(call as grpc.ServerReadableStream<unknown, unknown>, 'Upload').then((ctx) => {
       // A stream gone while its caller was checked must not take a place nobody would give back.
       if (failed || cancelled) throw new CairnError(Code.CANCELLED, 'client cancelled the call');
