@@ -47,6 +47,11 @@ export interface ObjectStore {
   put(key: string, data: Buffer): Promise<void>;
   putIfAbsent(key: string, data: Buffer): Promise<boolean>;
   /**
+   * For a store whose putIfAbsent rests on the remote end honouring a conditional create:
+   * whether it does. The writer lease keeps a second server out only if so.
+   */
+  honoursConditionalCreate?(): Promise<boolean>;
+  /**
    * Starts an object whose bytes are kept, until commit, under the key prefix `dir` (e.g.
    * `packs`): where `deleteUnfinished` of that repository finds them if the writer dies.
    */

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import https from 'node:https';
 import type { Readable } from 'node:stream';
@@ -217,6 +218,26 @@ export class S3Store implements ObjectStore {
     });
     if (outcome !== 'written') return outcome === 'ours';
     return (await this.getIfExists(key))?.equals(data) ?? false;
+  }
+
+  /**
+   * Creates a probe object, then asks to create it again with If-None-Match: *. AWS S3 (since
+   * 2024), R2 and MinIO answer 412; s3rver and some gateways ignore the header and overwrite.
+   */
+  async honoursConditionalCreate(): Promise<boolean> {
+    const key = `locks/probe-${randomBytes(8).toString('hex')}`;
+    const Key = this.fullKey(key);
+    await this.put(key, Buffer.from('probe'));
+    try {
+      await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, Body: 'again', ContentLength: 5, IfNoneMatch: '*' }));
+      return false;
+    } catch (err) {
+      if (httpStatus(err) === 412) return true;
+      if (httpStatus(err) === 501) return false;
+      throw this.toCairnError(err, 'putIfAbsent', key);
+    } finally {
+      await this.delete([key]);
+    }
   }
 
   async openWriter(_dir: string): Promise<ObjectWriter> {

@@ -77,6 +77,12 @@ export class CairnServer {
           'Create a token first (cairn-server token create --role admin --name ops), or pass --insecure to serve it anyway',
       );
     }
+    if ((await opts.store.honoursConditionalCreate?.()) === false) {
+      opts.log.error(
+        { store: opts.store.description },
+        'this store ignores conditional writes (If-None-Match): the writer lease cannot keep a second server out, so run only one server on this store, or two could write beside each other and prune what the other stored',
+      );
+    }
     for (const name of await listRepositories(opts.store)) await server.repository(name);
     const deps: ServiceDeps = { sessions: server.sessions, auth: server.access.authorize, log: opts.log };
     widenStreamWindow(server.grpc, opts.log);

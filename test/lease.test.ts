@@ -31,6 +31,14 @@ describe.each(storeBackends())('one writer per repository on the $name store', (
     await taker.stop();
   });
 
+  it('says at start when the store ignores conditional writes, so the lease is advisory', async () => {
+    const server = await startServer(await sharedOptions());
+    const warned = server.logs.some((l) => l.includes('this store ignores conditional writes (If-None-Match)'));
+    await server.stop();
+    // s3rver overwrites on If-None-Match: *; a folder store's link(2) and a real S3 honour it.
+    expect(warned).toBe(backend.name === 's3rver');
+  });
+
   it('a lease under this host name from another boot or pid namespace is honoured although its pid is not running here', async () => {
     const opts = await sharedOptions();
     const store = inspectStore(opts);
