@@ -43,6 +43,9 @@ const DELETE_BATCH = 1000;
 const DEFAULT_ATTEMPTS = 8;
 const BACKOFF_BASE_MS = 100;
 const BACKOFF_CAP_MS = 10_000;
+const THROTTLE_BUDGET_MS = 3 * 60_000;
+/** Keys whose last part is the BLAKE3 of the object's bytes (see object-store.ts). */
+const CONTENT_ADDRESSED = /(^|\/)(packs\/[0-9a-f]{2}|index|snapshots)\/[0-9a-f]{64}$/;
 const MAX_SOCKETS = 16;
 
 const RETRYABLE_ERRNO = new Set(['ECONNRESET', 'ECONNREFUSED', 'ECONNABORTED', 'EPIPE', 'ETIMEDOUT', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH']);
@@ -76,6 +79,11 @@ function isNetworkError(err: unknown): boolean {
   if (httpStatus(err) !== undefined) return false;
   const e = err as SdkError;
   return e?.name === 'TimeoutError' || (typeof e?.code === 'string' && RETRYABLE_ERRNO.has(e.code));
+}
+
+function isThrottled(err: unknown): boolean {
+  const status = httpStatus(err);
+  return status === 429 || status === 503 || s3Code(err) === 'SlowDown';
 }
 
 function isRetryable(err: unknown): boolean {
@@ -176,9 +184,10 @@ export class S3Store implements ObjectStore {
     const Key = this.fullKey(key);
     let answerLost = false;
     await this.retrying('put', key, async () => {
-      // A lost answer may hide a put that landed. The bytes must match, not only the size: a
-      // policy or the lease record is rewritten in place with bytes of the same length.
-      if (answerLost && (await this.headFull(Key))?.size === data.length && (await this.getIfExists(key))?.equals(data)) return;
+      // A lost answer may hide a put that landed. Under a key named by the hash of its bytes
+      // (packs, index segments, snapshots) the size says enough; elsewhere the bytes must match:
+      // a policy or the lease record is rewritten in place with bytes of the same length.
+      if (answerLost && (await this.headFull(Key))?.size === data.length && (CONTENT_ADDRESSED.test(key) || (await this.getIfExists(key))?.equals(data))) return;
       try {
         this.count('put', data.length);
         await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, Body: data, ContentLength: data.length }));
@@ -397,11 +406,15 @@ export class S3Store implements ObjectStore {
   }
 
   private async retrying<T>(op: string, key: string, attempt: () => Promise<T>): Promise<T> {
+    const started = Date.now();
     for (let n = 1; ; n++) {
       try {
         return await attempt();
       } catch (err) {
-        if (n >= this.maxAttempts || !isRetryable(err)) throw this.toCairnError(err, op, key, n);
+        // Throttling is the store asking for time, which S3 may need for minutes while it
+        // scales a prefix: it gets a time budget, not only the attempts an outage gets.
+        const more = n < this.maxAttempts || (isThrottled(err) && Date.now() - started < THROTTLE_BUDGET_MS);
+        if (!more || !isRetryable(err)) throw this.toCairnError(err, op, key, n);
         const delayMs = Math.round(Math.random() * Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** (n - 1)));
         this.stats.retries++;
         this.log('s3 request failed, retrying', { store: this.description, op, key, attempt: n, delayMs, error: errorSummary(err) });

@@ -130,14 +130,42 @@ function commonS3Suite(name: string, target: () => Target): void {
       const proxy = await startFaultProxy({ target: t.endpoint, faultRate: 0.3, seed: 7, faults: ['dropAfterForward'] });
       const store = new S3Store(storeOptions({ ...t, endpoint: proxy.endpoint }));
       try {
-        const objects = Array.from({ length: 12 }, (_, i) => ({ key: `packs/00/lost${i}`, data: randomBytes(10_000 + i) }));
+        // Keys named like a pack: a lost answer is settled by the object's size, with no GET.
+        const objects = Array.from({ length: 12 }, (_, i) => ({ key: `packs/00/${randomBytes(32).toString('hex')}`, data: randomBytes(10_000 + i) }));
         for (const o of objects) await store.put(o.key, o.data);
+        expect(store.counts().get).toBe(0);
         for (const o of objects) await store.putIfAbsent(`locks/${o.key}`, o.data).then((won) => expect(won, o.key).toBe(true));
         expect(proxy.counters.dropAfterForward).toBeGreaterThan(2);
         // Every upload reached the store once: each lost answer was resolved by reading, not resending.
         expect(store.counts().put).toBe(2 * objects.length);
         for (const o of objects) expect((await store.get(o.key)).equals(o.data)).toBe(true);
         await store.delete(objects.flatMap((o) => [o.key, `locks/${o.key}`]));
+      } finally {
+        await store.close();
+        await proxy.stop();
+      }
+    });
+
+    it('throttling is waited out past the attempts an outage gets', async () => {
+      const t = target();
+      let throttled = 5;
+      const proxy = await startFaultProxy({ target: t.endpoint, faultRate: 0, seed: 1, override: (method) => (method === 'PUT' && throttled-- > 0 ? 503 : undefined) });
+      const store = new S3Store({ ...storeOptions({ ...t, endpoint: proxy.endpoint }), maxAttempts: 2 });
+      try {
+        await store.put('packs/00/throttled', Buffer.from('stored once the store lets us'));
+        expect(store.counts().retries).toBe(5);
+        expect((await store.get('packs/00/throttled')).toString()).toBe('stored once the store lets us');
+        await store.delete(['packs/00/throttled']);
+        // An outage that is not throttling still gets its two attempts and no more.
+        const down = await startFaultProxy({ target: t.endpoint, faultRate: 0, seed: 1, override: (method) => (method === 'PUT' ? 500 : undefined) });
+        const broken = new S3Store({ ...storeOptions({ ...t, endpoint: down.endpoint }), maxAttempts: 2 });
+        try {
+          expect((await caught(broken.put('packs/00/never', Buffer.from('x')))).code).toBe(Code.UNAVAILABLE);
+          expect(broken.counts().retries).toBe(1);
+        } finally {
+          await broken.close();
+          await down.stop();
+        }
       } finally {
         await store.close();
         await proxy.stop();
