@@ -5,6 +5,7 @@ import { shortId } from '../common/hash.js';
 import type { Snapshot } from '../common/messages.js';
 import { formatBytes } from '../common/units.js';
 import { collect, connect, EXIT, out } from './cli-common.js';
+import { NO_DEADLINE } from './connection.js';
 import { localTime, table } from './format.js';
 
 const COUNT_FLAGS = [
@@ -200,8 +201,8 @@ export function registerAdminCommands(program: Command): void {
       const maxUnused = parseMaxUnused(o.maxUnused);
       const { conn, g } = connect(cmd);
       try {
-        const reply = await conn.unary<ForgetReply>('Forget', { policy: given ? policy : null, dataset: o.dataset ?? '', host: o.host ?? '', dryRun: o.dryRun, prune: false, snapshotIds: ids });
-        const pruned = o.prune ? pruneRecord(await conn.unary<PruneReply>('Prune', { dryRun: o.dryRun, maxUnused })) : null;
+        const reply = await conn.unary<ForgetReply>('Forget', { policy: given ? policy : null, dataset: o.dataset ?? '', host: o.host ?? '', dryRun: o.dryRun, prune: false, snapshotIds: ids }, undefined, NO_DEADLINE);
+        const pruned = o.prune ? pruneRecord(await conn.unary<PruneReply>('Prune', { dryRun: o.dryRun, maxUnused }, undefined, NO_DEADLINE)) : null;
         if (g.json) {
           out(JSON.stringify({ dryRun: o.dryRun, kept: reply.decisions.filter((d) => d.keep).length, removed: reply.decisions.filter((d) => !d.keep).length, decisions: reply.decisions.map(decisionRecord), prune: pruned }));
         } else {
@@ -225,7 +226,7 @@ export function registerAdminCommands(program: Command): void {
       const maxUnused = parseMaxUnused(o.maxUnused);
       const { conn, g } = connect(cmd);
       try {
-        const r = pruneRecord(await conn.unary<PruneReply>('Prune', { dryRun: o.dryRun, maxUnused }));
+        const r = pruneRecord(await conn.unary<PruneReply>('Prune', { dryRun: o.dryRun, maxUnused }, undefined, NO_DEADLINE));
         if (g.json) out(JSON.stringify(r));
         else printPrune(r);
       } finally {
@@ -242,7 +243,7 @@ export function registerAdminCommands(program: Command): void {
       const subset = o.readDataSubset ? parseSubset(o.readDataSubset) : { readDataSubset: 0, readDataPart: '' };
       const { conn, g } = connect(cmd);
       try {
-        const r = await conn.unary<CheckReply>('Check', { readData: o.readData, ...subset });
+        const r = await conn.unary<CheckReply>('Check', { readData: o.readData, ...subset }, undefined, NO_DEADLINE);
         const counts = { snapshotsChecked: Number(r.snapshotsChecked), treesChecked: Number(r.treesChecked), packsChecked: Number(r.packsChecked), packsRead: Number(r.packsRead), blobsRead: Number(r.blobsRead) };
         if (g.json) {
           out(JSON.stringify({ ok: r.problems.length === 0, ...counts, problems: r.problems.map(problemRecord) }));

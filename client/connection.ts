@@ -93,6 +93,8 @@ type ClientStreamFn = (md: grpc.Metadata, opts: grpc.CallOptions, cb: (err: grpc
  * millions of files takes tens of seconds), yet finite.
  */
 export const UNARY_DEADLINE_MS = 10 * 60_000;
+/** For calls whose work grows with the repository (prune, check --read-data): hours on terabytes. */
+export const NO_DEADLINE = Infinity;
 
 /** Each channel is one Upload stream per backup, counted against the server's --max-uploads-per-token (32). */
 export const MAX_CHANNELS = 16;
