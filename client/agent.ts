@@ -185,9 +185,17 @@ export class Agent {
     }
   }
 
-  /** A token_file is read before every run: a rotated token is picked up without a restart. */
+  /**
+   * A token_file is read before every run: a rotated token is picked up without a restart. A
+   * file caught mid-rewrite (empty, or briefly gone) leaves the last token in use.
+   */
   private async useCurrentToken(): Promise<void> {
-    if (this.config.tokenFile) this.conn.setToken(await readTokenFile(this.config.file, this.config.tokenFile));
+    if (!this.config.tokenFile) return;
+    try {
+      this.conn.setToken(await readTokenFile(this.config.file, this.config.tokenFile));
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'token_file unreadable; using the token read before');
+    }
   }
 
   /**

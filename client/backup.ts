@@ -10,7 +10,7 @@ import { CLIENT_VERSION } from '../common/version.js';
 import { Archiver, type ArchiveProblem, type ArchiveStats, type BlobSink, type TreeSource } from './archiver.js';
 import { CompressPool } from './compress-pool.js';
 import { SmallFileReader } from './small-file-reader.js';
-import type { Connection } from './connection.js';
+import { NO_DEADLINE, type Connection } from './connection.js';
 import type { ExcludeMatcher } from './excludes.js';
 import { FIND_MISSING_BATCH } from './limits.js';
 import { describeLargest, prescan, type ScanSummary } from './scan.js';
@@ -174,7 +174,9 @@ async function startSession(conn: Connection, opts: BackupOptions): Promise<Star
   if (opts.maxSize !== undefined) checkSize(scan, opts.maxSize, opts.dataset);
   if (!opts.allowShrink) checkNotEmpty(scan, opts.dataset, 'prescan');
   const hello = await conn.unary<HelloReply>('Hello', {});
-  const begin = await conn.unary<BeginBackupReply>('BeginBackup', { dataset: opts.dataset, host: opts.host, paths: roots, tags: opts.tags, time: opts.time ?? '' });
+  // Begin and commit wait behind a running prune, for as long as it takes; given up on, they
+  // would still open a session or record the snapshot, and a retry would do it twice.
+  const begin = await conn.unary<BeginBackupReply>('BeginBackup', { dataset: opts.dataset, host: opts.host, paths: roots, tags: opts.tags, time: opts.time ?? '' }, undefined, NO_DEADLINE);
   try {
     if (begin.parent && !opts.allowShrink) checkShrink(scan, begin.parent, opts.maxShrink ?? DEFAULT_MAX_SHRINK, 'prescan');
   } catch (err) {
@@ -234,7 +236,7 @@ export async function runBackup(conn: Connection, opts: BackupOptions): Promise<
         newBytes: '0',
         newChunks: '0',
       },
-    });
+    }, undefined, NO_DEADLINE);
     await cache?.prune();
     return { snapshot, scan, stats: archiver.stats, problems: archiver.problems, uploadedBytes: uploader.stats.bytesUploaded, treeCache: cache?.stats, seconds: (Date.now() - started) / 1000 };
   } catch (err) {

@@ -81,9 +81,9 @@ function isNetworkError(err: unknown): boolean {
   return e?.name === 'TimeoutError' || (typeof e?.code === 'string' && RETRYABLE_ERRNO.has(e.code));
 }
 
+/** Asked to slow down, by name: a bare 503 is as likely a store that is down. */
 function isThrottled(err: unknown): boolean {
-  const status = httpStatus(err);
-  return status === 429 || status === 503 || s3Code(err) === 'SlowDown';
+  return httpStatus(err) === 429 || s3Code(err) === 'SlowDown';
 }
 
 function isRetryable(err: unknown): boolean {
@@ -238,14 +238,19 @@ export class S3Store implements ObjectStore {
     const Key = this.fullKey(key);
     await this.put(key, Buffer.from('probe'));
     try {
-      await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, Body: 'again', ContentLength: 5, IfNoneMatch: '*' }));
-      return false;
-    } catch (err) {
-      if (httpStatus(err) === 412) return true;
-      if (httpStatus(err) === 501) return false;
-      throw this.toCairnError(err, 'putIfAbsent', key);
+      return await this.retrying('putIfAbsent', key, async () => {
+        try {
+          this.count('put', 5);
+          await this.client.send(new PutObjectCommand({ Bucket: this.bucket, Key, Body: 'again', ContentLength: 5, IfNoneMatch: '*' }));
+          return false;
+        } catch (err) {
+          if (httpStatus(err) === 412) return true;
+          if (httpStatus(err) === 501) return false;
+          throw err;
+        }
+      });
     } finally {
-      await this.delete([key]);
+      await this.delete([key]).catch((err: unknown) => this.log('could not delete the conditional-write probe; it is harmless', { store: this.description, key, error: (err as Error).message }));
     }
   }
 
@@ -413,6 +418,7 @@ export class S3Store implements ObjectStore {
       } catch (err) {
         // Throttling is the store asking for time, which S3 may need for minutes while it
         // scales a prefix: it gets a time budget, not only the attempts an outage gets.
+        // (A writer lease's refresh stopped by it is fenced in writer-lease.ts, not waited for.)
         const more = n < this.maxAttempts || (isThrottled(err) && Date.now() - started < THROTTLE_BUDGET_MS);
         if (!more || !isRetryable(err)) throw this.toCairnError(err, op, key, n);
         const delayMs = Math.round(Math.random() * Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** (n - 1)));
@@ -432,7 +438,7 @@ export class S3Store implements ObjectStore {
     }
     if (code === 'NoSuchKey' || status === 404) return notFound(`object ${key} does not exist in ${this.description}`);
     if (status === 501) {
-      return failedPrecondition(`${this.description} does not implement ${op} ${key} (${errorSummary(err)}); cairn needs conditional writes (If-None-Match) and ranged reads from its store: upgrade it or use another`);
+      return failedPrecondition(`${this.description} does not implement ${op} ${key} (${errorSummary(err)}); it lacks a feature cairn uses (conditional writes, ranged reads or multi-object delete): upgrade it or use another store`);
     }
     if (DENIED_S3_CODES.has(code) || status === 403) {
       return permissionDenied(`${this.description} refused ${op} ${key}: ${errorSummary(err)}; check the access key, secret key and bucket policy`);

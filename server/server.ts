@@ -77,7 +77,11 @@ export class CairnServer {
           'Create a token first (cairn-server token create --role admin --name ops), or pass --insecure to serve it anyway',
       );
     }
-    if ((await opts.store.honoursConditionalCreate?.()) === false) {
+    const honoured = await opts.store.honoursConditionalCreate?.().catch((err: unknown) => {
+      opts.log.warn({ store: opts.store.description, err: (err as Error).message }, 'could not check whether the store honours conditional writes');
+      return undefined;
+    });
+    if (honoured === false) {
       opts.log.error(
         { store: opts.store.description },
         'this store ignores conditional writes (If-None-Match): the writer lease cannot keep a second server out, so run only one server on this store, or two could write beside each other and prune what the other stored',

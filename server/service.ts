@@ -211,6 +211,8 @@ export function coreHandlers(deps: ServiceDeps): grpc.UntypedServiceImplementati
     // Held shared from verification to the snapshot's index keys: a prune cannot unindex what
     // this commit just found present, even for chunks the session was never told about.
     const snapshot = await repo.gcLock.shared(async () => {
+      // The wait for the lock may outlast the client: an aborted session records nothing.
+      sessions.get(session.id, principal);
       await repo.verifyComplete(root, session.trees);
       return repo.writeSnapshot({
         version: 1,

@@ -2,10 +2,11 @@ import { randomBytes } from 'node:crypto';
 import { readFileSync, readlinkSync } from 'node:fs';
 import os from 'node:os';
 import type { Logger } from 'pino';
-import { CairnError, Code, failedPrecondition } from '../common/errors.js';
+import { CairnError, Code, failedPrecondition, invalidArgument } from '../common/errors.js';
 import type { ObjectStore } from './object-store.js';
 
 export const LEASE_KEY = 'locks/writer';
+const MAX_TTL_MS = 24 * 60 * 60_000;
 
 interface LeaseRecord {
   holder: string;
@@ -51,6 +52,8 @@ export class WriterLease {
     private readonly log: Logger,
     private readonly onLost: (err: CairnError) => void,
   ) {
+    // Node's timers cannot wait longer than ~24.8 days: a longer one fires at once.
+    if (!(ttlMs >= 1000 && ttlMs <= MAX_TTL_MS)) throw invalidArgument(`--lease-ttl must be from 1s to 1d, got ${ttlMs / 1000}s`);
     this.me = { holder: randomBytes(8).toString('hex'), host: os.hostname(), pid: process.pid, machine: machineIdentity(), expires: '' };
   }
 

@@ -305,6 +305,10 @@ datasets:
       await fs.writeFile(path.join(dir, 'rotate.yaml'), `host: gpu-4\ntoken_file: gpu-4.token\nretry: { attempts: 1 }\ndatasets:\n  gpu4: { paths: [gpu4-data], every: 1s }\n`);
       const agent = startAgent(['--config', path.join(dir, 'rotate.yaml')], guarded.addr);
       await agent.waitFor((l) => count(l, 'snapshot saved', 'gpu4') >= 1, 'a snapshot with the first token');
+      // A file caught mid-rewrite (empty) leaves the token read before in use.
+      await fs.writeFile(tokenFile, '');
+      const saved = count(agent.lines, 'snapshot saved', 'gpu4');
+      await agent.waitFor((l) => count(l, 'token_file unreadable; using the token read before') >= 1 && count(l, 'snapshot saved', 'gpu4') > saved + 1, 'snapshots while the token file is empty');
       expect((await serverCli(guarded.storeSpec, ['token', 'revoke', 'gpu-4'])).code).toBe(0);
       await agent.waitFor((l) => l.some((x) => x.msg === 'snapshot failed' && String(x.err).startsWith('UNAUTHENTICATED')), 'a run refused with the revoked token');
       await fs.writeFile(tokenFile, `${await createToken(guarded.storeSpec, 'default', 'agent', 'gpu-4')}\n`);

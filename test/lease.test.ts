@@ -31,6 +31,11 @@ describe.each(storeBackends())('one writer per repository on the $name store', (
     await taker.stop();
   });
 
+  it('refuses a lease TTL past what its timers can wait', async () => {
+    const opts = await sharedOptions();
+    await expect(startServer({ ...opts, args: [...opts.args.filter((a) => a !== '--lease-ttl' && a !== '3s'), '--lease-ttl', '30d'] })).rejects.toThrow(/INVALID_ARGUMENT: --lease-ttl must be from 1s to 1d, got 2592000s/);
+  });
+
   it('says at start when the store ignores conditional writes, so the lease is advisory', async () => {
     const server = await startServer(await sharedOptions());
     const warned = server.logs.some((l) => l.includes('this store ignores conditional writes (If-None-Match)'));

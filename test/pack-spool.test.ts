@@ -84,7 +84,9 @@ describe('packs streamed to the folder store', () => {
     await dead.write(randomBytes(3 * MiB, 3));
     const [tmp] = await temporaries(root);
     expect(tmp).toBeDefined();
-    const listed = await listAll(objects, '');
+    // The lease names its holder's pid, whose number of digits differs between two servers.
+    const objectsNow = async () => (await listAll(objects, '')).map((o) => (o.key.endsWith('locks/writer') ? { key: o.key } : o));
+    const listed = await objectsNow();
     expect(listed.filter((o) => o.key.includes('.tmp-'))).toEqual([]);
 
     const check = await cliJson<CheckOut>(['check', '--read-data'], { server: server.addr });
@@ -98,7 +100,7 @@ describe('packs streamed to the folder store', () => {
       await restoresAs(server, id, src);
       expect(await temporaries(root)).toEqual([]);
       expect(server.logs.some((l) => l.includes('removed the temporary files'))).toBe(true);
-      expect(await listAll(objects, '')).toEqual(listed);
+      expect(await objectsNow()).toEqual(listed);
     } finally {
       await dead.abort();
       await server.stop();

@@ -149,15 +149,15 @@ function commonS3Suite(name: string, target: () => Target): void {
     it('throttling is waited out past the attempts an outage gets', async () => {
       const t = target();
       let throttled = 5;
-      const proxy = await startFaultProxy({ target: t.endpoint, faultRate: 0, seed: 1, override: (method) => (method === 'PUT' && throttled-- > 0 ? 503 : undefined) });
+      const proxy = await startFaultProxy({ target: t.endpoint, faultRate: 0, seed: 1, override: (method) => (method === 'PUT' && throttled-- > 0 ? 429 : undefined) });
       const store = new S3Store({ ...storeOptions({ ...t, endpoint: proxy.endpoint }), maxAttempts: 2 });
       try {
         await store.put('packs/00/throttled', Buffer.from('stored once the store lets us'));
         expect(store.counts().retries).toBe(5);
         expect((await store.get('packs/00/throttled')).toString()).toBe('stored once the store lets us');
         await store.delete(['packs/00/throttled']);
-        // An outage that is not throttling still gets its two attempts and no more.
-        const down = await startFaultProxy({ target: t.endpoint, faultRate: 0, seed: 1, override: (method) => (method === 'PUT' ? 500 : undefined) });
+        // An outage that is not throttling (a bare 503 too) still gets its two attempts and no more.
+        const down = await startFaultProxy({ target: t.endpoint, faultRate: 0, seed: 1, override: (method) => (method === 'PUT' ? 503 : undefined) });
         const broken = new S3Store({ ...storeOptions({ ...t, endpoint: down.endpoint }), maxAttempts: 2 });
         try {
           expect((await caught(broken.put('packs/00/never', Buffer.from('x')))).code).toBe(Code.UNAVAILABLE);
@@ -172,6 +172,27 @@ function commonS3Suite(name: string, target: () => Target): void {
       }
     });
 
+    it('the conditional-write probe rides out a busy store and a refused cleanup', async () => {
+      const t = target();
+      // The probe's first PUT creates the object; the conditional one after it meets two 500s.
+      let puts = 0;
+      const proxy = await startFaultProxy({
+        target: t.endpoint,
+        faultRate: 0,
+        seed: 1,
+        override: (method, url) => (url.includes('locks/probe-') && method === 'PUT' && [2, 3].includes(++puts) ? 500 : method === 'DELETE' || method === 'POST' ? 403 : undefined),
+      });
+      const store = new S3Store(storeOptions({ ...t, endpoint: proxy.endpoint }));
+      try {
+        // s3rver overwrites on If-None-Match: a real S3 would answer 412 and this be true.
+        expect(await store.honoursConditionalCreate()).toBe(t === remote);
+        expect(store.counts().retries).toBeGreaterThanOrEqual(2);
+      } finally {
+        await store.close();
+        await proxy.stop();
+      }
+    });
+
     it('a store that does not implement a request (HTTP 501) is told at once, not retried as an outage', async () => {
       const t = target();
       const proxy = await startFaultProxy({ target: t.endpoint, faultRate: 0, seed: 1, override: (method) => (method === 'PUT' ? 501 : undefined) });
@@ -179,7 +200,7 @@ function commonS3Suite(name: string, target: () => Target): void {
       try {
         const err = await caught(store.putIfAbsent('locks/writer', Buffer.from('me')));
         expect(err.code).toBe(Code.FAILED_PRECONDITION);
-        expect(err.message).toMatch(/ does not implement putIfAbsent locks\/writer \(HTTP 501.*\); cairn needs conditional writes \(If-None-Match\) and ranged reads from its store: upgrade it or use another$/);
+        expect(err.message).toMatch(/ does not implement putIfAbsent locks\/writer \(HTTP 501.*\); it lacks a feature cairn uses \(conditional writes, ranged reads or multi-object delete\): upgrade it or use another store$/);
         expect(store.counts().retries).toBe(0);
       } finally {
         await store.close();
