@@ -163,11 +163,10 @@ export function coreHandlers(deps: ServiceDeps): grpc.UntypedServiceImplementati
           if (req.sessionId && req.sessionId !== sessionId) throw invalidArgument('one Upload stream carries one session');
           const session = sessions.get(sessionId, principal);
           const repo = session.repo;
-          let treeBytes = 0;
-          let trees = 0;
-          for (const b of req.blobs) if (b.kind === 'TREE') (treeBytes += b.rawLength), trees++;
+          const trees = req.blobs.filter((b) => b.kind === 'TREE');
+          const treeBytes = trees.reduce((sum, b) => sum + b.rawLength, 0);
           // A single tree past the limit is refused by verifyBlob, with the blob's own message.
-          if (trees > 1 && treeBytes > MAX_TREE_BLOB_BYTES) {
+          if (trees.length > 1 && treeBytes > MAX_TREE_BLOB_BYTES) {
             throw new CairnError(Code.RESOURCE_EXHAUSTED, `one Upload message carries ${treeBytes} raw bytes of trees, the limit is ${MAX_TREE_BLOB_BYTES}; send them in separate messages`);
           }
           // One blob at a time, keeping no refs the session did not remember: a small message

@@ -24,8 +24,9 @@ export interface SessionLimits {
   maxSessions: number;
   maxSessionsPerPrincipal: number;
   /**
-   * Upload streams one principal may have open: each may hold a message of up to
-   * MAX_MESSAGE_BYTES while it arrives, so this bounds what one token can make the server buffer.
+   * Upload streams one principal may have open: each may hold three messages of up to
+   * MAX_MESSAGE_BYTES (one verified, two read ahead), so this bounds what one token can make
+   * the server buffer.
    */
   maxUploadsPerPrincipal: number;
   idleTimeoutMs: number;
