@@ -87,14 +87,18 @@ export class Agent {
   }
 
   private async loop(d: DatasetConfig): Promise<void> {
+    // An every-schedule counts its interval on the monotonic clock: a wall clock stepped back
+    // (NTP at boot, a restored VM) must not delay the next run by the step. Cron times are
+    // wall-clock times.
+    const clock = 'every' in d.schedule ? () => performance.now() : () => Date.now();
     let lastStart: number | undefined;
     for (;;) {
-      const due = nextDue(d.schedule, lastStart, Date.now());
-      if (lastStart !== undefined && due < Date.now()) {
+      const due = nextDue(d.schedule, lastStart, clock());
+      if (lastStart !== undefined && due < clock()) {
         this.log.warn({ dataset: d.name, schedule: describeSchedule(d.schedule) }, 'the last run overran its schedule; starting the next now (missed runs are not made up)');
       }
-      if (!(await sleepUntil(due, this.stop.signal))) return;
-      lastStart = Date.now();
+      if (!(await sleepUntil(due, this.stop.signal, clock))) return;
+      lastStart = clock();
       await this.runDataset(d);
       if (this.stop.signal.aborted) return;
     }

@@ -39,14 +39,14 @@ export function backoffMs(retry: number, initialMs: number, maxMs: number, rando
   return Math.round(ceiling * (0.5 + random() / 2));
 }
 
-/** Waits until `due` (wall clock) or the signal; false when the signal came first. */
-export async function sleepUntil(due: number, signal: AbortSignal): Promise<boolean> {
+/** Waits until `clock()` reaches `due` (wall clock by default) or the signal; false when the signal came first. */
+export async function sleepUntil(due: number, signal: AbortSignal, clock: () => number = Date.now): Promise<boolean> {
   // Short slices: setTimeout cannot wait more than ~24 days, and a clock that jumps (a
   // suspended VM, an NTP step) is noticed within the slice.
   const SLICE_MS = 60_000;
-  while (!signal.aborted && Date.now() < due) {
+  while (!signal.aborted && clock() < due) {
     await new Promise<void>((resolve) => {
-      const timer = setTimeout(done, Math.min(due - Date.now(), SLICE_MS));
+      const timer = setTimeout(done, Math.min(due - clock(), SLICE_MS));
       signal.addEventListener('abort', done, { once: true });
       function done() {
         clearTimeout(timer);

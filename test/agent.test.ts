@@ -124,8 +124,8 @@ interface AgentHandle {
   waitFor(pred: (lines: Array<Record<string, unknown>>) => boolean, what: string, timeoutMs?: number): Promise<void>;
 }
 
-function startAgent(args: string[], server: string): AgentHandle {
-  const proc = spawn(process.execPath, [CLI_JS, 'agent', ...args], { env: { ...process.env, CAIRN_SERVER: server }, stdio: ['ignore', 'ignore', 'pipe'] });
+function startAgent(args: string[], server: string, nodeArgs: string[] = []): AgentHandle {
+  const proc = spawn(process.execPath, [...nodeArgs, CLI_JS, 'agent', ...args], { env: { ...process.env, CAIRN_SERVER: server }, stdio: ['ignore', 'ignore', 'pipe'] });
   const lines: Array<Record<string, unknown>> = [];
   let buf = '';
   proc.stderr!.setEncoding('utf8').on('data', (d: string) => {
@@ -358,5 +358,17 @@ datasets:
     expect(r.code).toBe(1);
     expect(r.stderr).toContain('cairn: 1 of 1 dataset/host pairs failing: flaky@node-f');
     expect(r.stdout).toMatch(/flaky\s+node-f\s+\w{8} .*ok\s+failing since \d+s ago: NOT_FOUND: \/data\/flaky does not exist/);
+  });
+
+  it('an every-schedule keeps its pace when the wall clock steps back', async () => {
+    await writeFile(path.join(dir, 'steady/a.txt'), 'a');
+    await fs.writeFile(path.join(dir, 'steady.yaml'), 'host: node-s\ndatasets:\n  steady: { paths: [steady], every: 1s }\n');
+    // An NTP step at boot, as the agent sees it: after its first second, the wall clock reads an hour earlier.
+    const stepBack = path.join(dir, 'step-back.cjs');
+    await fs.writeFile(stepBack, 'const real = Date.now; const t0 = real(); Date.now = () => { const t = real(); return t - t0 > 1000 ? t - 3600000 : t; };\n');
+    const agent = startAgent(['--config', path.join(dir, 'steady.yaml')], server.addr, ['--require', stepBack]);
+    await agent.waitFor((l) => count(l, 'snapshot saved', 'steady') >= 4, 'four runs, across the step', 20_000);
+    agent.proc.kill('SIGTERM');
+    expect(await agent.exited).toBe(0);
   });
 });
