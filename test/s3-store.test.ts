@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CairnError, Code } from '../common/errors.js';
 import { parseS3Url, S3Store, type S3StoreOptions } from '../server/s3-store.js';
 import { LEASE_KEY, WriterLease } from '../server/writer-lease.js';
-import { startFaultProxy } from './s3/fault-proxy.js';
+import { startFaultProxy, type FaultProxyOptions } from './s3/fault-proxy.js';
 import { startS3rver, type S3rverHandle } from './s3/s3rver.js';
 import { inBatches, listAll, objectStoreContract, type StoreFactory } from './store-contract.js';
 
@@ -60,6 +60,13 @@ function factory(target: () => Target): StoreFactory {
       },
     };
   };
+}
+
+/** A store whose requests pass a proxy that answers with `override`'s status wherever it gives one. */
+async function storeAnswering(t: Target, override: FaultProxyOptions['override'], over: Partial<S3StoreOptions> = {}): Promise<{ store: S3Store; close(): Promise<void> }> {
+  const proxy = await startFaultProxy({ target: t.endpoint, faultRate: 0, seed: 1, override });
+  const store = new S3Store(storeOptions({ ...t, endpoint: proxy.endpoint }, over));
+  return { store, close: async () => Promise.all([store.close(), proxy.stop()]).then(() => undefined) };
 }
 
 async function caught(p: Promise<unknown>): Promise<CairnError> {
@@ -149,26 +156,22 @@ function commonS3Suite(name: string, target: () => Target): void {
     it('throttling is waited out past the attempts an outage gets', async () => {
       const t = target();
       let throttled = 5;
-      const proxy = await startFaultProxy({ target: t.endpoint, faultRate: 0, seed: 1, override: (method) => (method === 'PUT' && throttled-- > 0 ? 429 : undefined) });
-      const store = new S3Store({ ...storeOptions({ ...t, endpoint: proxy.endpoint }), maxAttempts: 2 });
+      const { store, close } = await storeAnswering(t, (method) => (method === 'PUT' && throttled-- > 0 ? 429 : undefined), { maxAttempts: 2 });
       try {
         await store.put('packs/00/throttled', Buffer.from('stored once the store lets us'));
         expect(store.counts().retries).toBe(5);
         expect((await store.get('packs/00/throttled')).toString()).toBe('stored once the store lets us');
         await store.delete(['packs/00/throttled']);
         // An outage that is not throttling (a bare 503 too) still gets its two attempts and no more.
-        const down = await startFaultProxy({ target: t.endpoint, faultRate: 0, seed: 1, override: (method) => (method === 'PUT' ? 503 : undefined) });
-        const broken = new S3Store({ ...storeOptions({ ...t, endpoint: down.endpoint }), maxAttempts: 2 });
+        const down = await storeAnswering(t, (method) => (method === 'PUT' ? 503 : undefined), { maxAttempts: 2 });
         try {
-          expect((await caught(broken.put('packs/00/never', Buffer.from('x')))).code).toBe(Code.UNAVAILABLE);
-          expect(broken.counts().retries).toBe(1);
+          expect((await caught(down.store.put('packs/00/never', Buffer.from('x')))).code).toBe(Code.UNAVAILABLE);
+          expect(down.store.counts().retries).toBe(1);
         } finally {
-          await broken.close();
-          await down.stop();
+          await down.close();
         }
       } finally {
-        await store.close();
-        await proxy.stop();
+        await close();
       }
     });
 
@@ -176,35 +179,28 @@ function commonS3Suite(name: string, target: () => Target): void {
       const t = target();
       // The probe's first PUT creates the object; the conditional one after it meets two 500s.
       let puts = 0;
-      const proxy = await startFaultProxy({
-        target: t.endpoint,
-        faultRate: 0,
-        seed: 1,
-        override: (method, url) => (url.includes('locks/probe-') && method === 'PUT' && [2, 3].includes(++puts) ? 500 : method === 'DELETE' || method === 'POST' ? 403 : undefined),
-      });
-      const store = new S3Store(storeOptions({ ...t, endpoint: proxy.endpoint }));
+      const { store, close } = await storeAnswering(t, (method, url) =>
+        url.includes('locks/probe-') && method === 'PUT' && [2, 3].includes(++puts) ? 500 : method === 'DELETE' || method === 'POST' ? 403 : undefined,
+      );
       try {
         // s3rver overwrites on If-None-Match: a real S3 would answer 412 and this be true.
         expect(await store.honoursConditionalCreate()).toBe(t === remote);
         expect(store.counts().retries).toBeGreaterThanOrEqual(2);
       } finally {
-        await store.close();
-        await proxy.stop();
+        await close();
       }
     });
 
     it('a store that does not implement a request (HTTP 501) is told at once, not retried as an outage', async () => {
       const t = target();
-      const proxy = await startFaultProxy({ target: t.endpoint, faultRate: 0, seed: 1, override: (method) => (method === 'PUT' ? 501 : undefined) });
-      const store = new S3Store(storeOptions({ ...t, endpoint: proxy.endpoint }));
+      const { store, close } = await storeAnswering(t, (method) => (method === 'PUT' ? 501 : undefined));
       try {
         const err = await caught(store.putIfAbsent('locks/writer', Buffer.from('me')));
         expect(err.code).toBe(Code.FAILED_PRECONDITION);
         expect(err.message).toMatch(/ does not implement putIfAbsent locks\/writer \(HTTP 501.*\); it lacks a feature cairn uses \(conditional writes, ranged reads or multi-object delete\): upgrade it or use another store$/);
         expect(store.counts().retries).toBe(0);
       } finally {
-        await store.close();
-        await proxy.stop();
+        await close();
       }
     });
 
