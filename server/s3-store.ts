@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import http from 'node:http';
 import https from 'node:https';
 import type { Readable } from 'node:stream';
@@ -51,6 +51,26 @@ const MAX_SOCKETS = 16;
 const RETRYABLE_ERRNO = new Set(['ECONNRESET', 'ECONNREFUSED', 'ECONNABORTED', 'EPIPE', 'ETIMEDOUT', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH']);
 const RETRYABLE_S3_CODES = new Set(['SlowDown', 'InternalError', 'ServiceUnavailable', 'RequestTimeout', 'ConditionalRequestConflict']);
 const DENIED_S3_CODES = new Set(['AccessDenied', 'SignatureDoesNotMatch', 'InvalidAccessKeyId', 'AllAccessDisabled', 'InvalidToken', 'ExpiredToken']);
+
+/**
+ * The S3 API requires Content-MD5 on DeleteObjects. AWS also takes the CRC32 header the SDK
+ * sends instead since 3.729, but MinIO before 2025 and other S3-compatible stores answer
+ * 400 MissingContentMD5, and prune could then free nothing. Added before signing, so the
+ * signature covers it.
+ */
+function withContentMd5(cmd: DeleteObjectsCommand): DeleteObjectsCommand {
+  cmd.middlewareStack.add(
+    (next) => async (args) => {
+      const req = args.request as { headers?: Record<string, string>; body?: unknown };
+      if (req.headers && (typeof req.body === 'string' || req.body instanceof Uint8Array)) {
+        req.headers['content-md5'] = createHash('md5').update(req.body).digest('base64');
+      }
+      return next(args);
+    },
+    { step: 'build', name: 'cairnDeleteContentMd5' },
+  );
+  return cmd;
+}
 
 type Kind = 'put' | 'get' | 'list' | 'delete' | 'head';
 
@@ -360,7 +380,7 @@ export class S3Store implements ObjectStore {
       await this.retrying('delete', `${pending.length} keys from ${keys[i]}`, async () => {
         this.count('delete');
         const res = await this.client.send(
-          new DeleteObjectsCommand({ Bucket: this.bucket, Delete: { Objects: pending.map((Key) => ({ Key })), Quiet: true } }),
+          withContentMd5(new DeleteObjectsCommand({ Bucket: this.bucket, Delete: { Objects: pending.map((Key) => ({ Key })), Quiet: true } })),
         );
         // Deleting a missing key is success in S3, but some stores still report it.
         const failed = (res.Errors ?? []).filter((e) => e.Code !== 'NoSuchKey');

@@ -14,6 +14,8 @@ export interface FaultProxyOptions {
   delayMs?: number;
   /** Answers a request itself when it returns a status, e.g. to make HEADs lie. */
   override?: (method: string, url: string) => number | undefined;
+  /** A rule of the store being imitated, checked on the whole request: an S3 error refuses it. */
+  demand?: (req: { method: string; url: string; headers: http.IncomingHttpHeaders; body: Buffer }) => { status: number; code: string; message: string } | undefined;
 }
 
 export interface FaultProxy {
@@ -95,6 +97,13 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
     const chunks: Buffer[] = [];
     for await (const c of req) chunks.push(c as Buffer);
     const body = Buffer.concat(chunks);
+    const refused = opts.demand?.({ method: req.method ?? '', url: req.url ?? '', headers: req.headers, body });
+    if (refused) {
+      const xml = s3ErrorXml(refused.code, refused.message);
+      res.writeHead(refused.status, { 'content-type': 'application/xml', 'content-length': Buffer.byteLength(xml) });
+      res.end(xml);
+      return;
+    }
     switch (fault) {
       case 'slowDown':
       case 'internalError': {
