@@ -324,13 +324,22 @@ export class S3Store implements ObjectStore {
         if (httpStatus(err) === 416) throw shortObject(`or before byte ${offset}`);
         throw err;
       }
+      // A store that ignores Range answers 200 with the whole object: trusting it would hand
+      // the caller the wrong bytes, and reading it first would cost a whole pack per blob.
+      // A 200 is the range only when the range is the whole object.
+      const partial = res.$metadata.httpStatusCode === 206;
+      const from = partial ? /^bytes (\d+)-/.exec(res.ContentRange ?? '')?.[1] : undefined;
+      const answered = partial ? from !== undefined && Number(from) === offset : offset === 0 && (res.ContentLength ?? 0) <= length;
+      if (!answered) {
+        (res.Body as Readable | undefined)?.destroy();
+        const what = partial ? `Content-Range "${res.ContentRange ?? ''}"` : `the whole object (${res.ContentLength ?? 'unknown'} bytes, HTTP 200)`;
+        throw failedPrecondition(
+          `${this.description} answered a request for bytes ${offset}..${offset + length} of ${key} with ${what}; the store does not support ranged reads, which restores and prune need: upgrade it or use another store`,
+        );
+      }
       const data = await this.readBody(res.Body as Readable | undefined, res.ContentLength);
       if (data.length < length) throw shortObject(offset + data.length);
-      // A store that ignores Range answers 200 with the whole object; trusting it would hand
-      // the caller the wrong bytes.
-      if (data.length > length) {
-        throw dataLoss(`${this.description} answered a ${length}-byte range request for ${key} with ${data.length} bytes; the store does not support ranged reads`);
-      }
+      if (data.length > length) throw dataLoss(`${this.description} answered a ${length}-byte range of ${key} with ${data.length} bytes`);
       return data;
     });
   }

@@ -235,6 +235,33 @@ function commonS3Suite(name: string, target: () => Target): void {
       }
     });
 
+    it('a store that answers a range with the whole object is refused before its body is read, naming ranged reads', async () => {
+      const t = target();
+      const whole = randomBytes(256 * 1024);
+      let ranged = 0;
+      const proxy = await startFaultProxy({
+        target: t.endpoint,
+        faultRate: 0,
+        seed: 1,
+        demand: ({ method, headers }) => (method === 'GET' && headers.range !== undefined && ++ranged ? { status: 200, body: whole } : undefined),
+      });
+      const options = storeOptions(t);
+      const direct = new S3Store(options);
+      const store = new S3Store({ ...options, endpoint: proxy.endpoint });
+      try {
+        await direct.put('packs/00/p', whole);
+        const err = await caught(store.getRange('packs/00/p', 1000, 100));
+        expect(err.code).toBe(Code.FAILED_PRECONDITION);
+        expect(err.message).toMatch(/answered a request for bytes 1000\.\.1100 of packs\/00\/p with the whole object \(262144 bytes, HTTP 200\); the store does not support ranged reads/);
+        expect(ranged).toBe(1);
+        expect(store.counts().bytesDown).toBe(0);
+        // The whole object is the answer to a range that is the whole object.
+        expect((await store.getRange('packs/00/p', 0, whole.length)).equals(whole)).toBe(true);
+      } finally {
+        await Promise.all([store.close(), direct.close(), proxy.stop()]);
+      }
+    });
+
     it('a writer whose lease refreshes keep failing stops itself, naming the expiry it could not extend', async () => {
       const t = target();
       let outage = false;

@@ -14,8 +14,14 @@ export interface FaultProxyOptions {
   delayMs?: number;
   /** Answers a request itself when it returns a status, e.g. to make HEADs lie. */
   override?: (method: string, url: string) => number | undefined;
-  /** A rule of the store being imitated, checked on the whole request: an S3 error refuses it. */
-  demand?: (req: { method: string; url: string; headers: http.IncomingHttpHeaders; body: Buffer }) => { status: number; code: string; message: string } | undefined;
+  /**
+   * A behaviour of the store being imitated, given the whole request: an S3 error refuses it,
+   * a body answers it in the store's place, undefined forwards it.
+   */
+  demand?: (req: { method: string; url: string; headers: http.IncomingHttpHeaders; body: Buffer }) =>
+    | { status: number; code: string; message: string }
+    | { status: number; body: Buffer }
+    | undefined;
 }
 
 export interface FaultProxy {
@@ -99,9 +105,9 @@ export async function startFaultProxy(opts: FaultProxyOptions): Promise<FaultPro
     const body = Buffer.concat(chunks);
     const refused = opts.demand?.({ method: req.method ?? '', url: req.url ?? '', headers: req.headers, body });
     if (refused) {
-      const xml = s3ErrorXml(refused.code, refused.message);
-      res.writeHead(refused.status, { 'content-type': 'application/xml', 'content-length': Buffer.byteLength(xml) });
-      res.end(xml);
+      const [type, answer] = 'body' in refused ? ['application/octet-stream', refused.body] : ['application/xml', Buffer.from(s3ErrorXml(refused.code, refused.message))];
+      res.writeHead(refused.status, { 'content-type': type, 'content-length': answer.length });
+      res.end(answer);
       return;
     }
     switch (fault) {
