@@ -8,6 +8,7 @@ import { emptyNode, encodeTree } from '../common/tree.js';
 import { snapKey } from '../server/index-db.js';
 import { setPruneCheckpointHook } from '../server/prune.js';
 import { snapshotIndexKeys } from '../server/repository.js';
+import { failure } from './auth-helpers.js';
 import { backupFiles, begin, commit, findMissing, flatTree, rawBlob, restoredContents, sha256, startInProcess, upload, type InProcess } from './admin-helpers.js';
 import { cleanupTmp, runCli, tmpDir } from './harness.js';
 import { describeTree, randomBytes, writeFile } from './tree-gen.js';
@@ -202,6 +203,28 @@ describe('prune while backups run', () => {
     const snap = await commit(srv.conn, b.sessionId, root);
     expect(await restoredContents(srv.addr, snap.id)).toEqual({ 'sub/c.bin': sha256(C) });
     await expectCheckClean();
+  });
+
+  it('a commit still waiting for the lock when its session is aborted records no snapshot', async () => {
+    srv = await startInProcess();
+    const repo = await srv.server.repository('default');
+    const lock = repo.gcLock as unknown as { waiters: unknown[] };
+    const { sessionId } = await begin(srv.conn, 'gone');
+    const root = flatTree({ 'new.bin': NEW });
+    await upload(srv.conn, sessionId, [rawBlob(NEW), root]);
+    let release = () => undefined as void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    // A prune's exclusive hold, as while it unindexes: the commit queues behind it.
+    const pruning = repo.gcLock.exclusive(() => held);
+    const committing = failure(commit(srv.conn, sessionId, root));
+    while (lock.waiters.length === 0) await new Promise((r) => setTimeout(r, 5));
+    await srv.conn.unary('AbortBackup', { sessionId });
+    release();
+    await pruning;
+    expect(await committing).toBe(`FAILED_PRECONDITION: backup session ${sessionId} is unknown, finished or expired; start a new backup`);
+    const listed: Snapshot[] = [];
+    for await (const s of srv.conn.stream<Snapshot>('ListSnapshots', { dataset: 'gone' })) listed.push(s);
+    expect(listed).toEqual([]);
   });
 
   it('after the condemned chunks are unindexed, FindMissing says missing and the client uploads again', async () => {
