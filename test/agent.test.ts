@@ -124,8 +124,12 @@ interface AgentHandle {
   waitFor(pred: (lines: Array<Record<string, unknown>>) => boolean, what: string, timeoutMs?: number): Promise<void>;
 }
 
-function startAgent(args: string[], server: string, nodeArgs: string[] = []): AgentHandle {
-  const proc = spawn(process.execPath, [...nodeArgs, CLI_JS, 'agent', ...args], { env: { ...process.env, CAIRN_SERVER: server }, stdio: ['ignore', 'ignore', 'pipe'] });
+function startAgent(args: string[], server: string, nodeArgs: string[] = [], uid?: number): AgentHandle {
+  const proc = spawn(process.execPath, [...nodeArgs, CLI_JS, 'agent', ...args], {
+    env: { ...process.env, CAIRN_SERVER: server },
+    stdio: ['ignore', 'ignore', 'pipe'],
+    ...(uid !== undefined ? { uid, gid: uid } : {}),
+  });
   const lines: Array<Record<string, unknown>> = [];
   let buf = '';
   proc.stderr!.setEncoding('utf8').on('data', (d: string) => {
@@ -252,6 +256,24 @@ datasets:
     const rows = await status();
     expect(rows.find((r) => r.dataset === 'empty' && r.host === 'cron-node')?.lastError).toContain('holds no files to back up');
     expect(rows.find((r) => r.dataset === 'ok' && r.host === 'cron-node')?.failing).toBe(false);
+  });
+
+  it('--once exits 3 when a snapshot left unreadable entries out, and the snapshot is saved', async () => {
+    const part = path.join(dir, 'part');
+    await writeFile(path.join(part, 'ok.txt'), 'fine');
+    await writeFile(path.join(part, 'secret.bin'), 'no');
+    await fs.writeFile(path.join(dir, 'part.yaml'), 'host: cron-part\ndatasets:\n  part: { paths: [part], every: 1h }\n');
+    // Root reads through permission bits, so the agent runs as an unprivileged user when we are root.
+    const asUser = process.getuid?.() === 0 ? 65534 : undefined;
+    for (const d of [path.dirname(dir), dir, part]) await fs.chmod(d, 0o755);
+    for (const f of [path.join(part, 'ok.txt'), path.join(dir, 'part.yaml')]) await fs.chmod(f, 0o644);
+    await fs.chmod(path.join(part, 'secret.bin'), 0o000);
+    const agent = startAgent(['--config', path.join(dir, 'part.yaml'), '--once'], server.addr, [], asUser);
+    expect(await agent.exited).toBe(3);
+    expect(count(agent.lines, 'snapshot saved', 'part')).toBe(1);
+    const row = (await status()).find((r) => r.dataset === 'part' && r.host === 'cron-part');
+    expect(row?.unreadable).toBe(1);
+    expect(row?.failing).toBe(false);
   });
 
   it('with an agent token: snapshots and heartbeats for its own host; a keep_* policy it may not store is reported once and snapshots go on', async () => {
