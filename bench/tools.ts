@@ -25,7 +25,7 @@ import { dirBytes, run, waitForReady, Watched, type RunResult } from './measure.
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 export const SERVER_JS = path.join(ROOT, 'dist/server/main.js');
-export const CLI_JS = path.join(ROOT, 'dist/client/cli.bundle.js');
+export const CLI_JS = path.join(ROOT, 'dist/client/cli-start.js');
 
 const SERVER_BIN = binCommand(ROOT, 'cairn-server');
 export const CLI_BIN = binCommand(ROOT, 'cairn');

@@ -4,7 +4,7 @@ import { createLogger, type Logger } from '../common/log.js';
 import type { HeartbeatRequest } from '../common/query-messages.js';
 import { loadAgentConfig, readTokenFile, type AgentConfig, type DatasetConfig } from './agent-config.js';
 import { runBackup } from './backup.js';
-import { defaultCacheDir } from './tree-cache.js';
+import { defaultCacheDir } from './cache-dir.js';
 import { EXIT, type GlobalOpts } from './cli-common.js';
 import { Connection, tlsFromFlags, type TlsOptions } from './connection.js';
 import { ExcludeMatcher } from './excludes.js';

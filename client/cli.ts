@@ -5,7 +5,7 @@ import { formatBytes, parseSize } from '../common/units.js';
 import { CLIENT_VERSION } from '../common/version.js';
 import type { ArchiveStats } from './archiver.js';
 import { defaultHost, dryRunBackup, parseShare, runBackup, type BackupOptions } from './backup.js';
-import { defaultCacheDir } from './tree-cache.js';
+import { defaultCacheDir } from './cache-dir.js';
 import { collect, connect, EXIT, out, snapshotRow } from './cli-common.js';
 import { ExcludeMatcher } from './excludes.js';
 import { localTime, table } from './format.js';

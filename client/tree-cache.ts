@@ -1,5 +1,4 @@
 import { closeSync, fstatSync, openSync, promises as fs, readSync } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { hash, toHex } from '../common/hash.js';
 import type { Node } from '../common/messages.js';
@@ -34,13 +33,6 @@ function readBounded(file: string): Buffer {
   } finally {
     closeSync(fd);
   }
-}
-
-/** Where the cache lives unless --cache-dir says: CAIRN_CACHE_DIR, else the XDG cache directory. */
-export function defaultCacheDir(env: NodeJS.ProcessEnv = process.env): string {
-  if (env.CAIRN_CACHE_DIR) return env.CAIRN_CACHE_DIR;
-  const base = env.XDG_CACHE_HOME || path.join(env.HOME || os.homedir(), '.cache');
-  return path.join(base, 'cairn');
 }
 
 export interface TreeCacheStats {

@@ -9,7 +9,7 @@ import { createToken, serverCli } from './auth-helpers.js';
 import { cleanupTmp, ROOT, runCli, startServer, tmpDir, type ServerHandle } from './harness.js';
 import { randomBytes, writeFile } from './tree-gen.js';
 
-const CLI_JS = path.join(ROOT, 'dist/client/cli.bundle.js');
+const CLI_JS = path.join(ROOT, 'dist/client/cli-start.js');
 const MiB = 1024 * 1024;
 
 describe('agent config validation', () => {

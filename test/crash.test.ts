@@ -78,7 +78,7 @@ describe.each(storeBackends())('kill -9 on the $name store', (backend) => {
     const server = await startServer(await backend.serverOptions());
     const dir = path.join(tmpDir(), 'data');
     for (let i = 0; i < 4; i++) await writeFile(path.join(dir, `f${i}.bin`), randomBytes(40 * MiB, 200 + i));
-    const proc = spawn(process.execPath, [path.join(ROOT, 'dist/client/cli.bundle.js'), 'snapshot', dir, '--dataset', 'ckill', '--host', 'h'], {
+    const proc = spawn(process.execPath, [path.join(ROOT, 'dist/client/cli-start.js'), 'snapshot', dir, '--dataset', 'ckill', '--host', 'h'], {
       env: { ...process.env, CAIRN_SERVER: server.addr },
       stdio: 'ignore',
     });

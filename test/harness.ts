@@ -11,7 +11,7 @@ import { binCommand } from '../bench/node-flags.js';
  */
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const SERVER_JS = path.join(ROOT, 'dist/server/main.js');
-const CLI_JS = path.join(ROOT, 'dist/client/cli.bundle.js');
+const CLI_JS = path.join(ROOT, 'dist/client/cli-start.js');
 /** The tests run the programs the way users get them from bin/. */
 const SERVER_BIN = binCommand(ROOT, 'cairn-server');
 const CLI_BIN = binCommand(ROOT, 'cairn');

@@ -27,7 +27,7 @@ async function jsonLines<T>(args: string[], server: string): Promise<T[]> {
 function catToFile(args: string[], server: string, file: string): Promise<{ code: number | null; stderr: string }> {
   const fd = openSync(file, 'w');
   return new Promise((resolve) => {
-    const proc = spawn(process.execPath, [path.join(ROOT, 'dist/client/cli.bundle.js'), 'cat', ...args], { env: { ...process.env, CAIRN_SERVER: server }, stdio: ['ignore', fd, 'pipe'] });
+    const proc = spawn(process.execPath, [path.join(ROOT, 'dist/client/cli-start.js'), 'cat', ...args], { env: { ...process.env, CAIRN_SERVER: server }, stdio: ['ignore', fd, 'pipe'] });
     let stderr = '';
     proc.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
     proc.on('exit', (code) => {

@@ -7,7 +7,7 @@ import { cleanupTmp, cliJson, ROOT, runCli, startServer, tmpDir, type ServerHand
 import { describeTree, randomBytes, writeFile } from './tree-gen.js';
 
 const MiB = 1024 * 1024;
-const CLI_JS = path.join(ROOT, 'dist/client/cli.bundle.js');
+const CLI_JS = path.join(ROOT, 'dist/client/cli-start.js');
 
 interface Plan {
   filesToWrite: number;
