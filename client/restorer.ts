@@ -1,10 +1,10 @@
 import { randomBytes } from 'node:crypto';
 import { constants, promises as fs } from 'node:fs';
 import path from 'node:path';
-import picomatch from 'picomatch';
 import { Chunker } from '../common/chunker.js';
 import { chunkViews } from '../common/chunk-reader.js';
 import { CairnError, Code, dataLoss, invalidArgument } from '../common/errors.js';
+import { compileGlob } from '../common/glob.js';
 import { hash, toHex } from '../common/hash.js';
 import type { HelloReply, Node, Snapshot } from '../common/messages.js';
 import { badName, joinPath } from '../common/tree.js';
@@ -116,7 +116,8 @@ export class Restorer {
     this.fetcher = new ChunkFetcher(conn, { maxChunk: hello.chunker.maxSize });
     this.chunker = new Chunker(hello.chunker);
     this.target = path.resolve(opts.target);
-    this.include = opts.includes.length > 0 ? picomatch(opts.includes, { dot: true }) : undefined;
+    const globs = opts.includes.map((g) => compileGlob(g));
+    this.include = globs.length > 0 ? (p) => globs.some((g) => g.matches(p)) : undefined;
   }
 
   async restore(snapshot: Snapshot): Promise<RestoreStats> {

@@ -46,7 +46,7 @@ export function queryHandlers(deps: ServiceDeps): grpc.UntypedServiceImplementat
     await send({ ...pending, treesRead: String(reader.count()) });
   };
 
-  const find = async (req: FindRequest, { repo }: { repo: Repository }, send: (m: FindMatch) => Promise<void>) => {
+  const find = async (req: FindRequest, { repo }: { repo: Repository }, send: (m: FindMatch) => Promise<void>, stillWanted: () => void) => {
     const finder = new TreeFinder((id) => repo.readTree(id), req.pattern);
     const filter = {
       dataset: req.dataset ? validateName('dataset', req.dataset) : undefined,
@@ -55,6 +55,7 @@ export function queryHandlers(deps: ServiceDeps): grpc.UntypedServiceImplementat
     };
     let sent = 0;
     for await (const s of repo.listSnapshots(filter)) {
+      stillWanted();
       for await (const hit of finder.find(Buffer.from(s.rootTree, 'hex'))) {
         await send({ snapshot: s.id, time: s.time, ...hit });
         if (req.limit && ++sent >= req.limit) return;

@@ -25,7 +25,11 @@ export interface CallContext {
 export type Authorizer = (call: grpc.ServerUnaryCall<unknown, unknown> | grpc.ServerReadableStream<unknown, unknown> | grpc.ServerWritableStream<unknown, unknown>, rpc: string) => Promise<CallContext>;
 
 type Unary<Req, Res> = (req: Req, ctx: CallContext) => Promise<Res>;
-type ServerStream<Req, Res> = (req: Req, ctx: CallContext, send: (msg: Res) => Promise<void>) => Promise<void>;
+/**
+ * `stillWanted` throws CANCELLED once the client has gone: a handler that can work long
+ * without sending (a find over many snapshots that match nothing) asks it as it goes.
+ */
+type ServerStream<Req, Res> = (req: Req, ctx: CallContext, send: (msg: Res) => Promise<void>, stillWanted: () => void) => Promise<void>;
 
 function grpcError(err: unknown, log: Logger, rpc: string): grpc.ServiceError {
   const e = toCairnError(err);
@@ -52,13 +56,28 @@ function serverStream<Req, Res>(name: string, auth: Authorizer, log: Logger, fn:
   return (call) => {
     let cancelled = false;
     call.on('cancelled', () => (cancelled = true));
-    const send = async (msg: Res): Promise<void> => {
+    const stillWanted = () => {
       if (cancelled) throw new CairnError(Code.CANCELLED, 'client cancelled the call');
-      // Honour backpressure: a slow reader must not make us buffer the whole answer.
-      if (!call.write(msg)) await new Promise<void>((resolve) => call.once('drain', resolve));
+    };
+    const send = async (msg: Res): Promise<void> => {
+      stillWanted();
+      // Honour backpressure: a slow reader must not make us buffer the whole answer. A client
+      // gone while we wait sends no drain, so its cancellation ends the wait too.
+      if (!call.write(msg)) {
+        await new Promise<void>((resolve) => {
+          const done = () => {
+            call.off('drain', done);
+            call.off('cancelled', done);
+            resolve();
+          };
+          call.once('drain', done);
+          call.once('cancelled', done);
+        });
+        stillWanted();
+      }
     };
     auth(call as grpc.ServerWritableStream<unknown, unknown>, name)
-      .then((ctx) => fn(call.request, ctx, send))
+      .then((ctx) => fn(call.request, ctx, send, stillWanted))
       .then(() => call.end())
       .catch((err) => {
         // Not call.destroy(): grpc-js then never sends the status and the client waits forever.

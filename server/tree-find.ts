@@ -1,5 +1,5 @@
-import picomatch from 'picomatch';
 import { invalidArgument } from '../common/errors.js';
+import { compileGlob } from '../common/glob.js';
 import { toHex } from '../common/hash.js';
 import type { NodeType } from '../common/messages.js';
 import { joinPath } from '../common/tree.js';
@@ -18,9 +18,10 @@ const MEMO_MAX_HITS = 200_000;
 const MEMO_MAX_HITS_PER_SUBTREE = 256;
 
 /**
- * Finds the paths inside snapshot trees that match one glob (picomatch, dot files
- * included). A pattern without '/' matches the base name at any depth ("*.ckpt"), as in
- * gitignore; one with '/' matches the whole path from the snapshot root ("reports/**").
+ * Finds the paths inside snapshot trees that match one glob (common/glob.ts: linear-time
+ * matching, dot files included). A pattern without '/' matches the base name at any depth
+ * ("*.ckpt"), as in gitignore; one with '/' matches the whole path from the snapshot root
+ * ("reports/**").
  *
  * Two things keep it from walking everything:
  * - the pattern's literal prefix ("reports" in "reports/**"): directories outside it are
@@ -42,9 +43,9 @@ export class TreeFinder {
   ) {
     const glob = pattern.replace(/^\/+/, '');
     if (glob === '') throw invalidArgument('find needs a non-empty pattern, such as "**/*.csv" or "reports/**"');
-    const anyDepth = !glob.includes('/');
-    this.match = picomatch(glob, { dot: true, basename: anyDepth });
-    this.base = anyDepth ? '' : picomatch.scan(glob).base;
+    const compiled = compileGlob(glob, { anyDepth: true });
+    this.match = (path) => compiled.matches(path);
+    this.base = compiled.base;
   }
 
   /** Could anything at or below directory `dir` match? Only paths along or under the literal prefix can. */

@@ -451,3 +451,29 @@ describe('history, browsing, diff, find, stats and status over real gRPC', () =>
     expect(listed.every((id) => id.startsWith(digit) && ids.includes(id))).toBe(true);
   });
 });
+
+describe('find on a server shared with others', () => {
+  let own: ServerHandle;
+  beforeAll(async () => {
+    own = await startServer();
+  });
+  afterAll(async () => {
+    await own?.stop();
+    cleanupTmp();
+  });
+
+  it('find answers a pattern built to make backtracking matchers spin, and the server keeps answering others', async () => {
+    const dir = path.join(tmpDir(), 'names');
+    // Names like these made the former matcher (picomatch) take 25 s each against such a pattern.
+    for (let i = 0; i < 20; i++) await writeFile(path.join(dir, `${'a'.repeat(200 + i)}`), 'x');
+    await writeFile(path.join(dir, `${'a'.repeat(100)}b`), 'y');
+    await cliJson(['snapshot', dir, '--dataset', 'names', '--host', 'ws1'], { server: own.addr });
+    const pattern = `${'*a'.repeat(12)}*b`;
+    const [hits, others] = await Promise.all([jsonLines<{ path: string }>(['find', pattern, '--dataset', 'names'], own.addr), jsonLines<HistoryRow>(['history', '--dataset', 'names'], own.addr)]);
+    expect(hits.map((h) => h.path)).toEqual([`${'a'.repeat(100)}b`]);
+    expect(others).toHaveLength(1);
+    const long = await runCli(['find', 'x'.repeat(5000)], { server: own.addr });
+    expect(long.code).toBe(1);
+    expect(long.stderr).toContain('INVALID_ARGUMENT: glob pattern of 5000 characters; the limit is 4096');
+  });
+});

@@ -114,6 +114,18 @@ describe('TreeFinder', () => {
     expect(() => new TreeFinder(t.read, '/')).toThrow(/non-empty pattern/);
   });
 
+  it('a negated pattern walks every directory, and an escaped one walks into the directory it names', async () => {
+    const t = new TreeStore();
+    const root = t.put({ reports: { 'q1.csv': 'a' }, logs: { 'a.log': 'b' }, 'run[1]': { 'f.txt': 'c' }, 'top.txt': 'd' });
+    const paths = async (pattern: string) => {
+      const out: string[] = [];
+      for await (const h of new TreeFinder(t.read, pattern).find(root)) out.push(h.path);
+      return out;
+    };
+    expect(await paths('!reports/**')).toEqual(['logs', 'logs/a.log', 'run[1]', 'run[1]/f.txt', 'top.txt']);
+    expect(await paths('run\\[1\\]/*')).toEqual(['run[1]/f.txt']);
+  });
+
   it('reads no directory outside the literal prefix of the pattern', async () => {
     const t = new TreeStore();
     const big = Object.fromEntries(Array.from({ length: 20 }, (_, i) => [`other${i}`, { f: `x${i}` }]));
