@@ -4,7 +4,7 @@ import { invalidArgument } from '../common/errors.js';
 import { shortId } from '../common/hash.js';
 import type { Snapshot } from '../common/messages.js';
 import { formatBytes } from '../common/units.js';
-import { collect, connect, EXIT, out } from './cli-common.js';
+import { collect, connect, count, EXIT, out } from './cli-common.js';
 import { NO_DEADLINE } from './connection.js';
 import { localTime, table } from './format.js';
 
@@ -36,12 +36,6 @@ function camel(flag: string): string {
   return flag.replace(/-([a-z])/g, (_m, c: string) => c.toUpperCase());
 }
 
-function count(text: string, flag: string): number {
-  const n = Number(text);
-  if (!Number.isSafeInteger(n) || n < 0) throw invalidArgument(`--${flag} must be a whole number of zero or more, got ${JSON.stringify(text)}`);
-  return n;
-}
-
 /** The policy named by --keep-* options, and whether any was given. */
 function policyFromOptions(o: Record<string, unknown>, dataset: string): { policy: Policy; given: boolean } {
   const policy: Policy = { ...emptyPolicy(dataset), keepTags: (o.keepTag as string[]) ?? [] };
@@ -49,7 +43,7 @@ function policyFromOptions(o: Record<string, unknown>, dataset: string): { polic
   for (const [flag, field] of COUNT_FLAGS) {
     const v = o[camel(`keep-${flag}`)];
     if (v === undefined) continue;
-    policy[field] = count(String(v), `keep-${flag}`);
+    policy[field] = count(String(v), `--keep-${flag}`);
     given = true;
   }
   for (const [flag, field] of WITHIN_FLAGS) {

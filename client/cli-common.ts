@@ -23,6 +23,13 @@ export function connect(cmd: Command): { conn: Connection; g: GlobalOpts } {
   return { conn: new Connection({ server: g.server, token: g.token, tls: tlsFromFlags(g), channels }), g };
 }
 
+/** A count option's value (`flag` as the user typed it, for the message). */
+export function count(text: string, flag: string): number {
+  const n = Number(text);
+  if (text.trim() === '' || !Number.isSafeInteger(n) || n < 0) throw invalidArgument(`${flag} must be a whole number of zero or more, got ${JSON.stringify(text)}`);
+  return n;
+}
+
 export function out(line: string): void {
   process.stdout.write(line + '\n');
 }

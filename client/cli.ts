@@ -6,7 +6,7 @@ import { CLIENT_VERSION } from '../common/version.js';
 import type { ArchiveStats } from './archiver.js';
 import { defaultHost, dryRunBackup, parseShare, runBackup, type BackupOptions } from './backup.js';
 import { defaultCacheDir } from './cache-dir.js';
-import { collect, connect, EXIT, out, snapshotRow } from './cli-common.js';
+import { collect, connect, count, EXIT, out, snapshotRow } from './cli-common.js';
 import { ExcludeMatcher } from './excludes.js';
 import { localTime, table } from './format.js';
 import { Progress } from './progress.js';
@@ -199,10 +199,11 @@ export function buildProgram(): Command {
     .option('--until <time>', 'only snapshots before this time (RFC 3339)')
     .option('--limit <n>', 'at most this many', '0')
     .action(async (o, cmd: Command) => {
+      const limit = count(o.limit, '--limit');
       const { conn, g } = connect(cmd);
       try {
         const rows: string[][] = [];
-        for await (const s of conn.stream<Snapshot>('ListSnapshots', { dataset: o.dataset ?? '', host: o.host ?? '', tag: o.tag ?? '', since: o.since ?? '', until: o.until ?? '', limit: Number(o.limit) })) {
+        for await (const s of conn.stream<Snapshot>('ListSnapshots', { dataset: o.dataset ?? '', host: o.host ?? '', tag: o.tag ?? '', since: o.since ?? '', until: o.until ?? '', limit })) {
           if (g.json) out(JSON.stringify(s));
           else rows.push(snapshotRow(s));
         }

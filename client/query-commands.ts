@@ -8,7 +8,7 @@ import { DEFAULT_STALE_AFTER, type DiffEntry, type FindMatch, type StatsReply, t
 import { joinPath, validateNodes } from '../common/tree.js';
 import { formatBytes } from '../common/units.js';
 import { ChunkFetcher } from './chunk-fetcher.js';
-import { connect, EXIT } from './cli-common.js';
+import { connect, count, EXIT } from './cli-common.js';
 import type { Connection } from './connection.js';
 import { localTime, relativeTime, table } from './format.js';
 
@@ -28,12 +28,6 @@ function quietOnClosedStdout(): void {
 async function emit(line: string): Promise<void> {
   quietOnClosedStdout();
   if (!process.stdout.write(line + '\n')) await once(process.stdout, 'drain');
-}
-
-function count(text: string, flag: string): number {
-  const n = Number(text);
-  if (!Number.isSafeInteger(n) || n < 0) throw invalidArgument(`${flag} must be a whole number of zero or more, got ${JSON.stringify(text)}`);
-  return n;
 }
 
 const nsToIso = (ns: string) => new Date(Number(BigInt(ns) / 1_000_000n)).toISOString();

@@ -146,8 +146,8 @@ token
   .argument('<name>', 'token name')
   .option('--repo <name>', 'repository, when several have a token of this name')
   .action(async (name: string, o: { repo?: string }, cmd: Command) => {
-    const record = await withStore(cmd, (store) => new TokenStore(store).revoke(name, o.repo));
-    process.stderr.write(`token ${record.name} (${record.role} on ${record.repo}) revoked\n`);
+    const records = await withStore(cmd, (store) => new TokenStore(store).revoke(name, o.repo));
+    for (const r of records) process.stderr.write(`token ${r.name} (${r.role} on ${r.repo}, created ${r.created}) revoked\n`);
   });
 
 const repo = program.command('repo').description('repositories: isolated prefixes repos/<name>/ of one store, each with its own index');

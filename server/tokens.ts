@@ -9,15 +9,29 @@ import { validateName } from './repository.js';
  * of the server reading the same store sees the same tokens.
  *
  *   auth/tokens/<sha256 of the token, hex>  -> TokenRecord (JSON)
+ *   auth/names/<repo>/<token name>          -> NameClaim (JSON)
  *   auth/repos/<name>                       -> { created }  (the repositories `repo create` made)
  *
  * A token is 32 random bytes; only its SHA-256 is stored, so reading the store does not
  * reveal a usable token. One object per token: creating is a conditional put and revoking a
  * delete, so two admins at once cannot lose each other's change, and checking a presented
- * token is one read of one key.
+ * token is one read of one key. A name is claimed with a conditional put before its token
+ * is written: a name is a principal (sessions belong to it), so two tokens created at once
+ * under one name must not both succeed.
  */
 export const TOKENS_PREFIX = 'auth/tokens/';
+export const NAMES_PREFIX = 'auth/names/';
 export const REPOS_PREFIX = 'auth/repos/';
+/**
+ * A claim whose token never appeared (the creating process died between the two puts) is
+ * taken over after this long; a younger one may still be on its way to its token.
+ */
+const CLAIM_GRACE_MS = 60_000;
+
+interface NameClaim {
+  hash: string;
+  claimed: string;
+}
 export const DEFAULT_REPOSITORY = 'default';
 
 export type Role = 'agent' | 'reader' | 'admin';
@@ -111,27 +125,52 @@ export class TokenStore {
     if (!(await repositoryExists(this.store, repo))) {
       throw notFound(`repository ${repo} does not exist; create it first with: cairn-server repo create ${repo}`);
     }
-    if ((await this.list()).some((t) => t.repo === repo && t.name === name)) {
-      throw failedPrecondition(`a token named ${name} already exists for repository ${repo}; revoke it first or pick another name`);
-    }
+    const taken = () => failedPrecondition(`a token named ${name} already exists for repository ${repo}; revoke it first or pick another name`);
+    // Tokens made before names were claimed have no claim: the listing still finds them.
+    if ((await this.list()).some((t) => t.repo === repo && t.name === name)) throw taken();
     const token = `cairn_${randomBytes(32).toString('base64url')}`;
     const hash = hashToken(token).toString('hex');
+    const claimKey = `${NAMES_PREFIX}${repo}/${name}`;
+    const claim = Buffer.from(JSON.stringify({ hash, claimed: new Date().toISOString() } satisfies NameClaim));
+    if (!(await this.store.putIfAbsent(claimKey, claim))) {
+      if (!(await this.abandonedClaim(claimKey))) throw taken();
+      await this.store.delete([claimKey]);
+      if (!(await this.store.putIfAbsent(claimKey, claim))) throw taken();
+    }
     const record: TokenRecord = { version: 1, name, repo, role: opts.role, created: new Date().toISOString(), hash };
     if (!(await this.store.putIfAbsent(TOKENS_PREFIX + hash, Buffer.from(JSON.stringify(record, null, 2))))) {
+      await this.store.delete([claimKey]);
       throw new CairnError(Code.ABORTED, 'token collision; run the command again');
     }
     return { token, record };
   }
 
-  /** Deletes the token named `name` (in `repo`, when the name is used in several repositories). */
-  async revoke(name: string, repo?: string): Promise<TokenRecord> {
+  /** True for a claim past its grace whose token does not exist, or one that cannot be read. */
+  private async abandonedClaim(claimKey: string): Promise<boolean> {
+    let claim: Partial<NameClaim>;
+    try {
+      claim = JSON.parse((await this.store.get(claimKey)).toString('utf8')) as Partial<NameClaim>;
+    } catch (err) {
+      if (err instanceof CairnError && err.code !== Code.NOT_FOUND && err.code !== Code.DATA_LOSS) throw err;
+      return true;
+    }
+    if (typeof claim.hash !== 'string' || !/^[0-9a-f]{64}$/.test(claim.hash) || typeof claim.claimed !== 'string') return true;
+    if ((await this.store.head(TOKENS_PREFIX + claim.hash)) !== undefined) return false;
+    return !(Date.now() - Date.parse(claim.claimed) < CLAIM_GRACE_MS);
+  }
+
+  /**
+   * Deletes the token named `name` (in `repo`, when the name is used in several repositories)
+   * and its claim. Several tokens of one name in one repository (made at once before names
+   * were claimed) are all one principal, and are revoked together.
+   */
+  async revoke(name: string, repo?: string): Promise<TokenRecord[]> {
     const matches = (await this.list()).filter((t) => t.name === name && (repo === undefined || t.repo === repo));
     if (matches.length === 0) throw notFound(`no token named ${name}${repo ? ` for repository ${repo}` : ''}`);
-    if (matches.length > 1) {
-      throw invalidArgument(`token name ${name} exists in repositories ${matches.map((t) => t.repo).join(', ')}; say which with --repo`);
-    }
-    await this.store.delete([TOKENS_PREFIX + matches[0].hash]);
-    return matches[0];
+    const repos = [...new Set(matches.map((t) => t.repo))];
+    if (repos.length > 1) throw invalidArgument(`token name ${name} exists in repositories ${repos.join(', ')}; say which with --repo`);
+    await this.store.delete([...matches.map((t) => TOKENS_PREFIX + t.hash), `${NAMES_PREFIX}${repos[0]}/${name}`]);
+    return matches;
   }
 }
 

@@ -10,7 +10,8 @@ import { cairnServiceDefinition, RPC_NAMES } from '../common/proto.js';
 import { emptyNode, encodeTree } from '../common/tree.js';
 import { AccessControl, ACCESS } from '../server/auth.js';
 import type { Repository } from '../server/repository.js';
-import type { TokenStore } from '../server/tokens.js';
+import { FileStore } from '../server/file-store.js';
+import { hashToken, NAMES_PREFIX, TOKENS_PREFIX, TokenStore } from '../server/tokens.js';
 import { createRepo, createToken, failure, rawBlob, serverCli, upload } from './auth-helpers.js';
 import { cleanupTmp, runCli, startServer, tmpDir, type ServerHandle } from './harness.js';
 
@@ -222,7 +223,7 @@ describe('access control over real gRPC', () => {
     expect(list.stdout).toMatch(/^temp\tml-team\treader\t/m);
     expect(list.stdout).not.toContain(token);
     const r = await serverCli(server.storeSpec, ['token', 'revoke', 'temp']);
-    expect(r.stderr).toBe('token temp (reader on ml-team) revoked\n');
+    expect(r.stderr).toMatch(/^token temp \(reader on ml-team, created \d{4}-\d\d-\d\dT[\d:.]+Z\) revoked\n$/);
     expect(await failure(conn.unary('Hello', {}))).toBe('UNAUTHENTICATED: the token is unknown or has been revoked');
     expect(await failure((async () => { for await (const _ of conn.stream('ListSnapshots', {})); })())).toBe('UNAUTHENTICATED: the token is unknown or has been revoked');
   });
@@ -239,6 +240,49 @@ describe('access control over real gRPC', () => {
     expect(dup.stderr).toMatch(/FAILED_PRECONDITION: a token named ops already exists for repository ml-team/);
     const noRepo = await serverCli(server.storeSpec, ['token', 'create', '--repo', 'nlp-team', '--role', 'admin', '--name', 'ops']);
     expect(noRepo.stderr).toBe('cairn-server: NOT_FOUND: repository nlp-team does not exist; create it first with: cairn-server repo create nlp-team\n');
+  });
+});
+
+describe('token names', () => {
+  afterAll(() => cleanupTmp());
+
+  it('six admins creating one name at once get one token between them', async () => {
+    const dir = path.join(tmpDir(), 'store');
+    const store = `file:${dir}`;
+    // Six stores over one directory, as six `token create` processes: each lists, finds no
+    // "racer", and writes; only the claim on the name keeps all six from succeeding.
+    const runs = await Promise.allSettled(Array.from({ length: 6 }, () => new TokenStore(new FileStore(dir)).create({ repo: 'default', role: 'reader', name: 'racer' })));
+    expect(runs.filter((r) => r.status === 'fulfilled')).toHaveLength(1);
+    for (const r of runs) if (r.status === 'rejected') expect(String(r.reason)).toContain('a token named racer already exists for repository default');
+    const list = await serverCli(store, ['token', 'list']);
+    expect(list.stdout.split('\n').filter((l) => l.startsWith('racer\t'))).toHaveLength(1);
+    // Revoking frees the name.
+    expect((await serverCli(store, ['token', 'revoke', 'racer'])).code).toBe(0);
+    expect((await serverCli(store, ['token', 'create', '--role', 'reader', '--name', 'racer'])).code).toBe(0);
+  });
+
+  it('tokens of one name made before names were claimed are revoked together; a claim whose token never came is taken over', async () => {
+    const dir = path.join(tmpDir(), 'store');
+    const fileStore = new FileStore(dir);
+    const tokens = new TokenStore(fileStore);
+    // As the race left them: two records of one name, no claim.
+    const twin = async (token: string) => {
+      const hash = hashToken(token).toString('hex');
+      const record = { version: 1, name: 'twin', repo: 'default', role: 'agent', created: new Date().toISOString(), hash };
+      await fileStore.put(`${TOKENS_PREFIX}${hash}`, Buffer.from(JSON.stringify(record)));
+      return record;
+    };
+    const [a, b] = [await twin(`cairn_${'a'.repeat(43)}`), await twin(`cairn_${'b'.repeat(43)}`)];
+    const revoked = await tokens.revoke('twin', 'default');
+    expect(revoked.map((t) => t.hash).sort()).toEqual([a.hash, b.hash].sort());
+    expect(await tokens.list()).toEqual([]);
+    // A creator that died between its claim and its token: the claim is taken over once past its grace.
+    const ghost = (claimed: string) => fileStore.put(`${NAMES_PREFIX}default/ghost`, Buffer.from(JSON.stringify({ hash: 'f'.repeat(64), claimed })));
+    await ghost(new Date().toISOString());
+    expect(await failure(tokens.create({ repo: 'default', role: 'reader', name: 'ghost' }))).toContain('FAILED_PRECONDITION: a token named ghost already exists');
+    await ghost(new Date(Date.now() - 120_000).toISOString());
+    const { record } = await tokens.create({ repo: 'default', role: 'reader', name: 'ghost' });
+    expect((await tokens.list()).map((t) => t.hash)).toEqual([record.hash]);
   });
 });
 

@@ -443,6 +443,8 @@ describe('history, browsing, diff, find, stats and status over real gRPC', () =>
       expectFail(['ls', 'latest', '--dataset', 'nosuch'], 'NOT_FOUND', /no snapshot for dataset nosuch/),
       expectFail(['ls', 'zz'], 'INVALID_ARGUMENT', /"zz" is not an id, an id prefix or "latest"/),
       expectFail(['ls', 'latest', '../etc'], 'INVALID_ARGUMENT', /contains "\.\."/),
+      expectFail(['history', '--limit', 'abc'], 'INVALID_ARGUMENT', /--limit must be a whole number of zero or more, got "abc"/),
+      expectFail(['history', '--limit', '1.9'], 'INVALID_ARGUMENT', /--limit must be a whole number of zero or more, got "1\.9"/),
     ]);
     expect(ambiguous.code).toBe(1);
     expect(ambiguous.stderr).toMatch(new RegExp(`INVALID_ARGUMENT: snapshot prefix ${digit} is ambiguous: it matches `));
