@@ -44,3 +44,19 @@ export function parseTimeArg(text: string, what: string, now = Date.now()): stri
   }
   return t.toISOString();
 }
+
+const RFC3339 = /^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$/;
+
+/**
+ * A time field of a request, normalised to RFC 3339 UTC; undefined when empty. Strict, as
+ * clients convert what users type before sending: Date() alone reads "1" as 2001, and a year
+ * outside 0000-9999 prints with a sign that would sort before every real snapshot key.
+ */
+export function wireTime(value: string, field: string): string | undefined {
+  if (!value) return undefined;
+  const t = RFC3339.test(value) ? new Date(value) : new Date(NaN);
+  if (Number.isNaN(t.getTime()) || t.getUTCFullYear() < 0 || t.getUTCFullYear() > 9999) {
+    throw invalidArgument(`${field} ${JSON.stringify(value)} is not an RFC 3339 time such as 2026-11-01T12:00:00Z`);
+  }
+  return t.toISOString();
+}

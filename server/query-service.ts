@@ -1,5 +1,5 @@
 import type * as grpc from '@grpc/grpc-js';
-import { parseDurationMs } from '../common/durations.js';
+import { parseDurationMs, wireTime } from '../common/durations.js';
 import { invalidArgument } from '../common/errors.js';
 import type { Node } from '../common/messages.js';
 import { DEFAULT_STALE_AFTER, type DiffEntry, type DiffRequest, type FindMatch, type FindRequest, type HeartbeatRequest, type StatsReply, type StatsRequest, type StatusReply, type StatusRequest } from '../common/query-messages.js';
@@ -8,13 +8,6 @@ import { validateName, type Repository } from './repository.js';
 import { serverStream, unary, type ServiceDeps } from './service.js';
 import { diffTrees } from './tree-diff.js';
 import { TreeFinder } from './tree-find.js';
-
-function rfc3339(value: string, field: string): string | undefined {
-  if (!value) return undefined;
-  const t = new Date(value);
-  if (Number.isNaN(t.getTime())) throw invalidArgument(`${field} ${JSON.stringify(value)} is not an RFC 3339 time`);
-  return t.toISOString();
-}
 
 function countingReader(repo: Repository): { read: (id: Buffer) => Promise<Node[]>; count: () => number } {
   let n = 0;
@@ -51,7 +44,7 @@ export function queryHandlers(deps: ServiceDeps): grpc.UntypedServiceImplementat
     const filter = {
       dataset: req.dataset ? validateName('dataset', req.dataset) : undefined,
       host: req.host ? validateName('host', req.host) : undefined,
-      since: rfc3339(req.since, 'since'),
+      since: wireTime(req.since, 'since'),
     };
     let sent = 0;
     for await (const s of repo.listSnapshots(filter)) {
@@ -69,7 +62,7 @@ export function queryHandlers(deps: ServiceDeps): grpc.UntypedServiceImplementat
   const status = async (req: StatusRequest, { repo }: { repo: Repository }): Promise<StatusReply> => {
     const staleAfterMs = parseDurationMs(req.staleAfter || DEFAULT_STALE_AFTER);
     if (staleAfterMs <= 0) throw invalidArgument(`stale_after must be longer than zero, got ${JSON.stringify(req.staleAfter)}`);
-    const now = rfc3339(req.now, 'now');
+    const now = wireTime(req.now, 'now');
     return { rows: await repositoryStatus(repo, { now: now ? Date.parse(now) : Date.now(), staleAfterMs }) };
   };
 

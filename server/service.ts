@@ -1,5 +1,6 @@
 import * as grpc from '@grpc/grpc-js';
 import type { Logger } from 'pino';
+import { wireTime } from '../common/durations.js';
 import { CairnError, Code, invalidArgument, toCairnError } from '../common/errors.js';
 import { ID_BYTES, toHex } from '../common/hash.js';
 import type { BeginBackupRequest, CommitBackupRequest, FindMissingRequest, GetSnapshotRequest, HelloReply, ListSnapshotsRequest, Node, UploadRequest } from '../common/messages.js';
@@ -111,12 +112,7 @@ export function coreHandlers(deps: ServiceDeps): grpc.UntypedServiceImplementati
     const dataset = validateName('dataset', req.dataset);
     const host = validateName('host', req.host);
     const tags = req.tags.map((t) => validateName('tag', t));
-    let time = new Date().toISOString();
-    if (req.time) {
-      const t = new Date(req.time);
-      if (Number.isNaN(t.getTime())) throw invalidArgument(`time ${JSON.stringify(req.time)} is not an RFC 3339 time`);
-      time = t.toISOString();
-    }
+    const time = wireTime(req.time, 'time') ?? new Date().toISOString();
     const session = await sessions.begin({ repo, dataset, host, paths: req.paths, tags, time, principal }, async () => {
       for await (const s of repo.listSnapshots({ dataset, host, limit: 1 })) return s;
       return undefined;
@@ -259,11 +255,9 @@ export function coreHandlers(deps: ServiceDeps): grpc.UntypedServiceImplementati
   };
 
   const listSnapshots: ServerStream<ListSnapshotsRequest, unknown> = async (req, { repo }, send) => {
-    for (const t of [req.since, req.until]) {
-      if (t && Number.isNaN(new Date(t).getTime())) throw invalidArgument(`${JSON.stringify(t)} is not an RFC 3339 time`);
-    }
-    const norm = (t: string) => (t ? new Date(t).toISOString() : undefined);
-    for await (const s of repo.listSnapshots({ dataset: req.dataset || undefined, host: req.host || undefined, tag: req.tag || undefined, since: norm(req.since), until: norm(req.until), limit: req.limit || undefined })) {
+    const since = wireTime(req.since, 'since');
+    const until = wireTime(req.until, 'until');
+    for await (const s of repo.listSnapshots({ dataset: req.dataset || undefined, host: req.host || undefined, tag: req.tag || undefined, since, until, limit: req.limit || undefined })) {
       await send(s);
     }
   };

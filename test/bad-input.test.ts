@@ -158,6 +158,23 @@ describe('the server refuses bad input with a status code and stores nothing', (
     expect(await failure(upload(conn, sessionId, [rawBlob(Buffer.from('late'))]))).toMatch(/^FAILED_PRECONDITION: backup session/);
   });
 
+  it('takes only RFC 3339 times with a four-digit year, and says which field is wrong', async () => {
+    const list = (req: object) => (async () => {
+      for await (const _ of conn.stream('ListSnapshots', { dataset: '', host: '', tag: '', since: '', until: '', limit: 0, ...req }));
+    })();
+    const at = (time: string) => conn.unary<BeginBackupReply>('BeginBackup', { dataset: 'times', host: 'h', paths: ['/x'], tags: [], time });
+    // Date() alone reads "1" as 2001 and "June 1" as a date of this year.
+    expect(await failure(list({ since: '1' }))).toBe('INVALID_ARGUMENT: since "1" is not an RFC 3339 time such as 2026-11-01T12:00:00Z');
+    expect(await failure(list({ until: 'June 1' }))).toBe('INVALID_ARGUMENT: until "June 1" is not an RFC 3339 time such as 2026-11-01T12:00:00Z');
+    expect(await failure((async () => { for await (const _ of conn.stream('Find', { pattern: '*', dataset: '', host: '', since: '2026-11-01', limit: 0 })); })())).toMatch(/^INVALID_ARGUMENT: since "2026-11-01" is not an RFC 3339 time/);
+    // A year past 9999 prints as "+010000-…", which would sort before every real snapshot.
+    expect(await failure(at('+010000-01-01T00:00:00Z'))).toMatch(/^INVALID_ARGUMENT: time "\+010000-01-01T00:00:00Z" is not an RFC 3339 time/);
+    expect(await failure(at('9999-12-31T23:00:00-02:00'))).toMatch(/^INVALID_ARGUMENT: time "9999-12-31T23:00:00-02:00" is not an RFC 3339 time/);
+    const ok = await at('2026-11-01T14:00:00+02:00');
+    await conn.unary('AbortBackup', { sessionId: ok.sessionId });
+    await list({ since: '2026-11-01T12:00:00.5z' });
+  });
+
   it('refuses a tree blob with entries that would escape a restore target', async () => {
     const { sessionId } = await begin();
     // encodeTree validates, so build the hostile bytes with the raw protobuf type.
