@@ -3,6 +3,7 @@ import { open, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import ignore, { type Ignore } from 'ignore';
 import { invalidArgument } from '../common/errors.js';
+import { compileGlob, type Glob } from '../common/glob.js';
 import { parseSize } from '../common/units.js';
 
 export { parseSize };
@@ -48,12 +49,70 @@ function newIgnore(): Ignore {
   return ignore({ ignorecase: false });
 }
 
+/**
+ * gitignore lines that match a name wherever it is, whatever its directory: no '/' but a
+ * trailing one (directories only), no '!', '\\', '**', braces, sets or comment, no blank ends
+ * (where `ignore` reads an unclosed '[' its own way). The defaults and most --exclude patterns
+ * are such lines.
+ */
+const BASENAME_RULE = /^(?![#!])(?!.*\*\*)[^/\\{}[\]\s](?:[^/\\{}[\]]*[^/\\{}[\]\s])?\/?$/;
+
+/**
+ * Basename rules sorted by how they can be answered: exact names and '*suffix' rules (all of
+ * the defaults) without running a glob at all.
+ */
+class BasenameRules {
+  private readonly exact = [new Set<string>(), new Set<string>()];
+  private readonly suffixes: Array<Array<string>> = [[], []];
+  private readonly globs: Array<Glob[]> = [[], []];
+
+  constructor(lines: readonly string[]) {
+    for (const line of lines) {
+      const dirOnly = line.endsWith('/');
+      const body = dirOnly ? line.slice(0, -1) : line;
+      // Index 1 holds what applies to directories, 0 what applies to files too.
+      const at = dirOnly ? 1 : 0;
+      if (!/[*?]/.test(body)) this.exact[at]!.add(body);
+      else if (/^\*[^*?]+$/.test(body)) this.suffixes[at]!.push(body.slice(1));
+      else this.globs[at]!.push(compileGlob(body));
+    }
+  }
+
+  matches(name: string, isDir: boolean): boolean {
+    for (let at = 0; at <= (isDir ? 1 : 0); at++) {
+      if (this.exact[at]!.has(name)) return true;
+      for (const suffix of this.suffixes[at]!) if (name.endsWith(suffix)) return true;
+      for (const glob of this.globs[at]!) if (glob.matches(name)) return true;
+    }
+    return false;
+  }
+}
+
 class RuleSet {
   private live: Ignore;
   private lookups = 0;
 
-  constructor(private readonly rules: Ignore) {
+  /**
+   * `basename`: the same rules as name globs, when all of them are basename rules. The scanner
+   * asks about an entry only after every directory above it was kept, so such rules decide by
+   * the entry's own name, and our glob does that several times faster than `ignore`, which
+   * re-checks each path in full (30-40 ms of an unchanged 20,000-file snapshot).
+   */
+  constructor(
+    private readonly rules: Ignore,
+    private readonly basename?: BasenameRules,
+  ) {
     this.live = newIgnore().add(rules);
+  }
+
+  static basenameRules(lines: readonly string[]): BasenameRules | undefined {
+    return lines.every((l) => BASENAME_RULE.test(l)) ? new BasenameRules(lines) : undefined;
+  }
+
+  /** Whether a rule matches the entry at `relPath`, in a directory that is itself kept. */
+  matchesEntry(relPath: string, isDir: boolean): boolean {
+    if (!this.basename) return this.matches(isDir ? `${relPath}/` : relPath);
+    return this.basename.matches(relPath.slice(relPath.lastIndexOf('/') + 1), isDir);
   }
 
   /**
@@ -87,6 +146,7 @@ export class ExcludeMatcher {
     // can re-include something they exclude.
     const rules = newIgnore();
     if (opts.defaultExcludes) rules.add(DEFAULT_EXCLUDES);
+    const lines = [...(opts.defaultExcludes ? DEFAULT_EXCLUDES : []), ...opts.excludes];
     for (const file of opts.excludeFiles) {
       let text: string;
       try {
@@ -102,7 +162,7 @@ export class ExcludeMatcher {
 
     const includes = opts.includes ?? [];
     return new ExcludeMatcher(
-      new RuleSet(rules),
+      new RuleSet(rules, opts.excludeFiles.length === 0 ? RuleSet.basenameRules(lines) : undefined),
       includes.length > 0 ? new RuleSet(newIgnore().add(includes)) : undefined,
       opts.excludeCaches,
       opts.excludeLargerThan,
@@ -113,13 +173,13 @@ export class ExcludeMatcher {
   excludesDir(relPath: string): boolean {
     // Includes never prune directories: whether something deeper could match an include
     // pattern is not decidable from the directory's name alone.
-    return this.excluded.matches(`${relPath}/`);
+    return this.excluded.matchesEntry(relPath, true);
   }
 
   /** relPath: '/'-separated path relative to the snapshot root (the backed-up directory), no leading slash. */
   excludesFile(relPath: string, size: number): boolean {
     if (this.excludeLargerThan !== undefined && size > this.excludeLargerThan) return true;
-    if (this.excluded.matches(relPath)) return true;
+    if (this.excluded.matchesEntry(relPath, false)) return true;
     return this.included !== undefined && !this.included.matches(relPath);
   }
 

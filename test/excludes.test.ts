@@ -2,6 +2,8 @@ import { execFileSync } from 'node:child_process';
 import { lstat, mkdir, mkdtemp, readdir, rm, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
+import fc from 'fast-check';
+import ignore from 'ignore';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Code } from '../common/errors.js';
 import { DEFAULT_EXCLUDES, ExcludeMatcher, type ExcludeOptions, parseSize } from '../client/excludes.js';
@@ -453,4 +455,35 @@ describe('parseSize', () => {
       expect(caught).toMatchObject({ code: Code.INVALID_ARGUMENT, message: expect.stringContaining(`"${text}"`) });
     },
   );
+});
+
+describe('basename rules, decided by the entry name alone', () => {
+  // The matcher answers rules like '*.pyc' or 'node_modules/' with its own glob instead of
+  // `ignore`; on every entry of a kept directory the two must agree.
+  const patternChar = fc.constantFrom('a', 'b', '.', '*', '?', '[', ']', '-', '!', '^', ' ', 'é');
+  const nameChar = fc.constantFrom('a', 'b', '.', '-', ' ', '[', ']', '!', '^', 'é');
+  const pattern = fc
+    .tuple(fc.array(patternChar, { minLength: 1, maxLength: 6 }), fc.boolean())
+    .map(([cs, dirOnly]) => cs.join('') + (dirOnly ? '/' : ''));
+  const name = fc
+    .array(nameChar, { minLength: 1, maxLength: 6 })
+    .map((cs) => cs.join(''))
+    .filter((n) => n !== '.' && n !== '..');
+
+  it('agree with ignore on files and directories, at the top and deeper', async () => {
+    await fc.assert(
+      fc.asyncProperty(fc.array(pattern, { minLength: 1, maxLength: 3 }), name, fc.boolean(), async (patterns, entry, isDir) => {
+        const m = await matcher({ excludes: patterns });
+        const ig = ignore({ ignorecase: false }).add(patterns);
+        for (const parent of ['', 'kept/dir']) {
+          // The scanner never asks about an entry below an excluded directory.
+          if (parent && (ig.ignores('kept/') || ig.ignores('kept/dir/'))) continue;
+          const rel = parent ? `${parent}/${entry}` : entry;
+          const expected = ig.ignores(isDir ? `${rel}/` : rel);
+          expect(isDir ? m.excludesDir(rel) : m.excludesFile(rel, 1), `${JSON.stringify(patterns)} on ${isDir ? 'dir' : 'file'} ${JSON.stringify(rel)}`).toBe(expected);
+        }
+      }),
+      { numRuns: 3000, seed: 7 },
+    );
+  });
 });
