@@ -5,14 +5,15 @@
  * every snapshot starts that much sooner (docs/benchmarks.md).
  *
  * V8 checks a cache against its own version and flags, and the source only by length, so the
- * file name carries everything else that must match (Node, the flags, the bundle's size,
- * mtime and inode), and the file a checksum of its payload: V8 does not verify one in release
- * builds, and a damaged cache must cost a compile, never run garbage. A missing, damaged or
- * rejected cache is written again as the command starts. The cache is an optimisation only:
- * nothing about it can make a command fail.
+ * file name carries everything else that must match (Node, the flags, a hash of the bundle),
+ * and the file a checksum of its payload: V8 does not verify one in release builds, and a
+ * damaged cache must cost a compile, never run garbage. Only a file of our own that nobody
+ * else can write is used, as V8 would run whatever code it holds. A missing, damaged,
+ * foreign or rejected cache is written again as the command starts. The cache is an
+ * optimisation only: nothing about it can make a command fail.
  */
-import { createHash } from 'node:crypto';
-import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { createHash, randomBytes } from 'node:crypto';
+import { closeSync, constants, fstatSync, lstatSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -22,6 +23,8 @@ import { defaultCacheDir } from './cache-dir.js';
 const CHECKSUM_BYTES = 20;
 const PREFIX = 'cli-';
 const SUFFIX = '.v8';
+/** A temporary file this old was left by a process that died before renaming it. */
+const ABANDONED_TMP_MS = 60_000;
 
 const bundle = fileURLToPath(new URL('./cli.bundle.cjs', import.meta.url));
 const source = readFileSync(bundle, 'utf8');
@@ -41,8 +44,8 @@ if (cache && outcome !== 'used') save(cache.dir, cache.file, script.createCached
 
 function cacheFile(): { dir: string; file: string } | undefined {
   try {
-    const st = statSync(bundle);
-    const key = [process.version, process.arch, process.env.NODE_OPTIONS ?? '', ...process.execArgv, st.size, st.mtimeMs, st.ino].join('\0');
+    // The bundle's own hash: V8 checks a cache against the source's length only.
+    const key = [process.version, process.arch, process.env.NODE_OPTIONS ?? '', ...process.execArgv, createHash('sha1').update(source).digest('hex')].join('\0');
     const dir = path.join(defaultCacheDir(), 'code');
     return { dir, file: path.join(dir, `${PREFIX}${createHash('sha1').update(key).digest('hex')}${SUFFIX}`) };
   } catch {
@@ -50,27 +53,55 @@ function cacheFile(): { dir: string; file: string } | undefined {
   }
 }
 
+/**
+ * Compiled code runs as this user, so only a file this user wrote counts: owned by us and
+ * writable by nobody else. Anyone who can write the cache could otherwise make the next
+ * command run their code (the checksum only catches damage).
+ */
+function privateTo(st: { uid: number; mode: number }): boolean {
+  return st.uid === process.geteuid?.() && (st.mode & 0o022) === 0;
+}
+
 /** The cached code, or why there is none to use. */
-function readChecked(file: string): Buffer | 'missing' | 'damaged' {
-  let bytes: Buffer;
+function readChecked(file: string): Buffer | 'missing' | 'damaged' | 'not private' {
+  let fd: number;
   try {
-    bytes = readFileSync(file);
+    fd = openSync(file, constants.O_RDONLY | constants.O_NOFOLLOW);
   } catch {
     return 'missing';
   }
-  const payload = bytes.subarray(CHECKSUM_BYTES);
-  return payload.length > 0 && createHash('sha1').update(payload).digest().equals(bytes.subarray(0, CHECKSUM_BYTES)) ? payload : 'damaged';
+  try {
+    const st = fstatSync(fd);
+    if (!st.isFile() || !privateTo(st)) return 'not private';
+    const bytes = readFileSync(fd);
+    const payload = bytes.subarray(CHECKSUM_BYTES);
+    return payload.length > 0 && createHash('sha1').update(payload).digest().equals(bytes.subarray(0, CHECKSUM_BYTES)) ? payload : 'damaged';
+  } catch {
+    return 'missing';
+  } finally {
+    closeSync(fd);
+  }
 }
 
 function save(dir: string, file: string, payload: Buffer): void {
-  const tmp = `${file}.${process.pid}.tmp`;
+  const tmp = `${file}.${randomBytes(8).toString('hex')}.tmp`;
   try {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
-    writeFileSync(tmp, Buffer.concat([createHash('sha1').update(payload).digest(), payload]));
+    // Nobody else may rename or plant files in it, so what we write stays what we read.
+    if (!privateTo(lstatSync(dir)) || !lstatSync(dir).isDirectory()) return;
+    // O_EXCL and O_NOFOLLOW: a name planted in the directory is never written through.
+    const fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+    try {
+      writeFileSync(fd, Buffer.concat([createHash('sha1').update(payload).digest(), payload]));
+    } finally {
+      closeSync(fd);
+    }
     renameSync(tmp, file);
     // Caches of earlier builds or Node versions would otherwise pile up, ~1 MB each.
     for (const name of readdirSync(dir)) {
-      if (name.startsWith(PREFIX) && name.endsWith(SUFFIX) && name !== path.basename(file)) rmSync(path.join(dir, name), { force: true });
+      const other = path.join(dir, name);
+      const stale = name.startsWith(PREFIX) && (name.endsWith(SUFFIX) ? other !== file : name.endsWith('.tmp') && Date.now() - lstatSync(other).mtimeMs > ABANDONED_TMP_MS);
+      if (stale) rmSync(other, { force: true });
     }
   } catch {
     try {

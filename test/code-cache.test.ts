@@ -16,10 +16,15 @@ afterAll(() => cleanupTmp());
 
 /** `cairn --version`, and what the loader says it did with the cache. */
 async function version(cacheDir: string, extraFlags: string[] = []): Promise<{ out: string; cache: string }> {
+  return (await traced(cacheDir, extraFlags)).result;
+}
+
+async function traced(cacheDir: string, extraFlags: string[] = []): Promise<{ result: { out: string; cache: string }; file: string }> {
   const { stdout, stderr } = await promisify(execFile)(process.execPath, [...CLI.flags, ...extraFlags, START, '--version'], {
     env: { ...process.env, ...CLI.env, CAIRN_CACHE_DIR: cacheDir, CAIRN_TRACE_CODE_CACHE: '1' },
   });
-  return { out: stdout.trim(), cache: /^cairn: code cache [^:]*: (.*)$/m.exec(stderr)?.[1] ?? stderr };
+  const m = /^cairn: code cache ([^:]*): (.*)$/m.exec(stderr);
+  return { result: { out: stdout.trim(), cache: m?.[2] ?? stderr }, file: m?.[1] ?? '' };
 }
 
 async function cached(cacheDir: string): Promise<Array<{ name: string; bytes: Buffer; mtimeMs: number }>> {
@@ -70,6 +75,35 @@ describe('the CLI code cache', () => {
     expect(after).toHaveLength(1);
     expect(after[0]!.name).not.toBe(before!.name);
     expect(await version(dir, ['--max-old-space-size=512'])).toEqual({ out: VERSION, cache: 'used' });
+  });
+
+  it('runs no cache another user could have written: foreign or shared files, shared directories and symlinks are passed over', async () => {
+    const dir = tmpDir();
+    const { file } = await traced(dir);
+    // Someone else's file, or ours but writable by others: V8 would run whatever it holds.
+    if (process.getuid?.() === 0) {
+      await fs.chown(file, 65534, 65534);
+      expect(await version(dir)).toEqual({ out: VERSION, cache: 'not private' });
+      expect((await fs.stat(file)).uid).toBe(0);
+      expect(await version(dir)).toEqual({ out: VERSION, cache: 'used' });
+    }
+    await fs.chmod(file, 0o666);
+    expect(await version(dir)).toEqual({ out: VERSION, cache: 'not private' });
+    expect((await fs.stat(file)).mode & 0o777).toBe(0o600);
+    // A symlink where the cache should be is neither read nor written through.
+    const victim = path.join(dir, 'victim');
+    await fs.writeFile(victim, 'keep me');
+    await fs.rm(file);
+    await fs.symlink(victim, file);
+    expect(await version(dir)).toEqual({ out: VERSION, cache: 'missing' });
+    expect(await fs.readFile(victim, 'utf8')).toBe('keep me');
+    expect((await fs.lstat(file)).isFile()).toBe(true);
+    // A cache directory others can write to is not written at all.
+    const shared = tmpDir();
+    await fs.mkdir(path.join(shared, 'code'), { mode: 0o777 });
+    await fs.chmod(path.join(shared, 'code'), 0o777);
+    expect(await version(shared)).toEqual({ out: VERSION, cache: 'missing' });
+    expect(await fs.readdir(path.join(shared, 'code'))).toEqual([]);
   });
 
   it('a cache directory that cannot be written costs nothing but the cache', async () => {
