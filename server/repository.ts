@@ -243,7 +243,7 @@ export class Repository {
           let k = j + 1;
           let bytes = todo[j].loc.rawLength;
           while (k < todo.length && bytes + todo[k].loc.rawLength <= MAX_TREE_BLOB_BYTES) bytes += todo[k++].loc.rawLength;
-          for (const subtrees of await Promise.all(todo.slice(j, k).map((t) => this.checkTree(t, uploaded)))) next.push(...subtrees);
+          for (const subtrees of await Promise.all(todo.slice(j, k).map((t) => this.checkTree(t, uploaded)))) for (const t of subtrees) next.push(t);
           j = k;
         }
         for (const t of todo) newlyVerified.push(toHex(t.id));
@@ -419,13 +419,17 @@ export class Repository {
       try {
         const packs = decodeSegment(await this.store.get(o.key), o.key);
         const ops: Batch = [];
+        const indexed: string[] = [];
         for (const p of packs) {
           const packHex = toHex(p.id);
           if (!(await this.store.head(packKey(packHex)))) continue;
-          known.add(packHex);
-          ops.push(...packIndexOps(p));
+          indexed.push(packHex);
+          // A loop, not push(...): a pack of small files holds more entries than a call takes arguments.
+          for (const op of packIndexOps(p)) ops.push(op);
         }
         await this.index.batch(ops);
+        // Only now: a segment that fails half-way leaves its packs to the trailers below.
+        for (const packHex of indexed) known.add(packHex);
         segments++;
       } catch (err) {
         this.log.warn({ segment: o.key, err: (err as Error).message }, 'unreadable index segment: falling back to pack trailers');

@@ -210,7 +210,8 @@ function timeOf(s: RetentionSnapshot): number {
 /** The newest time that is not in the future; undefined when all are, which puts every snapshot in range. */
 function newestBefore(entries: Entry<unknown>[], now: number): number | undefined {
   const past = entries.filter((e) => e.ms < now);
-  return past.length > 0 ? Math.max(...past.map((e) => e.ms)) : undefined;
+  // A loop, not Math.max(...): a group may hold more snapshots than a call takes arguments.
+  return past.length > 0 ? past.reduce((max, e) => Math.max(max, e.ms), -Infinity) : undefined;
 }
 
 function rulesFor(policy: RetentionPolicy, latest: number | undefined): Rule[] {

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { hash, toHex } from '../common/hash.js';
 import { parsePack } from '../common/pack-format.js';
-import { restored, type CheckOut, type PruneOut } from './admin-helpers.js';
+import { begin, rawBlob, restored, startInProcess, type CheckOut, type PruneOut } from './admin-helpers.js';
 import { cleanupTmp, cliJson, ROOT, runCli, startServer, tmpDir, type ServerHandle } from './harness.js';
 import { describeTree, randomBytes, writeFile } from './tree-gen.js';
 
@@ -176,4 +176,30 @@ describe('rebuild-index', () => {
       }
     }
   });
+});
+
+describe('rebuild-index of a pack with more entries than a call takes arguments', () => {
+  it('indexes all 150,000 blobs of one pack from its segment', async () => {
+    const srv = await startInProcess({ packSize: 64 * 1024 * 1024 });
+    try {
+      const repo = await srv.server.repository('default');
+      const { sessionId } = await begin(srv.conn, 'tiny');
+      // Small unique files fill one pack with more entries than Node passes as arguments (~125k).
+      const blobs = Array.from({ length: 150_000 }, (_, i) => rawBlob(Buffer.from(`tiny file ${i}`)));
+      const { call, result } = srv.conn.clientStream<unknown>('Upload');
+      for (let i = 0; i < blobs.length; i += 5000) call.write({ sessionId, blobs: blobs.slice(i, i + 5000) });
+      call.end();
+      await result;
+      await repo.writer.flush();
+      const ids = blobs.map((b) => b.id);
+      expect((await repo.present(ids)).every(Boolean)).toBe(true);
+      await srv.conn.unary('AbortBackup', { sessionId });
+      const rebuilt = await repo.rebuildIndex();
+      expect(rebuilt.segments).toBe(1);
+      expect(rebuilt.packsFromTrailers).toBe(0);
+      expect((await repo.present(ids)).filter((p) => !p)).toEqual([]);
+    } finally {
+      await srv.stop();
+    }
+  }, 60_000);
 });

@@ -398,6 +398,14 @@ describe('applyPolicy', () => {
     expect(d?.snapshot).toBe(s);
   });
 
+  it('decides for a group of 130,000 snapshots, more than a call takes arguments', () => {
+    const start = Date.parse('2020-01-01T00:00:00Z');
+    const many = Array.from({ length: 130_000 }, (_, i) => snap(`s${i}`, new Date(start + i * 60_000).toISOString()));
+    const decisions = applyPolicy(many.reverse(), policy({ last: 2, within: dur({ hours: 1 }) }), NOW);
+    // The hour before the newest, a minute apart (the newest two among them).
+    expect(decisions.filter((d) => d.keep)).toHaveLength(60);
+  });
+
   it('returns nothing for no snapshots', () => {
     expect(applyPolicy([], policy({ last: 1 }), NOW)).toEqual([]);
   });
