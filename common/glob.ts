@@ -42,7 +42,7 @@ export function compileGlob(pattern: string, opts: { anyDepth?: boolean } = {}):
   const negated = pattern.startsWith('!');
   const body = negated ? pattern.slice(1) : pattern;
   if (body === '') throw invalidArgument('glob pattern "!" negates nothing');
-  const anyDepth = opts.anyDepth === true && !hasUnescaped(body, '/');
+  const anyDepth = opts.anyDepth === true && findUnescaped(body, '/') < 0;
   const alternatives = expandBraces(body).map((alt) => {
     const segments = splitSegments(alt).map(parseSegment);
     return anyDepth ? (['globstar', ...segments] as Segment[]) : segments;
@@ -63,14 +63,6 @@ function characters(name: string): ArrayLike<string> {
   return /[\uD800-\uDFFF]/.test(name) ? Array.from(name) : name;
 }
 
-function hasUnescaped(s: string, ch: string): boolean {
-  for (let i = 0; i < s.length; i++) {
-    if (s[i] === '\\') i++;
-    else if (s[i] === ch) return true;
-  }
-  return false;
-}
-
 /** `a{b,c{d,e}}f` to abf, acdf, acef; a brace without a top-level comma stays literal. */
 function expandBraces(s: string): string[] {
   const out: string[] = [];
@@ -89,18 +81,38 @@ function expandBraces(s: string): string[] {
     }
     for (const o of options) expand(o + rest.slice(close + 1), prefix + rest.slice(0, open));
   };
+  let total = 0;
   const push = (p: string): void => {
     if (out.length >= MAX_ALTERNATIVES) throw invalidArgument(`glob pattern expands to more than ${MAX_ALTERNATIVES} alternatives`);
+    // Every alternative is matched in turn: their total length is what matching costs.
+    total += p.length;
+    if (total > MAX_PATTERN_LENGTH) throw invalidArgument(`glob pattern expands to more than ${MAX_PATTERN_LENGTH} characters of alternatives`);
     out.push(p);
   };
   expand(s, '');
   return out;
 }
 
+/**
+ * Where the set opening at s[open] ends (its ']'), or `open` when it is not a set: braces,
+ * commas and slashes inside "[...]" are members, not syntax. Same rules as parseSet.
+ */
+function skipSet(s: string, open: number): number {
+  if (s[open] !== '[') return open;
+  let i = open + 1;
+  if (s[i] === '!' || s[i] === '^') i++;
+  for (let first = true; i < s.length; i++, first = false) {
+    if (s[i] === '\\') i++;
+    else if (s[i] === ']' && !first) return i;
+  }
+  return open;
+}
+
 function findUnescaped(s: string, ch: string): number {
   for (let i = 0; i < s.length; i++) {
     if (s[i] === '\\') i++;
     else if (s[i] === ch) return i;
+    else i = skipSet(s, i);
   }
   return -1;
 }
@@ -111,6 +123,7 @@ function matchingBrace(s: string, open: number): number {
     if (s[i] === '\\') i++;
     else if (s[i] === '{') depth++;
     else if (s[i] === '}' && --depth === 0) return i;
+    else i = skipSet(s, i);
   }
   return -1;
 }
@@ -120,6 +133,7 @@ function splitTopLevel(s: string): string[] {
   let depth = 0;
   let from = 0;
   for (let i = 0; i < s.length; i++) {
+    i = skipSet(s, i);
     if (s[i] === '\\') i++;
     else if (s[i] === '{') depth++;
     else if (s[i] === '}') depth--;
@@ -140,7 +154,7 @@ function splitSegments(s: string): string[] {
     else if (s[i] === '/') {
       segments.push(s.slice(from, i));
       from = i + 1;
-    }
+    } else i = skipSet(s, i);
   }
   segments.push(s.slice(from));
   // "a//b" and a leading or trailing '/' name no segment of their own.

@@ -40,7 +40,7 @@ export function queryHandlers(deps: ServiceDeps): grpc.UntypedServiceImplementat
   };
 
   const find = async (req: FindRequest, { repo }: { repo: Repository }, send: (m: FindMatch) => Promise<void>, stillWanted: () => void) => {
-    const finder = new TreeFinder((id) => repo.readTree(id), req.pattern);
+    const finder = new TreeFinder((id) => repo.readTree(id), req.pattern, stillWanted);
     const filter = {
       dataset: req.dataset ? validateName('dataset', req.dataset) : undefined,
       host: req.host ? validateName('host', req.host) : undefined,

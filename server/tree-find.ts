@@ -37,9 +37,11 @@ export class TreeFinder {
   private readonly memo = new Map<string, FindHit[]>();
   private memoHits = 0;
 
+  /** `stillWanted` throws once the caller has gone; asked before each tree is read. */
   constructor(
     private readonly readTree: ReadTree,
     pattern: string,
+    private readonly stillWanted: () => void = () => undefined,
   ) {
     const glob = pattern.replace(/^\/+/, '');
     if (glob === '') throw invalidArgument('find needs a non-empty pattern, such as "**/*.csv" or "reports/**"');
@@ -71,6 +73,7 @@ export class TreeFinder {
       hits.push(h);
       if (hits.length > MEMO_MAX_HITS_PER_SUBTREE) hits = undefined;
     };
+    this.stillWanted();
     for (const node of await this.readTree(id)) {
       const path = joinPath(dir, node.name);
       if (this.match(path)) {

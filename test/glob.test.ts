@@ -67,6 +67,11 @@ describe('compileGlob', () => {
     expect(compileGlob('x[1').matches('x[1')).toBe(true);
     expect(compileGlob('x{1}').matches('x{1}')).toBe(true);
     expect(compileGlob('x[]]').matches('x]')).toBe(true);
+    // Commas, braces and slashes inside a set are members of it, not syntax.
+    expect(matching('reports/{q[1,2],summary}.csv')).toEqual(['reports/q1.csv']);
+    expect(compileGlob('{[r,x],a}/**').matches('x/y/w.txt')).toBe(true);
+    expect(compileGlob('a[{]b').matches('a{b')).toBe(true);
+    expect(compileGlob('[/]x').matches('/x')).toBe(false);
   });
 
   it('a leading "!" matches every path the rest does not', () => {
@@ -105,6 +110,8 @@ describe('compileGlob', () => {
     expect(refused('!')).toBe('glob pattern "!" negates nothing');
     expect(refused('a'.repeat(MAX_PATTERN_LENGTH + 1))).toBe(`glob pattern of ${MAX_PATTERN_LENGTH + 1} characters; the limit is ${MAX_PATTERN_LENGTH}`);
     expect(refused('{a,b}'.repeat(9))).toBe('glob pattern expands to more than 256 alternatives');
+    // 256 alternatives of a long pattern would each be matched in turn: the total is bounded too.
+    expect(refused(`${'{,}'.repeat(8)}*${'a'.repeat(127)}b`)).toBe('glob pattern expands to more than 4096 characters of alternatives');
     expect(compileGlob('{a,b}'.repeat(8)).matches('abababab')).toBe(true);
   });
 });

@@ -6,6 +6,7 @@ import { Connection } from '../client/connection.js';
 import { hash } from '../common/hash.js';
 import type { BeginBackupReply, Snapshot } from '../common/messages.js';
 import { emptyNode, encodeTree } from '../common/tree.js';
+import { begin, commit, flatTree, rawBlob, startInProcess, upload } from './admin-helpers.js';
 import { cleanupTmp, cliJson, ROOT, runCli, startServer, tmpDir, type ServerHandle } from './harness.js';
 import { describeTree, randomBytes, writeFile } from './tree-gen.js';
 
@@ -477,5 +478,39 @@ describe('find on a server shared with others', () => {
     const long = await runCli(['find', 'x'.repeat(5000)], { server: own.addr });
     expect(long.code).toBe(1);
     expect(long.stderr).toContain('INVALID_ARGUMENT: glob pattern of 5000 characters; the limit is 4096');
+  });
+});
+
+describe('find after its client has gone', () => {
+  it('stops reading trees within a snapshot once the client cancels, though it had nothing to send', async () => {
+    const srv = await startInProcess();
+    try {
+      const repo = await srv.server.repository('default');
+      // A root of 300 directories, each one file: a search that matches nothing reads 301 trees.
+      const { sessionId } = await begin(srv.conn, 'wide');
+      const subs = Array.from({ length: 300 }, (_, i) => flatTree({ [`f${i}.txt`]: Buffer.from(`file ${i}`) }));
+      const dirs = subs.map((sub, i) => ({ ...emptyNode(`d${String(i).padStart(3, '0')}`, 'DIR'), mode: 0o755, subtree: sub.id }));
+      const root = rawBlob(encodeTree(dirs), 'TREE');
+      await upload(srv.conn, sessionId, [...subs.map((_, i) => rawBlob(Buffer.from(`file ${i}`))), ...subs, root]);
+      await commit(srv.conn, sessionId, root);
+      let reads = 0;
+      const read = repo.readTree.bind(repo);
+      repo.readTree = async (id: Buffer) => {
+        reads++;
+        await new Promise((r) => setTimeout(r, 10));
+        return read(id);
+      };
+      const cli = spawn(process.execPath, [path.join(ROOT, 'dist/client/cli-start.js'), 'find', '*.parquet', '--dataset', 'wide'], { env: { ...process.env, CAIRN_SERVER: srv.addr }, stdio: 'ignore' });
+      while (reads < 20) await new Promise((r) => setTimeout(r, 5));
+      cli.kill('SIGINT');
+      await new Promise((r) => cli.once('exit', r));
+      const atCancel = reads;
+      await new Promise((r) => setTimeout(r, 500));
+      // Without the check the walk went on to all 301 trees (~3 s at 10 ms a read).
+      expect(reads).toBeLessThanOrEqual(atCancel + 2);
+      expect(reads).toBeLessThan(301);
+    } finally {
+      await srv.stop();
+    }
   });
 });
