@@ -1,4 +1,5 @@
 import { Command, CommanderError, Option } from 'commander';
+import { parseTimeArg } from '../common/durations.js';
 import { codeName, resourceExhausted, toCairnError } from '../common/errors.js';
 import type { HelloReply, Snapshot } from '../common/messages.js';
 import { formatBytes, parseSize } from '../common/units.js';
@@ -79,7 +80,7 @@ export function buildProgram(): Command {
         dataset: o.dataset,
         host: o.host,
         tags: o.tag,
-        time: o.time,
+        time: o.time === undefined ? undefined : parseTimeArg(o.time, '--time'),
         excludes: await ExcludeMatcher.create({
           excludes: o.exclude,
           includes: o.include,

@@ -37,15 +37,18 @@ export function isDuration(text: string): boolean {
  */
 export function parseTimeArg(text: string, what: string, now = Date.now()): string {
   if (isDuration(text)) return new Date(now - parseDurationMs(text)).toISOString();
-  // Date() also accepts "7" or "June", which are almost certainly mistakes here.
-  const t = /^\d{4}-\d{2}-\d{2}/.test(text.trim()) ? new Date(text.trim()) : new Date(NaN);
-  if (Number.isNaN(t.getTime())) {
-    throw invalidArgument(`${what} ${JSON.stringify(text)} is neither a duration (7d, 26h, 30m, 2w) nor a date or RFC 3339 time (2026-11-01, 2026-11-01T12:00:00Z)`);
+  const trimmed = text.trim();
+  const iso = /^\d{4}-\d{2}-\d{2}$/.test(trimmed) ? `${trimmed}T00:00:00Z` : trimmed;
+  try {
+    const t = wireTime(iso, what);
+    if (t) return t;
+  } catch {
+    // Named below, with every form this option takes.
   }
-  return t.toISOString();
+  throw invalidArgument(`${what} ${JSON.stringify(text)} is neither a duration (7d, 26h, 30m, 2w) nor a date or RFC 3339 time (2026-11-01, 2026-11-01T12:00:00Z)`);
 }
 
-const RFC3339 = /^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$/;
+const RFC3339 = /^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$/;
 
 /**
  * A time field of a request, normalised to RFC 3339 UTC; undefined when empty. Strict, as
@@ -54,7 +57,15 @@ const RFC3339 = /^\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:
  */
 export function wireTime(value: string, field: string): string | undefined {
   if (!value) return undefined;
-  const t = RFC3339.test(value) ? new Date(value) : new Date(NaN);
+  const m = RFC3339.exec(value);
+  let t = new Date(NaN);
+  if (m) {
+    const [year, month, day, hour, minute, second] = m.slice(1, 7).map(Number) as [number, number, number, number, number, number];
+    // Date() rolls 02-30 over to 03-02 and 24:00 to the next day: the fields must be real.
+    // A leap second (:60) is the next second's first instant, as POSIX counts it.
+    const real = month >= 1 && month <= 12 && day >= 1 && day <= new Date(Date.UTC(year, month, 0)).getUTCDate() && hour <= 23 && minute <= 59 && second <= 60;
+    if (real) t = new Date(Date.parse(value.replace(/:60(?=[.Zz+-])/, ':59')) + (second === 60 ? 1000 : 0));
+  }
   if (Number.isNaN(t.getTime()) || t.getUTCFullYear() < 0 || t.getUTCFullYear() > 9999) {
     throw invalidArgument(`${field} ${JSON.stringify(value)} is not an RFC 3339 time such as 2026-11-01T12:00:00Z`);
   }

@@ -327,9 +327,10 @@ export class S3Store implements ObjectStore {
       // A store that ignores Range answers 200 with the whole object: trusting it would hand
       // the caller the wrong bytes, and reading it first would cost a whole pack per blob.
       // A 200 is the range only when the range is the whole object.
+      // A 206 without Content-Range (some gateways drop it) is left to the length checks below.
       const partial = res.$metadata.httpStatusCode === 206;
-      const from = partial ? /^bytes (\d+)-/.exec(res.ContentRange ?? '')?.[1] : undefined;
-      const answered = partial ? from !== undefined && Number(from) === offset : offset === 0 && (res.ContentLength ?? 0) <= length;
+      const from = partial && res.ContentRange ? /^bytes (\d+)-/.exec(res.ContentRange)?.[1] : undefined;
+      const answered = partial ? !res.ContentRange || (from !== undefined && Number(from) === offset) : offset === 0 && (res.ContentLength ?? 0) <= length;
       if (!answered) {
         (res.Body as Readable | undefined)?.destroy();
         const what = partial ? `Content-Range "${res.ContentRange ?? ''}"` : `the whole object (${res.ContentLength ?? 'unknown'} bytes, HTTP 200)`;

@@ -170,8 +170,14 @@ describe('the server refuses bad input with a status code and stores nothing', (
     // A year past 9999 prints as "+010000-…", which would sort before every real snapshot.
     expect(await failure(at('+010000-01-01T00:00:00Z'))).toMatch(/^INVALID_ARGUMENT: time "\+010000-01-01T00:00:00Z" is not an RFC 3339 time/);
     expect(await failure(at('9999-12-31T23:00:00-02:00'))).toMatch(/^INVALID_ARGUMENT: time "9999-12-31T23:00:00-02:00" is not an RFC 3339 time/);
+    // Date() would roll these over to 2026-03-02 and the next day.
+    expect(await failure(at('2026-02-30T00:00:00Z'))).toMatch(/^INVALID_ARGUMENT: time "2026-02-30T00:00:00Z" is not an RFC 3339 time/);
+    expect(await failure(at('2026-11-01T24:00:00Z'))).toMatch(/^INVALID_ARGUMENT: time "2026-11-01T24:00:00Z" is not an RFC 3339 time/);
     const ok = await at('2026-11-01T14:00:00+02:00');
     await conn.unary('AbortBackup', { sessionId: ok.sessionId });
+    // A leap second is valid RFC 3339: the next second's first instant.
+    const leap = await at('2016-12-31T23:59:60Z');
+    await conn.unary('AbortBackup', { sessionId: leap.sessionId });
     await list({ since: '2026-11-01T12:00:00.5z' });
   });
 

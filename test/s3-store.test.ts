@@ -262,6 +262,26 @@ function commonS3Suite(name: string, target: () => Target): void {
       }
     });
 
+    it('a 206 without Content-Range (some gateways drop it) is taken by its length', async () => {
+      const t = target();
+      const whole = randomBytes(4096);
+      const proxy = await startFaultProxy({
+        target: t.endpoint,
+        faultRate: 0,
+        seed: 1,
+        demand: ({ method, headers }) => {
+          const m = method === 'GET' ? /^bytes=(\d+)-(\d+)$/.exec(String(headers.range ?? '')) : null;
+          return m ? { status: 206, body: whole.subarray(Number(m[1]), Number(m[2]) + 1) } : undefined;
+        },
+      });
+      const store = new S3Store({ ...storeOptions(t), endpoint: proxy.endpoint });
+      try {
+        expect((await store.getRange('packs/00/p', 1000, 100)).equals(whole.subarray(1000, 1100))).toBe(true);
+      } finally {
+        await Promise.all([store.close(), proxy.stop()]);
+      }
+    });
+
     it('a writer whose lease refreshes keep failing stops itself, naming the expiry it could not extend', async () => {
       const t = target();
       let outage = false;

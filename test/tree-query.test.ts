@@ -175,5 +175,7 @@ describe('durations', () => {
     expect(parseTimeArg('2026-11-01', '--until', now)).toBe('2026-11-01T00:00:00.000Z');
     expect(parseTimeArg('2026-11-01T05:06:07+02:00', '--until', now)).toBe('2026-11-01T03:06:07.000Z');
     expect(() => parseTimeArg('June', '--since', now)).toThrow(/--since "June" is neither a duration/);
+    expect(() => parseTimeArg('2026-02-30', '--since', now)).toThrow(/--since "2026-02-30" is neither a duration/);
+    expect(parseTimeArg('2016-12-31T23:59:60Z', '--until', now)).toBe('2017-01-01T00:00:00.000Z');
   });
 });
