@@ -9,15 +9,17 @@ import { validateName } from './repository.js';
  * of the server reading the same store sees the same tokens.
  *
  *   auth/tokens/<sha256 of the token, hex>  -> TokenRecord (JSON)
- *   auth/names/<repo>/<token name>          -> NameClaim (JSON)
+ *   auth/names/<repo>/<token name>/<seq>    -> NameClaim (JSON), the highest seq in force
  *   auth/repos/<name>                       -> { created }  (the repositories `repo create` made)
  *
  * A token is 32 random bytes; only its SHA-256 is stored, so reading the store does not
  * reveal a usable token. One object per token: creating is a conditional put and revoking a
  * delete, so two admins at once cannot lose each other's change, and checking a presented
- * token is one read of one key. A name is claimed with a conditional put before its token
- * is written: a name is a principal (sessions belong to it), so two tokens created at once
- * under one name must not both succeed.
+ * token is one read of one key. A name is claimed before its token is written: a name is a
+ * principal (sessions belong to it), so two tokens created at once under one name must not
+ * both succeed. Claims are never overwritten or taken back: whoever takes a name over (its
+ * token revoked, or never written by a creator that died) writes the next sequence number
+ * with a conditional put, so of two takers exactly one wins.
  */
 export const TOKENS_PREFIX = 'auth/tokens/';
 export const NAMES_PREFIX = 'auth/names/';
@@ -28,8 +30,10 @@ export const REPOS_PREFIX = 'auth/repos/';
  */
 const CLAIM_GRACE_MS = 60_000;
 
+/** `hash` names the token the claim was made for; a released claim frees the name. */
 interface NameClaim {
-  hash: string;
+  hash?: string;
+  released?: boolean;
   claimed: string;
 }
 export const DEFAULT_REPOSITORY = 'default';
@@ -130,33 +134,16 @@ export class TokenStore {
     if ((await this.list()).some((t) => t.repo === repo && t.name === name)) throw taken();
     const token = `cairn_${randomBytes(32).toString('base64url')}`;
     const hash = hashToken(token).toString('hex');
-    const claimKey = `${NAMES_PREFIX}${repo}/${name}`;
-    const claim = Buffer.from(JSON.stringify({ hash, claimed: new Date().toISOString() } satisfies NameClaim));
-    if (!(await this.store.putIfAbsent(claimKey, claim))) {
-      if (!(await this.abandonedClaim(claimKey))) throw taken();
-      await this.store.delete([claimKey]);
-      if (!(await this.store.putIfAbsent(claimKey, claim))) throw taken();
-    }
+    const claims = new NameClaims(this.store, repo, name);
+    const seq = await claims.next();
+    if (seq === undefined || !(await claims.put(seq, { hash, claimed: new Date().toISOString() }))) throw taken();
     const record: TokenRecord = { version: 1, name, repo, role: opts.role, created: new Date().toISOString(), hash };
     if (!(await this.store.putIfAbsent(TOKENS_PREFIX + hash, Buffer.from(JSON.stringify(record, null, 2))))) {
-      await this.store.delete([claimKey]);
+      await claims.put(seq + 1, { released: true, claimed: new Date().toISOString() });
       throw new CairnError(Code.ABORTED, 'token collision; run the command again');
     }
+    await claims.dropBefore(seq);
     return { token, record };
-  }
-
-  /** True for a claim past its grace whose token does not exist, or one that cannot be read. */
-  private async abandonedClaim(claimKey: string): Promise<boolean> {
-    let claim: Partial<NameClaim>;
-    try {
-      claim = JSON.parse((await this.store.get(claimKey)).toString('utf8')) as Partial<NameClaim>;
-    } catch (err) {
-      if (err instanceof CairnError && err.code !== Code.NOT_FOUND && err.code !== Code.DATA_LOSS) throw err;
-      return true;
-    }
-    if (typeof claim.hash !== 'string' || !/^[0-9a-f]{64}$/.test(claim.hash) || typeof claim.claimed !== 'string') return true;
-    if ((await this.store.head(TOKENS_PREFIX + claim.hash)) !== undefined) return false;
-    return !(Date.now() - Date.parse(claim.claimed) < CLAIM_GRACE_MS);
   }
 
   /**
@@ -169,8 +156,70 @@ export class TokenStore {
     if (matches.length === 0) throw notFound(`no token named ${name}${repo ? ` for repository ${repo}` : ''}`);
     const repos = [...new Set(matches.map((t) => t.repo))];
     if (repos.length > 1) throw invalidArgument(`token name ${name} exists in repositories ${repos.join(', ')}; say which with --repo`);
-    await this.store.delete([...matches.map((t) => TOKENS_PREFIX + t.hash), `${NAMES_PREFIX}${repos[0]}/${name}`]);
+    await this.store.delete(matches.map((t) => TOKENS_PREFIX + t.hash));
+    // Frees the name at once; a creator that took it meanwhile wins the put, which is as good.
+    const claims = new NameClaims(this.store, repos[0]!, name);
+    const latest = await claims.latest();
+    if (latest && !latest.claim.released && (await claims.put(latest.seq + 1, { released: true, claimed: new Date().toISOString() }))) {
+      await claims.dropBefore(latest.seq + 1);
+    }
     return matches;
+  }
+}
+
+/** The claims on one token name (see the top of this file). */
+class NameClaims {
+  private readonly prefix: string;
+
+  constructor(
+    private readonly store: ObjectStore,
+    repo: string,
+    name: string,
+  ) {
+    this.prefix = `${NAMES_PREFIX}${repo}/${name}/`;
+  }
+
+  private key(seq: number): string {
+    return this.prefix + String(seq).padStart(10, '0');
+  }
+
+  async latest(): Promise<{ seq: number; claim: NameClaim } | undefined> {
+    let seq = 0;
+    for await (const o of this.store.list(this.prefix)) seq = Math.max(seq, Number(o.key.slice(this.prefix.length)) || 0);
+    if (seq === 0) return undefined;
+    try {
+      return { seq, claim: JSON.parse((await this.store.get(this.key(seq))).toString('utf8')) as NameClaim };
+    } catch (err) {
+      if (err instanceof CairnError && err.code !== Code.NOT_FOUND && err.code !== Code.DATA_LOSS) throw err;
+      // Unreadable: nothing holds the name through it.
+      return { seq, claim: { released: true, claimed: '' } };
+    }
+  }
+
+  /**
+   * The sequence number a new claim takes, or undefined while the name is held: by a live
+   * token, or by a claim younger than CLAIM_GRACE_MS whose creator may still be writing it.
+   */
+  async next(): Promise<number | undefined> {
+    const latest = await this.latest();
+    if (!latest) return 1;
+    const { claim } = latest;
+    if (!claim.released && typeof claim.hash === 'string' && /^[0-9a-f]{64}$/.test(claim.hash)) {
+      if ((await this.store.head(TOKENS_PREFIX + claim.hash)) !== undefined) return undefined;
+      if (Date.now() - Date.parse(claim.claimed) < CLAIM_GRACE_MS) return undefined;
+    }
+    return latest.seq + 1;
+  }
+
+  put(seq: number, claim: NameClaim): Promise<boolean> {
+    return this.store.putIfAbsent(this.key(seq), Buffer.from(JSON.stringify(claim)));
+  }
+
+  /** Claims below the one in force say nothing any more; removing them is tidiness only. */
+  async dropBefore(seq: number): Promise<void> {
+    const old: string[] = [];
+    for await (const o of this.store.list(this.prefix)) if ((Number(o.key.slice(this.prefix.length)) || 0) < seq) old.push(o.key);
+    if (old.length > 0) await this.store.delete(old);
   }
 }
 

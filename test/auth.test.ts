@@ -11,7 +11,7 @@ import { emptyNode, encodeTree } from '../common/tree.js';
 import { AccessControl, ACCESS } from '../server/auth.js';
 import type { Repository } from '../server/repository.js';
 import { FileStore } from '../server/file-store.js';
-import { hashToken, NAMES_PREFIX, TOKENS_PREFIX, TokenStore } from '../server/tokens.js';
+import { hashToken, NAMES_PREFIX, TOKENS_PREFIX, TokenStore, type TokenRecord } from '../server/tokens.js';
 import { createRepo, createToken, failure, rawBlob, serverCli, upload } from './auth-helpers.js';
 import { cleanupTmp, runCli, startServer, tmpDir, type ServerHandle } from './harness.js';
 
@@ -276,13 +276,19 @@ describe('token names', () => {
     const revoked = await tokens.revoke('twin', 'default');
     expect(revoked.map((t) => t.hash).sort()).toEqual([a.hash, b.hash].sort());
     expect(await tokens.list()).toEqual([]);
-    // A creator that died between its claim and its token: the claim is taken over once past its grace.
-    const ghost = (claimed: string) => fileStore.put(`${NAMES_PREFIX}default/ghost`, Buffer.from(JSON.stringify({ hash: 'f'.repeat(64), claimed })));
+    // A creator that died between its claim and its token: the claim is taken over once past
+    // its grace, by exactly one of six creators that see it stale at once.
+    const ghost = (claimed: string) => fileStore.put(`${NAMES_PREFIX}default/ghost/0000000001`, Buffer.from(JSON.stringify({ hash: 'f'.repeat(64), claimed })));
     await ghost(new Date().toISOString());
     expect(await failure(tokens.create({ repo: 'default', role: 'reader', name: 'ghost' }))).toContain('FAILED_PRECONDITION: a token named ghost already exists');
     await ghost(new Date(Date.now() - 120_000).toISOString());
-    const { record } = await tokens.create({ repo: 'default', role: 'reader', name: 'ghost' });
-    expect((await tokens.list()).map((t) => t.hash)).toEqual([record.hash]);
+    const takers = await Promise.allSettled(Array.from({ length: 6 }, () => new TokenStore(new FileStore(dir)).create({ repo: 'default', role: 'reader', name: 'ghost' })));
+    const won = takers.filter((r): r is PromiseFulfilledResult<{ token: string; record: TokenRecord }> => r.status === 'fulfilled');
+    expect(won).toHaveLength(1);
+    expect((await tokens.list()).map((t) => t.hash)).toEqual([won[0]!.value.record.hash]);
+    // Revoked, the name is free at once, not after the grace.
+    await tokens.revoke('ghost', 'default');
+    await tokens.create({ repo: 'default', role: 'reader', name: 'ghost' });
   });
 });
 
