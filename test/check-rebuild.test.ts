@@ -97,6 +97,29 @@ describe('check', () => {
   });
 });
 
+describe('check of snapshot objects', () => {
+  it('a snapshot object that no longer hashes to its id is reported, as a rebuild would drop it', async () => {
+    const base = tmpDir();
+    const server = await startServer();
+    try {
+      const data = path.join(base, 'data');
+      await writeFile(path.join(data, 'a.txt'), 'alpha');
+      const id = await snap(server, data, 'exp', '2024-06-01T00:00:00Z');
+      const object = path.join(server.storeSpec.slice('file:'.length), 'repos/default/snapshots', id);
+      const text = await fs.readFile(object, 'utf8');
+      await fs.writeFile(object, text.replace('"exp"', '"exq"'));
+      const r = await runCli(['--json', 'check'], { server: server.addr });
+      expect(r.code).toBe(1);
+      const out = JSON.parse(r.stdout) as CheckOut;
+      expect(out.problems.map((p) => [p.kind, p.message])).toEqual([
+        ['snapshot-object-corrupt', `snapshots/${id} does not hash to its name (rebuild-index would lose snapshot ${id})`],
+      ]);
+    } finally {
+      await server.stop();
+    }
+  });
+});
+
 describe('rebuild-index', () => {
   it('refuses while a server with an index elsewhere writes to the same store, and touches nothing of it', async () => {
     const base = tmpDir();
