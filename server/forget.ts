@@ -68,6 +68,12 @@ async function named(repo: Repository, refs: string[], filter: { dataset?: strin
   const chosen = new Map<string, Snapshot>();
   for (const ref of refs) {
     const s = await repo.resolveSnapshot(ref, filter);
+    // An id outside the filter given with it is a mistake to stop at, not a snapshot to delete.
+    for (const field of ['dataset', 'host'] as const) {
+      if (filter[field] !== undefined && s[field] !== filter[field]) {
+        throw notFound(`snapshot ${s.id} is of ${field} ${s[field]}, not ${filter[field]}: nothing forgotten`);
+      }
+    }
     if (s.protected) throw failedPrecondition(`snapshot ${s.id} is protected; unprotect it before forgetting it`);
     chosen.set(s.id, s);
   }

@@ -1,7 +1,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import { failedPrecondition } from '../common/errors.js';
+import { failedPrecondition, notFound } from '../common/errors.js';
 import { IndexDb } from './index-db.js';
 import type { ObjectStore } from './object-store.js';
 import { PrefixedStore } from './prefixed-store.js';
@@ -34,9 +34,13 @@ export interface RebuildSummary {
 export async function rebuildIndex(opts: { store: ObjectStore; indexDir: string; repository: string; log: Logger; leaseTtlMs: number }): Promise<RebuildSummary> {
   const started = Date.now();
   const dir = path.join(opts.indexDir, opts.repository);
-  const index = await openOrMoveAside(dir, opts.log);
   // The same layout as CairnServer.openRepository: each repository under repos/<name>/.
   const store = new PrefixedStore(opts.store, `repos/${opts.repository}/`);
+  // A mistyped name or store would otherwise be initialised as a new, empty repository.
+  if (!(await store.head('config'))) {
+    throw notFound(`no repository ${opts.repository} in this store (repos/${opts.repository}/config is missing): nothing to rebuild; check --store and --repository`);
+  }
+  const index = await openOrMoveAside(dir, opts.log);
   let lost: Error | undefined;
   const lease = new WriterLease(store, opts.leaseTtlMs, opts.log, (err) => (lost = err));
   try {

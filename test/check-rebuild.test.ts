@@ -142,6 +142,11 @@ describe('rebuild-index', () => {
     } finally {
       await server.stop();
     }
+    // A store path with a typo is not a repository to initialise.
+    const typo = await rebuild(`file:${storeDir}-typo`, otherIndex);
+    expect(typo.code).toBe(1);
+    expect(typo.stderr).toContain('NOT_FOUND: no repository default in this store (repos/default/config is missing): nothing to rebuild');
+    await expect(fs.access(`${storeDir}-typo/repos/default/config`)).rejects.toThrow();
     // Its lease released, the same rebuild goes ahead and clears what a crash would have left.
     const r = await rebuild(store, otherIndex);
     expect(r.code, r.stderr).toBe(0);

@@ -106,6 +106,11 @@ describe('forget through the CLI', () => {
     expect(await history('exp')).toContain(ids.b);
 
     await cliJson(['unprotect', ids.b], { server: server.addr });
+    // An id outside the filter given with it is refused, and nothing is forgotten.
+    const elsewhere = await runCli(['forget', ids.b, '--dataset', 'other'], { server: server.addr });
+    expect(elsewhere.code).toBe(1);
+    expect(elsewhere.stderr).toContain(`NOT_FOUND: snapshot ${ids.b} is of dataset exp, not other: nothing forgotten`);
+    expect(await history('exp')).toContain(ids.b);
     const r = await cliJson<ForgetOut>(['forget', ids.b], { server: server.addr });
     expect(r).toMatchObject({ kept: 0, removed: 1 });
     expect(await history('exp')).not.toContain(ids.b);
