@@ -36,6 +36,8 @@ const MAX_FILES_PER_PROBLEM = 1000;
 /** Scratch prefixes: trees walked by the structure pass, bad blob -> problem number, trees known clean. */
 const WALKED = 't/';
 const BAD = 'b/';
+/** Blobs read-data found at the place the index says, in a pack it read. */
+const FOUND = 'f/';
 const CLEAN = 'c/';
 
 interface Problem {
@@ -236,6 +238,7 @@ class Checker {
 
   private async readData(): Promise<void> {
     const unreadable = new Map<string, number>();
+    const parsed = new Set<string>();
     for (const hex of this.selectPacks()) {
       const key = packKey(hex);
       let data: Buffer;
@@ -254,9 +257,11 @@ class Checker {
         unreadable.set(hex, this.problem('pack-trailer', `pack ${hex}: ${(err as Error).message}`, { pack: hex }));
         continue;
       }
+      parsed.add(hex);
       for (let i = 0; i < entries.length; i += BATCH) {
         const slice = entries.slice(i, i + BATCH);
         const locs = await this.repo.index.locate(slice.map((e) => e.id));
+        await this.scratch.batch(slice.filter((_e, j) => locs[j] !== undefined && toHex(locs[j]!.pack) === hex).map((e) => ({ type: 'put' as const, key: FOUND + toHex(e.id), value: Buffer.alloc(0) })));
         for (let j = 0; j < slice.length; j++) {
           const e = slice[j];
           const idHex = toHex(e.id);
@@ -279,6 +284,21 @@ class Checker {
       }
     }
     if (unreadable.size > 0) await this.blamePacks(unreadable);
+    await this.unlisted(parsed);
+  }
+
+  /**
+   * The other direction: an index entry that points into a pack read above, where its trailer
+   * lists no such blob. A restore would read whatever bytes lie there.
+   */
+  private async unlisted(parsed: Set<string>): Promise<void> {
+    if (parsed.size === 0) return;
+    for await (const [key, value] of this.repo.index.entries('chunk/')) {
+      const packHex = toHex(decodeLocation(value).pack);
+      const idHex = key.slice('chunk/'.length);
+      if (!parsed.has(packHex) || (await this.scratch.db.get(FOUND + idHex)) !== undefined) continue;
+      await this.badBlob(idHex, this.problem('index-mismatch', `blob ${idHex} is indexed in pack ${packHex}, whose trailer does not list it`, { pack: packHex, chunk: idHex }));
+    }
   }
 
   /** Every indexed blob of a pack that cannot be read is lost: one pass over chunk/ finds them. */

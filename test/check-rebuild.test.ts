@@ -1,9 +1,11 @@
 import { spawn } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
+import { Level } from 'level';
 import { afterAll, describe, expect, it } from 'vitest';
 import { hash, toHex } from '../common/hash.js';
 import { parsePack } from '../common/pack-format.js';
+import { chunkKey, decodeLocation, encodeLocation } from '../server/index-db.js';
 import { begin, rawBlob, restored, startInProcess, type CheckOut, type PruneOut } from './admin-helpers.js';
 import { cleanupTmp, cliJson, ROOT, runCli, startServer, tmpDir, type ServerHandle } from './harness.js';
 import { describeTree, randomBytes, writeFile } from './tree-gen.js';
@@ -114,6 +116,43 @@ describe('check of snapshot objects', () => {
       expect(out.problems.map((p) => [p.kind, p.message])).toEqual([
         ['snapshot-object-corrupt', `snapshots/${id} does not hash to its name (rebuild-index would lose snapshot ${id})`],
       ]);
+    } finally {
+      await server.stop();
+    }
+  });
+});
+
+describe('check --read-data against the index', () => {
+  it('an index entry pointing into a pack whose trailer does not list the blob is reported', async () => {
+    const base = tmpDir();
+    const where = { store: `file:${path.join(base, 'store')}`, indexDir: path.join(base, 'index') };
+    let server = await startServer({ ...where, args: ['--pack-size', '256KiB'] });
+    const a = randomBytes(300_000, 71);
+    const b = randomBytes(300_000, 72);
+    try {
+      const data = path.join(base, 'data');
+      await writeFile(path.join(data, 'a.bin'), a);
+      await snap(server, data, 'exp', '2024-06-01T00:00:00Z');
+      await writeFile(path.join(data, 'b.bin'), b);
+      await snap(server, data, 'exp', '2024-06-02T00:00:00Z');
+    } finally {
+      await server.stop();
+    }
+    // a.bin's chunk re-pointed at b.bin's place: another pack, whose trailer never listed it.
+    const db = new Level<string, Buffer>(path.join(where.indexDir, 'default'), { keyEncoding: 'utf8', valueEncoding: 'buffer' });
+    const aKey = chunkKey(hash(a));
+    const bLoc = decodeLocation((await db.get(chunkKey(hash(b))))!);
+    const aLoc = decodeLocation((await db.get(aKey))!);
+    expect(toHex(aLoc.pack)).not.toBe(toHex(bLoc.pack));
+    await db.put(aKey, encodeLocation({ ...bLoc }));
+    await db.close();
+    server = await startServer(where);
+    try {
+      const r = await runCli(['--json', 'check', '--read-data'], { server: server.addr });
+      expect(r.code).toBe(1);
+      const out = JSON.parse(r.stdout) as CheckOut;
+      expect(out.problems.map((p) => [p.kind, p.chunk, p.pack])).toEqual([['index-mismatch', toHex(hash(a)), toHex(bLoc.pack)]]);
+      expect(out.problems[0]!.files).toEqual(['/a.bin']);
     } finally {
       await server.stop();
     }
