@@ -102,6 +102,7 @@ export interface CheckReply {
   packsChecked: string;
   blobsRead: string;
   packsRead: string;
+  problemsOmitted: string;
 }
 
 export interface ProtectRequest {

@@ -56,6 +56,7 @@ export function adminHandlers(deps: ServiceDeps): grpc.UntypedServiceImplementat
       packsChecked: String(r.packsChecked),
       blobsRead: String(r.blobsRead),
       packsRead: String(r.packsRead),
+      problemsOmitted: String(r.problemsOmitted),
     };
   };
 

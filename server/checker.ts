@@ -29,10 +29,19 @@ export interface CheckResult {
   packsChecked: number;
   packsRead: number;
   blobsRead: number;
+  problemsOmitted: number;
 }
 
 const BATCH = 1000;
 const MAX_FILES_PER_PROBLEM = 1000;
+/**
+ * Problems listed in full; the rest are counted. A repository that lost its packs has one
+ * problem per blob, and listing 230,000 of them took 536 MiB and a 75 MB reply. With the
+ * files per problem, this keeps a reply under ~60 MB.
+ */
+const MAX_PROBLEMS = 1000;
+/** What badBlob records for a blob whose problem is counted, not listed. */
+const UNLISTED = 0xffffffff;
 /** Scratch prefixes: trees walked by the structure pass, bad blob -> problem number, trees known clean. */
 const WALKED = 't/';
 const BAD = 'b/';
@@ -80,6 +89,7 @@ export async function check(repo: Repository, opts: CheckOptions = {}): Promise<
 
 class Checker {
   private readonly problems: Problem[] = [];
+  private readonly omitted = new Map<string, number>();
   private readonly indexed = new Map<string, PackInfo>();
   private readonly stored = new Map<string, number>();
   /** Packs missing or of the wrong size -> their problem: every blob in them is lost. */
@@ -115,12 +125,17 @@ class Checker {
       packsChecked: this.indexed.size,
       packsRead: this.packsRead,
       blobsRead: this.blobsRead,
+      problemsOmitted: [...this.omitted.values()].reduce((a, b) => a + b, 0),
     };
-    this.repo.log.info({ repository: this.repo.name, ...result, problems: result.problems.length }, 'check finished');
+    this.repo.log.info({ repository: this.repo.name, ...result, problems: result.problems.length, omittedByKind: Object.fromEntries(this.omitted) }, 'check finished');
     return result;
   }
 
   private problem(kind: string, message: string, where: { pack?: string; chunk?: string; snapshot?: string } = {}): number {
+    if (this.problems.length >= MAX_PROBLEMS) {
+      this.omitted.set(kind, (this.omitted.get(kind) ?? 0) + 1);
+      return UNLISTED;
+    }
     this.problems.push({ kind, message, pack: where.pack ?? '', chunk: where.chunk ?? '', snapshots: new Set(where.snapshot ? [where.snapshot] : []), files: new Set(), moreFiles: 0 });
     return this.problems.length - 1;
   }
@@ -349,6 +364,7 @@ class Checker {
 
   private record(problem: number, snap: string, path: string): void {
     const p = this.problems[problem];
+    if (!p) return;
     p.snapshots.add(snap);
     if (p.files.has(path)) return;
     if (p.files.size < MAX_FILES_PER_PROBLEM) p.files.add(path);

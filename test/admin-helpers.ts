@@ -164,5 +164,6 @@ export interface CheckOut {
   packsChecked: number;
   packsRead: number;
   blobsRead: number;
+  problemsOmitted: number;
   problems: Array<{ kind: string; message: string; pack: string; chunk: string; snapshots: string[]; files: string[] }>;
 }

@@ -159,6 +159,42 @@ describe('check --read-data against the index', () => {
   });
 });
 
+describe('check of a badly damaged repository', () => {
+  it('lists the first 1,000 problems and counts the rest', async () => {
+    const base = tmpDir();
+    const where = { store: `file:${path.join(base, 'store')}`, indexDir: path.join(base, 'index') };
+    let server = await startServer(where);
+    try {
+      const data = path.join(base, 'data');
+      for (let i = 0; i < 1200; i++) await writeFile(path.join(data, `d${i % 10}/f${i}.txt`), `file number ${i}`);
+      await snap(server, data, 'exp', '2024-06-01T00:00:00Z');
+    } finally {
+      await server.stop();
+    }
+    // Every data chunk unindexed: one missing-chunk problem per file.
+    const db = new Level<string, Buffer>(path.join(where.indexDir, 'default'), { keyEncoding: 'utf8', valueEncoding: 'buffer' });
+    const gone: string[] = [];
+    for await (const [key, value] of db.iterator({ gte: 'chunk/', lt: 'chunk/\xff' })) if (decodeLocation(value).kind === 'DATA') gone.push(key);
+    await db.batch(gone.map((key) => ({ type: 'del' as const, key })));
+    await db.close();
+    expect(gone).toHaveLength(1200);
+    server = await startServer(where);
+    try {
+      const out = await runCli(['--json', 'check'], { server: server.addr });
+      expect(out.code).toBe(1);
+      const r = JSON.parse(out.stdout) as CheckOut;
+      expect(r.problems).toHaveLength(1000);
+      expect(r.problemsOmitted).toBe(200);
+      expect(r.problems.every((p) => p.kind === 'missing-chunk' && p.files.length === 1)).toBe(true);
+      const human = await runCli(['check'], { server: server.addr });
+      expect(human.code).toBe(1);
+      expect(human.stdout).toContain("1200 problems found; the first 1000 are listed (the server's log counts the rest by kind):");
+    } finally {
+      await server.stop();
+    }
+  }, 60_000);
+});
+
 describe('rebuild-index', () => {
   it('refuses while a server with an index elsewhere writes to the same store, and touches nothing of it', async () => {
     const base = tmpDir();
