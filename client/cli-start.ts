@@ -88,7 +88,8 @@ function save(dir: string, file: string, payload: Buffer): void {
   try {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     // Nobody else may rename or plant files in it, so what we write stays what we read.
-    if (!privateTo(lstatSync(dir)) || !lstatSync(dir).isDirectory()) return;
+    const st = lstatSync(dir);
+    if (!st.isDirectory() || !privateTo(st)) return;
     // O_EXCL and O_NOFOLLOW: a name planted in the directory is never written through.
     const fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
     try {
