@@ -6,7 +6,7 @@ import type { CheckProblem } from '../common/admin-messages.js';
 import { packKey, parsePack } from '../common/pack-format.js';
 import { decodeTree } from '../common/tree.js';
 import { exclusiveMaintenance } from './gc-lock.js';
-import { decodeLocation, type IndexDb, type Location, type PackInfo } from './index-db.js';
+import { decodeLocation, snapKey, type IndexDb, type Location, type PackInfo } from './index-db.js';
 import type { Repository } from './repository.js';
 import { Scratch } from './scratch.js';
 import { parseSnapshotRecord } from './snapshot-record.js';
@@ -36,17 +36,19 @@ const BATCH = 1000;
 const MAX_FILES_PER_PROBLEM = 1000;
 /**
  * Problems listed in full; the rest are counted. A repository that lost its packs has one
- * problem per blob, and listing 230,000 of them took 536 MiB and a 75 MB reply. With the
- * files per problem, this keeps a reply under ~60 MB.
+ * problem per blob, and listing 230,000 of them took 536 MiB and a 75 MB reply.
  */
 const MAX_PROBLEMS = 1000;
+/**
+ * Bytes of file paths and snapshot ids listed across all problems: a thousand problems of a
+ * thousand 1 KB paths each passed the 65 MiB reply limit. Past it, paths and snapshots are counted.
+ */
+const MAX_LISTED_BYTES = 32 * 1024 * 1024;
 /** What badBlob records for a blob whose problem is counted, not listed. */
 const UNLISTED = 0xffffffff;
 /** Scratch prefixes: trees walked by the structure pass, bad blob -> problem number, trees known clean. */
 const WALKED = 't/';
 const BAD = 'b/';
-/** Blobs read-data found at the place the index says, in a pack it read. */
-const FOUND = 'f/';
 const CLEAN = 'c/';
 
 interface Problem {
@@ -57,6 +59,8 @@ interface Problem {
   snapshots: Set<string>;
   files: Set<string>;
   moreFiles: number;
+  /** Snapshots it hurts that the listing budget left out. */
+  snapshotsCut: boolean;
 }
 
 export function parsePart(text: string): { n: number; m: number } {
@@ -99,6 +103,7 @@ class Checker {
   private packsRead = 0;
   private blobsRead = 0;
   private anyBadBlob = false;
+  private listedBytes = 0;
 
   constructor(
     private readonly repo: Repository,
@@ -114,7 +119,7 @@ class Checker {
     const result: CheckResult = {
       problems: this.problems.map((p) => ({
         kind: p.kind,
-        message: p.moreFiles > 0 ? `${p.message} (and ${p.moreFiles} more files)` : p.message,
+        message: [p.message, p.moreFiles > 0 && `(and ${p.moreFiles} more files)`, p.snapshotsCut && '(more snapshots not listed)'].filter(Boolean).join(' '),
         pack: p.pack,
         chunk: p.chunk,
         snapshots: [...p.snapshots].sort(),
@@ -136,7 +141,7 @@ class Checker {
       this.omitted.set(kind, (this.omitted.get(kind) ?? 0) + 1);
       return UNLISTED;
     }
-    this.problems.push({ kind, message, pack: where.pack ?? '', chunk: where.chunk ?? '', snapshots: new Set(where.snapshot ? [where.snapshot] : []), files: new Set(), moreFiles: 0 });
+    this.problems.push({ kind, message, pack: where.pack ?? '', chunk: where.chunk ?? '', snapshots: new Set(where.snapshot ? [where.snapshot] : []), files: new Set(), moreFiles: 0, snapshotsCut: false });
     return this.problems.length - 1;
   }
 
@@ -166,15 +171,18 @@ class Checker {
    * The object is the snapshot's only durable record (the index is rebuilt from it), so it is
    * read and verified as a rebuild would: one that fails would be dropped from history.
    */
-  private async checkSnapshotObject(id: string): Promise<void> {
+  private async checkSnapshotObject(id: string): Promise<'checked' | 'forgotten'> {
     const key = `snapshots/${id}`;
     let data: Buffer;
     try {
       data = await this.repo.store.get(key);
     } catch (err) {
       if (!(err instanceof CairnError && err.code === Code.NOT_FOUND)) throw err;
+      // The iterator reads the index as it was when check began; a forget since (a retention
+      // policy after a commit, say) deletes the object first and then the index entry.
+      if ((await this.repo.index.db.get(snapKey(id))) === undefined) return 'forgotten';
       this.problem('missing-snapshot-object', `snapshot ${id} is indexed but ${key} is missing from the store (rebuild-index would lose it)`, { snapshot: id });
-      return;
+      return 'checked';
     }
     let damage = toHex(hash(data)) === id ? undefined : `does not hash to its name`;
     if (!damage) {
@@ -185,13 +193,14 @@ class Checker {
       }
     }
     if (damage) this.problem('snapshot-object-corrupt', `${key} ${damage} (rebuild-index would lose snapshot ${id})`, { snapshot: id });
+    return 'checked';
   }
 
   private async checkStructure(): Promise<void> {
     for await (const value of this.repo.index.db.values({ gte: 'snap/', lt: 'snap/\xff' })) {
       const s = JSON.parse(value.toString('utf8')) as Snapshot;
+      if ((await this.checkSnapshotObject(s.id)) === 'forgotten') continue;
       this.snapshotsChecked++;
-      await this.checkSnapshotObject(s.id);
       this.treesChecked += await walkTrees(this.repo, this.scratch, WALKED, [fromHex(s.rootTree)], {
         visit: (_id, nodes) => this.checkChunks(nodes),
         unreadable: async (id, err) => {
@@ -253,7 +262,8 @@ class Checker {
 
   private async readData(): Promise<void> {
     const unreadable = new Map<string, number>();
-    const parsed = new Set<string>();
+    /** Packs read and parsed -> how many of their trailer's blobs the index places there. */
+    const found = new Map<string, number>();
     for (const hex of this.selectPacks()) {
       const key = packKey(hex);
       let data: Buffer;
@@ -272,11 +282,11 @@ class Checker {
         unreadable.set(hex, this.problem('pack-trailer', `pack ${hex}: ${(err as Error).message}`, { pack: hex }));
         continue;
       }
-      parsed.add(hex);
+      found.set(hex, 0);
       for (let i = 0; i < entries.length; i += BATCH) {
         const slice = entries.slice(i, i + BATCH);
         const locs = await this.repo.index.locate(slice.map((e) => e.id));
-        await this.scratch.batch(slice.filter((_e, j) => locs[j] !== undefined && toHex(locs[j]!.pack) === hex).map((e) => ({ type: 'put' as const, key: FOUND + toHex(e.id), value: Buffer.alloc(0) })));
+        found.set(hex, found.get(hex)! + locs.filter((l) => l !== undefined && toHex(l.pack) === hex).length);
         for (let j = 0; j < slice.length; j++) {
           const e = slice[j];
           const idHex = toHex(e.id);
@@ -299,19 +309,33 @@ class Checker {
       }
     }
     if (unreadable.size > 0) await this.blamePacks(unreadable);
-    await this.unlisted(parsed);
+    await this.unlisted(found);
   }
 
   /**
    * The other direction: an index entry that points into a pack read above, where its trailer
-   * lists no such blob. A restore would read whatever bytes lie there.
+   * lists no such blob (a restore would read whatever bytes lie there). Counting the entries
+   * per pack finds the packs that have such entries; only those are looked at blob by blob,
+   * their trailers read again (marking every blob found took twice the time of the check).
    */
-  private async unlisted(parsed: Set<string>): Promise<void> {
-    if (parsed.size === 0) return;
+  private async unlisted(found: Map<string, number>): Promise<void> {
+    if (found.size === 0) return;
+    const indexed = new Map<string, number>();
+    for await (const value of this.repo.index.db.values({ gte: 'chunk/', lt: 'chunk/\xff' })) {
+      const packHex = toHex(decodeLocation(value).pack);
+      if (found.has(packHex)) indexed.set(packHex, (indexed.get(packHex) ?? 0) + 1);
+    }
+    const listed = new Map<string, Set<string>>();
+    for (const [packHex, n] of indexed) {
+      if (n <= found.get(packHex)!) continue;
+      const key = packKey(packHex);
+      listed.set(packHex, new Set(parsePack(await this.repo.store.get(key), key).map((e) => toHex(e.id))));
+    }
+    if (listed.size === 0) return;
     for await (const [key, value] of this.repo.index.entries('chunk/')) {
       const packHex = toHex(decodeLocation(value).pack);
       const idHex = key.slice('chunk/'.length);
-      if (!parsed.has(packHex) || (await this.scratch.db.get(FOUND + idHex)) !== undefined) continue;
+      if (listed.get(packHex)?.has(idHex) !== false) continue;
       await this.badBlob(idHex, this.problem('index-mismatch', `blob ${idHex} is indexed in pack ${packHex}, whose trailer does not list it`, { pack: packHex, chunk: idHex }));
     }
   }
@@ -365,10 +389,17 @@ class Checker {
   private record(problem: number, snap: string, path: string): void {
     const p = this.problems[problem];
     if (!p) return;
-    p.snapshots.add(snap);
+    if (!p.snapshots.has(snap)) {
+      if (this.listedBytes + snap.length <= MAX_LISTED_BYTES) {
+        p.snapshots.add(snap);
+        this.listedBytes += snap.length;
+      } else p.snapshotsCut = true;
+    }
     if (p.files.has(path)) return;
-    if (p.files.size < MAX_FILES_PER_PROBLEM) p.files.add(path);
-    else p.moreFiles++;
+    if (p.files.size < MAX_FILES_PER_PROBLEM && this.listedBytes + path.length <= MAX_LISTED_BYTES) {
+      p.files.add(path);
+      this.listedBytes += path.length;
+    } else p.moreFiles++;
   }
 }
 

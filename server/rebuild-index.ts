@@ -36,9 +36,13 @@ export async function rebuildIndex(opts: { store: ObjectStore; indexDir: string;
   const dir = path.join(opts.indexDir, opts.repository);
   // The same layout as CairnServer.openRepository: each repository under repos/<name>/.
   const store = new PrefixedStore(opts.store, `repos/${opts.repository}/`);
-  // A mistyped name or store would otherwise be initialised as a new, empty repository.
+  // A mistyped name or store would otherwise be initialised as a new, empty repository; a
+  // repository that lost only its config still has data to rebuild from (and gets a new one).
   if (!(await store.head('config'))) {
-    throw notFound(`no repository ${opts.repository} in this store (repos/${opts.repository}/config is missing): nothing to rebuild; check --store and --repository`);
+    if (!(await holdsAnything(store))) {
+      throw notFound(`no repository ${opts.repository} in this store (repos/${opts.repository}/ holds no config, snapshots, packs or index): nothing to rebuild; check --store and --repository`);
+    }
+    opts.log.warn({ repository: opts.repository }, 'repository config missing: a new one is written, the rest is rebuilt from snapshots, index segments and packs');
   }
   const index = await openOrMoveAside(dir, opts.log);
   let lost: Error | undefined;
@@ -102,4 +106,9 @@ async function reopenAndCount(store: ObjectStore, dir: string, started: number, 
   } finally {
     await repo.close();
   }
+}
+
+async function holdsAnything(store: ObjectStore): Promise<boolean> {
+  for (const prefix of ['snapshots/', 'packs/', 'index/']) for await (const _ of store.list(prefix)) return true;
+  return false;
 }

@@ -9,7 +9,7 @@ import { validateName } from './repository.js';
  * of the server reading the same store sees the same tokens.
  *
  *   auth/tokens/<sha256 of the token, hex>  -> TokenRecord (JSON)
- *   auth/names/<repo>/<token name>/<seq>    -> NameClaim (JSON), the highest seq in force
+ *   auth/claims/<repo>/<token name>/<seq>   -> NameClaim (JSON), the highest seq in force
  *   auth/repos/<name>                       -> { created }  (the repositories `repo create` made)
  *
  * A token is 32 random bytes; only its SHA-256 is stored, so reading the store does not
@@ -22,7 +22,7 @@ import { validateName } from './repository.js';
  * with a conditional put, so of two takers exactly one wins.
  */
 export const TOKENS_PREFIX = 'auth/tokens/';
-export const NAMES_PREFIX = 'auth/names/';
+export const NAMES_PREFIX = 'auth/claims/';
 export const REPOS_PREFIX = 'auth/repos/';
 /**
  * A claim whose token never appeared (the creating process died between the two puts) is
@@ -157,10 +157,12 @@ export class TokenStore {
     const repos = [...new Set(matches.map((t) => t.repo))];
     if (repos.length > 1) throw invalidArgument(`token name ${name} exists in repositories ${repos.join(', ')}; say which with --repo`);
     await this.store.delete(matches.map((t) => TOKENS_PREFIX + t.hash));
-    // Frees the name at once; a creator that took it meanwhile wins the put, which is as good.
+    // Frees the name at once, but only the claim of a token just revoked: a claim a creator
+    // made meanwhile is that creator's, and releasing it would let a third create a twin.
     const claims = new NameClaims(this.store, repos[0]!, name);
     const latest = await claims.latest();
-    if (latest && !latest.claim.released && (await claims.put(latest.seq + 1, { released: true, claimed: new Date().toISOString() }))) {
+    const ours = latest && !latest.claim.released && matches.some((t) => t.hash === latest.claim.hash);
+    if (ours && (await claims.put(latest.seq + 1, { released: true, claimed: new Date().toISOString() }))) {
       await claims.dropBefore(latest.seq + 1);
     }
     return matches;
@@ -183,9 +185,15 @@ class NameClaims {
     return this.prefix + String(seq).padStart(10, '0');
   }
 
+  /** 0 for a key that is not one of ours, so nothing else can block the name. */
+  private seqOf(key: string): number {
+    const tail = key.slice(this.prefix.length);
+    return /^\d{10}$/.test(tail) ? Number(tail) : 0;
+  }
+
   async latest(): Promise<{ seq: number; claim: NameClaim } | undefined> {
     let seq = 0;
-    for await (const o of this.store.list(this.prefix)) seq = Math.max(seq, Number(o.key.slice(this.prefix.length)) || 0);
+    for await (const o of this.store.list(this.prefix)) seq = Math.max(seq, this.seqOf(o.key));
     if (seq === 0) return undefined;
     try {
       return { seq, claim: JSON.parse((await this.store.get(this.key(seq))).toString('utf8')) as NameClaim };
@@ -218,7 +226,7 @@ class NameClaims {
   /** Claims below the one in force say nothing any more; removing them is tidiness only. */
   async dropBefore(seq: number): Promise<void> {
     const old: string[] = [];
-    for await (const o of this.store.list(this.prefix)) if ((Number(o.key.slice(this.prefix.length)) || 0) < seq) old.push(o.key);
+    for await (const o of this.store.list(this.prefix)) if (this.seqOf(o.key) < seq) old.push(o.key);
     if (old.length > 0) await this.store.delete(old);
   }
 }

@@ -261,6 +261,51 @@ describe('token names', () => {
     expect((await serverCli(store, ['token', 'create', '--role', 'reader', '--name', 'racer'])).code).toBe(0);
   });
 
+  it('a revoke does not release a claim a creator made while it ran', async () => {
+    const dir = path.join(tmpDir(), 'store');
+    const plain = new FileStore(dir);
+    const { record } = await new TokenStore(plain).create({ repo: 'default', role: 'reader', name: 'alice' });
+    // alice's claim is past its grace, so a creator may take the name once the token is gone.
+    await plain.put(`${NAMES_PREFIX}default/alice/0000000001`, Buffer.from(JSON.stringify({ hash: record.hash, claimed: new Date(Date.now() - 120_000).toISOString() })));
+    let open = () => undefined as void;
+    const gate = new Promise<void>((resolve) => (open = resolve));
+    let reached = () => undefined as void;
+    const atGate = new Promise<void>((resolve) => (reached = resolve));
+    // The revoke pauses after deleting the token, before it looks at the claims.
+    const gated = Object.create(plain) as FileStore;
+    gated.list = async function* (prefix: string) {
+      if (prefix.startsWith(NAMES_PREFIX)) {
+        reached();
+        await gate;
+      }
+      yield* plain.list(prefix);
+    };
+    const revoking = new TokenStore(gated).revoke('alice', 'default');
+    await atGate;
+    // A creator takes the name over and pauses between its claim and its token.
+    let write = () => undefined as void;
+    const writeGate = new Promise<void>((resolve) => (write = resolve));
+    let claimed = () => undefined as void;
+    const atClaim = new Promise<void>((resolve) => (claimed = resolve));
+    const slow = Object.create(plain) as FileStore;
+    slow.putIfAbsent = async (key: string, data: Buffer) => {
+      if (key.startsWith(TOKENS_PREFIX)) {
+        claimed();
+        await writeGate;
+      }
+      return plain.putIfAbsent(key, data);
+    };
+    const taking = new TokenStore(slow).create({ repo: 'default', role: 'reader', name: 'alice' });
+    await atClaim;
+    open();
+    await revoking;
+    // A third creator, while the second's token is not written yet: the name is still held.
+    expect(await failure(new TokenStore(plain).create({ repo: 'default', role: 'reader', name: 'alice' }))).toContain('a token named alice already exists');
+    write();
+    const taker = await taking;
+    expect((await new TokenStore(plain).list()).map((t) => t.hash)).toEqual([taker.record.hash]);
+  });
+
   it('tokens of one name made before names were claimed are revoked together; a claim whose token never came is taken over', async () => {
     const dir = path.join(tmpDir(), 'store');
     const fileStore = new FileStore(dir);

@@ -193,6 +193,39 @@ describe('check of a badly damaged repository', () => {
       await server.stop();
     }
   }, 60_000);
+
+  it('lists at most 32 MiB of file paths across problems, and counts the rest', async () => {
+    const base = tmpDir();
+    const where = { store: `file:${path.join(base, 'store')}`, indexDir: path.join(base, 'index') };
+    let server = await startServer(where);
+    // Ten contents, each in 1,000 files under ~3.8 KB paths: ten problems of 1,000 files, 38 MB of paths.
+    const deep = Array.from({ length: 15 }, (_, i) => `${String(i).padStart(2, '0')}${'d'.repeat(248)}`).join('/');
+    try {
+      const data = path.join(base, 'data');
+      for (let c = 0; c < 10; c++) {
+        for (let i = 0; i < 1000; i++) await writeFile(path.join(data, `c${c}`, deep, `f${i}`), `content ${c}`);
+      }
+      await snap(server, data, 'exp', '2024-06-01T00:00:00Z');
+    } finally {
+      await server.stop();
+    }
+    const db = new Level<string, Buffer>(path.join(where.indexDir, 'default'), { keyEncoding: 'utf8', valueEncoding: 'buffer' });
+    await db.batch(Array.from({ length: 10 }, (_, c) => ({ type: 'del' as const, key: chunkKey(hash(Buffer.from(`content ${c}`))) })));
+    await db.close();
+    server = await startServer(where);
+    try {
+      const out = await runCli(['--json', 'check'], { server: server.addr });
+      expect(out.code).toBe(1);
+      const r = JSON.parse(out.stdout) as CheckOut;
+      expect(r.problems).toHaveLength(10);
+      const listed = r.problems.reduce((n, p) => n + p.files.reduce((m, f) => m + f.length - 1, 0), 0);
+      expect(listed).toBeLessThanOrEqual(32 * 1024 * 1024);
+      expect(listed).toBeGreaterThan(30 * 1024 * 1024);
+      expect(r.problems.some((p) => / \(and \d+ more files\)$/.test(p.message))).toBe(true);
+    } finally {
+      await server.stop();
+    }
+  }, 120_000);
 });
 
 describe('rebuild-index', () => {
@@ -220,12 +253,16 @@ describe('rebuild-index', () => {
     // A store path with a typo is not a repository to initialise.
     const typo = await rebuild(`file:${storeDir}-typo`, otherIndex);
     expect(typo.code).toBe(1);
-    expect(typo.stderr).toContain('NOT_FOUND: no repository default in this store (repos/default/config is missing): nothing to rebuild');
+    expect(typo.stderr).toContain('NOT_FOUND: no repository default in this store (repos/default/ holds no config, snapshots, packs or index): nothing to rebuild');
     await expect(fs.access(`${storeDir}-typo/repos/default/config`)).rejects.toThrow();
+    // A repository that lost only its config is rebuilt from the rest, and gets a new config.
+    const config = path.join(storeDir, 'repos/default/config');
+    await fs.rm(config);
     // Its lease released, the same rebuild goes ahead and clears what a crash would have left.
     const r = await rebuild(store, otherIndex);
     expect(r.code, r.stderr).toBe(0);
     expect(JSON.parse(r.stdout)).toMatchObject({ repository: 'default', snapshots: 1 });
+    await fs.access(config);
     await expect(fs.access(inFlight)).rejects.toThrow();
   });
 

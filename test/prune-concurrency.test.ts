@@ -227,6 +227,27 @@ describe('prune while backups run', () => {
     expect(listed).toEqual([]);
   });
 
+  it('a snapshot forgotten while check runs is not reported as missing its object', async () => {
+    srv = await startInProcess();
+    const repo = await srv.server.repository('default');
+    await backupFiles(srv.conn, 'keep', { 'y.bin': Y });
+    const gone = await backupFiles(srv.conn, 'gone', { 'x.bin': X });
+    // check reads the index as it was when it began; the forget lands before it reaches `gone`.
+    const get = repo.store.get.bind(repo.store);
+    let forgotten = false;
+    repo.store.get = async (key: string) => {
+      if (key === `snapshots/${gone.id}` && !forgotten) {
+        forgotten = true;
+        await srv.conn.unary('Forget', { snapshotIds: [gone.id] });
+      }
+      return get(key);
+    };
+    const r = await srv.conn.unary<CheckReply>('Check', { readData: false, readDataSubset: 0, readDataPart: '' });
+    expect(forgotten).toBe(true);
+    expect(r.problems).toEqual([]);
+    expect(r.snapshotsChecked).toBe('1');
+  });
+
   it('after the condemned chunks are unindexed, FindMissing says missing and the client uploads again', async () => {
     await withGarbage();
     let sessionId = '';
