@@ -99,6 +99,16 @@ describe('check', () => {
   });
 });
 
+/** Edits a stopped server's LevelDB index directly, as damage or a bug would. */
+async function editIndex(indexDir: string, edit: (db: Level<string, Buffer>) => Promise<void>): Promise<void> {
+  const db = new Level<string, Buffer>(path.join(indexDir, 'default'), { keyEncoding: 'utf8', valueEncoding: 'buffer' });
+  try {
+    await edit(db);
+  } finally {
+    await db.close();
+  }
+}
+
 describe('check of snapshot objects', () => {
   it('a snapshot object that no longer hashes to its id is reported, as a rebuild would drop it', async () => {
     const base = tmpDir();
@@ -139,19 +149,20 @@ describe('check --read-data against the index', () => {
       await server.stop();
     }
     // a.bin's chunk re-pointed at b.bin's place: another pack, whose trailer never listed it.
-    const db = new Level<string, Buffer>(path.join(where.indexDir, 'default'), { keyEncoding: 'utf8', valueEncoding: 'buffer' });
-    const aKey = chunkKey(hash(a));
-    const bLoc = decodeLocation((await db.get(chunkKey(hash(b))))!);
-    const aLoc = decodeLocation((await db.get(aKey))!);
-    expect(toHex(aLoc.pack)).not.toBe(toHex(bLoc.pack));
-    await db.put(aKey, encodeLocation({ ...bLoc }));
-    await db.close();
+    let bPack = '';
+    await editIndex(where.indexDir, async (db) => {
+      const aKey = chunkKey(hash(a));
+      const bLoc = decodeLocation((await db.get(chunkKey(hash(b))))!);
+      expect(toHex(decodeLocation((await db.get(aKey))!).pack)).not.toBe(toHex(bLoc.pack));
+      bPack = toHex(bLoc.pack);
+      await db.put(aKey, encodeLocation(bLoc));
+    });
     server = await startServer(where);
     try {
       const r = await runCli(['--json', 'check', '--read-data'], { server: server.addr });
       expect(r.code).toBe(1);
       const out = JSON.parse(r.stdout) as CheckOut;
-      expect(out.problems.map((p) => [p.kind, p.chunk, p.pack])).toEqual([['index-mismatch', toHex(hash(a)), toHex(bLoc.pack)]]);
+      expect(out.problems.map((p) => [p.kind, p.chunk, p.pack])).toEqual([['index-mismatch', toHex(hash(a)), bPack]]);
       expect(out.problems[0]!.files).toEqual(['/a.bin']);
     } finally {
       await server.stop();
@@ -172,11 +183,11 @@ describe('check of a badly damaged repository', () => {
       await server.stop();
     }
     // Every data chunk unindexed: one missing-chunk problem per file.
-    const db = new Level<string, Buffer>(path.join(where.indexDir, 'default'), { keyEncoding: 'utf8', valueEncoding: 'buffer' });
     const gone: string[] = [];
-    for await (const [key, value] of db.iterator({ gte: 'chunk/', lt: 'chunk/\xff' })) if (decodeLocation(value).kind === 'DATA') gone.push(key);
-    await db.batch(gone.map((key) => ({ type: 'del' as const, key })));
-    await db.close();
+    await editIndex(where.indexDir, async (db) => {
+      for await (const [key, value] of db.iterator({ gte: 'chunk/', lt: 'chunk/\xff' })) if (decodeLocation(value).kind === 'DATA') gone.push(key);
+      await db.batch(gone.map((key) => ({ type: 'del' as const, key })));
+    });
     expect(gone).toHaveLength(1200);
     server = await startServer(where);
     try {
@@ -209,9 +220,7 @@ describe('check of a badly damaged repository', () => {
     } finally {
       await server.stop();
     }
-    const db = new Level<string, Buffer>(path.join(where.indexDir, 'default'), { keyEncoding: 'utf8', valueEncoding: 'buffer' });
-    await db.batch(Array.from({ length: 10 }, (_, c) => ({ type: 'del' as const, key: chunkKey(hash(Buffer.from(`content ${c}`))) })));
-    await db.close();
+    await editIndex(where.indexDir, (db) => db.batch(Array.from({ length: 10 }, (_, c) => ({ type: 'del' as const, key: chunkKey(hash(Buffer.from(`content ${c}`))) }))));
     server = await startServer(where);
     try {
       const out = await runCli(['--json', 'check'], { server: server.addr });
