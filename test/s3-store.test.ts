@@ -62,9 +62,16 @@ function factory(target: () => Target): StoreFactory {
   };
 }
 
-/** A store whose requests pass a proxy that answers with `override`'s status wherever it gives one. */
-async function storeAnswering(t: Target, override: FaultProxyOptions['override'], over: Partial<S3StoreOptions> = {}): Promise<{ store: S3Store; close(): Promise<void> }> {
-  const proxy = await startFaultProxy({ target: t.endpoint, faultRate: 0, seed: 1, override });
+/**
+ * A store whose requests pass a proxy that behaves as `answer` says (a status from `override`,
+ * or a refusal or an answer of its own from `demand`) and forwards everything else.
+ */
+async function storeAnswering(
+  t: Target,
+  answer: Pick<FaultProxyOptions, 'override' | 'demand'>,
+  over: Partial<S3StoreOptions> = {},
+): Promise<{ store: S3Store; close(): Promise<void> }> {
+  const proxy = await startFaultProxy({ target: t.endpoint, faultRate: 0, seed: 1, ...answer });
   const store = new S3Store(storeOptions({ ...t, endpoint: proxy.endpoint }, over));
   return { store, close: async () => Promise.all([store.close(), proxy.stop()]).then(() => undefined) };
 }
@@ -156,14 +163,14 @@ function commonS3Suite(name: string, target: () => Target): void {
     it('throttling is waited out past the attempts an outage gets', async () => {
       const t = target();
       let throttled = 5;
-      const { store, close } = await storeAnswering(t, (method) => (method === 'PUT' && throttled-- > 0 ? 429 : undefined), { maxAttempts: 2 });
+      const { store, close } = await storeAnswering(t, { override: (method) => (method === 'PUT' && throttled-- > 0 ? 429 : undefined) }, { maxAttempts: 2 });
       try {
         await store.put('packs/00/throttled', Buffer.from('stored once the store lets us'));
         expect(store.counts().retries).toBe(5);
         expect((await store.get('packs/00/throttled')).toString()).toBe('stored once the store lets us');
         await store.delete(['packs/00/throttled']);
         // An outage that is not throttling (a bare 503 too) still gets its two attempts and no more.
-        const down = await storeAnswering(t, (method) => (method === 'PUT' ? 503 : undefined), { maxAttempts: 2 });
+        const down = await storeAnswering(t, { override: (method) => (method === 'PUT' ? 503 : undefined) }, { maxAttempts: 2 });
         try {
           expect((await caught(down.store.put('packs/00/never', Buffer.from('x')))).code).toBe(Code.UNAVAILABLE);
           expect(down.store.counts().retries).toBe(1);
@@ -179,9 +186,9 @@ function commonS3Suite(name: string, target: () => Target): void {
       const t = target();
       // The probe's first PUT creates the object; the conditional one after it meets two 500s.
       let puts = 0;
-      const { store, close } = await storeAnswering(t, (method, url) =>
-        url.includes('locks/probe-') && method === 'PUT' && [2, 3].includes(++puts) ? 500 : method === 'DELETE' || method === 'POST' ? 403 : undefined,
-      );
+      const { store, close } = await storeAnswering(t, {
+        override: (method, url) => (url.includes('locks/probe-') && method === 'PUT' && [2, 3].includes(++puts) ? 500 : method === 'DELETE' || method === 'POST' ? 403 : undefined),
+      });
       try {
         // s3rver overwrites on If-None-Match: a real S3 would answer 412 and this be true.
         expect(await store.honoursConditionalCreate()).toBe(t === remote);
@@ -193,7 +200,7 @@ function commonS3Suite(name: string, target: () => Target): void {
 
     it('a store that does not implement a request (HTTP 501) is told at once, not retried as an outage', async () => {
       const t = target();
-      const { store, close } = await storeAnswering(t, (method) => (method === 'PUT' ? 501 : undefined));
+      const { store, close } = await storeAnswering(t, { override: (method) => (method === 'PUT' ? 501 : undefined) });
       try {
         const err = await caught(store.putIfAbsent('locks/writer', Buffer.from('me')));
         expect(err.code).toBe(Code.FAILED_PRECONDITION);
@@ -207,10 +214,7 @@ function commonS3Suite(name: string, target: () => Target): void {
     it('a multi-object delete carries the Content-MD5 of its body, which MinIO and the S3 API require', async () => {
       const t = target();
       const deletes: Array<string | undefined> = [];
-      const proxy = await startFaultProxy({
-        target: t.endpoint,
-        faultRate: 0,
-        seed: 1,
+      const { store, close } = await storeAnswering(t, {
         demand: ({ method, url, headers, body }) => {
           if (method !== 'POST' || !/[?&]delete/.test(url)) return undefined;
           const md5 = headers['content-md5'] as string | undefined;
@@ -220,7 +224,6 @@ function commonS3Suite(name: string, target: () => Target): void {
           return undefined;
         },
       });
-      const store = new S3Store(storeOptions({ ...t, endpoint: proxy.endpoint }));
       try {
         const keys = ['packs/00/a', 'packs/00/b', 'snapshots/x'];
         for (const k of keys) await store.put(k, Buffer.from(k));
@@ -231,7 +234,7 @@ function commonS3Suite(name: string, target: () => Target): void {
         expect(deletes.every((md5) => md5 !== undefined)).toBe(true);
         expect(await listAll(store, '')).toEqual([]);
       } finally {
-        await Promise.all([store.close(), proxy.stop()]);
+        await close();
       }
     });
 
@@ -239,15 +242,13 @@ function commonS3Suite(name: string, target: () => Target): void {
       const t = target();
       const whole = randomBytes(256 * 1024);
       let ranged = 0;
-      const proxy = await startFaultProxy({
-        target: t.endpoint,
-        faultRate: 0,
-        seed: 1,
-        demand: ({ method, headers }) => (method === 'GET' && headers.range !== undefined && ++ranged ? { status: 200, body: whole } : undefined),
-      });
       const options = storeOptions(t);
       const direct = new S3Store(options);
-      const store = new S3Store({ ...options, endpoint: proxy.endpoint });
+      const { store, close } = await storeAnswering(
+        t,
+        { demand: ({ method, headers }) => (method === 'GET' && headers.range !== undefined && ++ranged ? { status: 200, body: whole } : undefined) },
+        { prefix: options.prefix },
+      );
       try {
         await direct.put('packs/00/p', whole);
         const err = await caught(store.getRange('packs/00/p', 1000, 100));
@@ -258,27 +259,23 @@ function commonS3Suite(name: string, target: () => Target): void {
         // The whole object is the answer to a range that is the whole object.
         expect((await store.getRange('packs/00/p', 0, whole.length)).equals(whole)).toBe(true);
       } finally {
-        await Promise.all([store.close(), direct.close(), proxy.stop()]);
+        await Promise.all([close(), direct.close()]);
       }
     });
 
     it('a 206 without Content-Range (some gateways drop it) is taken by its length', async () => {
       const t = target();
       const whole = randomBytes(4096);
-      const proxy = await startFaultProxy({
-        target: t.endpoint,
-        faultRate: 0,
-        seed: 1,
+      const { store, close } = await storeAnswering(t, {
         demand: ({ method, headers }) => {
           const m = method === 'GET' ? /^bytes=(\d+)-(\d+)$/.exec(String(headers.range ?? '')) : null;
           return m ? { status: 206, body: whole.subarray(Number(m[1]), Number(m[2]) + 1) } : undefined;
         },
       });
-      const store = new S3Store({ ...storeOptions(t), endpoint: proxy.endpoint });
       try {
         expect((await store.getRange('packs/00/p', 1000, 100)).equals(whole.subarray(1000, 1100))).toBe(true);
       } finally {
-        await Promise.all([store.close(), proxy.stop()]);
+        await close();
       }
     });
 
