@@ -99,13 +99,36 @@ describe('check', () => {
   });
 });
 
-/** Edits a stopped server's LevelDB index directly, as damage or a bug would. */
-async function editIndex(indexDir: string, edit: (db: Level<string, Buffer>) => Promise<void>): Promise<void> {
-  const db = new Level<string, Buffer>(path.join(indexDir, 'default'), { keyEncoding: 'utf8', valueEncoding: 'buffer' });
+/**
+ * A repository whose index was damaged behind the server's back: `backup` fills it (files go
+ * under `data`), the server stops, `damage` edits its LevelDB index as a disk fault or a bug
+ * would, and `inspect` runs against a server started over the result.
+ */
+async function withDamagedIndex(
+  serverArgs: string[],
+  backup: (server: ServerHandle, data: string) => Promise<void>,
+  damage: (db: Level<string, Buffer>) => Promise<void>,
+  inspect: (server: ServerHandle) => Promise<void>,
+): Promise<void> {
+  const base = tmpDir();
+  const where = { store: `file:${path.join(base, 'store')}`, indexDir: path.join(base, 'index') };
+  let server = await startServer({ ...where, args: serverArgs });
   try {
-    await edit(db);
+    await backup(server, path.join(base, 'data'));
+  } finally {
+    await server.stop();
+  }
+  const db = new Level<string, Buffer>(path.join(where.indexDir, 'default'), { keyEncoding: 'utf8', valueEncoding: 'buffer' });
+  try {
+    await damage(db);
   } finally {
     await db.close();
+  }
+  server = await startServer(where);
+  try {
+    await inspect(server);
+  } finally {
+    await server.stop();
   }
 }
 
@@ -134,106 +157,88 @@ describe('check of snapshot objects', () => {
 
 describe('check --read-data against the index', () => {
   it('an index entry pointing into a pack whose trailer does not list the blob is reported', async () => {
-    const base = tmpDir();
-    const where = { store: `file:${path.join(base, 'store')}`, indexDir: path.join(base, 'index') };
-    let server = await startServer({ ...where, args: ['--pack-size', '256KiB'] });
     const a = randomBytes(300_000, 71);
     const b = randomBytes(300_000, 72);
-    try {
-      const data = path.join(base, 'data');
-      await writeFile(path.join(data, 'a.bin'), a);
-      await snap(server, data, 'exp', '2024-06-01T00:00:00Z');
-      await writeFile(path.join(data, 'b.bin'), b);
-      await snap(server, data, 'exp', '2024-06-02T00:00:00Z');
-    } finally {
-      await server.stop();
-    }
-    // a.bin's chunk re-pointed at b.bin's place: another pack, whose trailer never listed it.
     let bPack = '';
-    await editIndex(where.indexDir, async (db) => {
-      const aKey = chunkKey(hash(a));
-      const bLoc = decodeLocation((await db.get(chunkKey(hash(b))))!);
-      expect(toHex(decodeLocation((await db.get(aKey))!).pack)).not.toBe(toHex(bLoc.pack));
-      bPack = toHex(bLoc.pack);
-      await db.put(aKey, encodeLocation(bLoc));
-    });
-    server = await startServer(where);
-    try {
-      const r = await runCli(['--json', 'check', '--read-data'], { server: server.addr });
-      expect(r.code).toBe(1);
-      const out = JSON.parse(r.stdout) as CheckOut;
-      expect(out.problems.map((p) => [p.kind, p.chunk, p.pack])).toEqual([['index-mismatch', toHex(hash(a)), bPack]]);
-      expect(out.problems[0]!.files).toEqual(['/a.bin']);
-    } finally {
-      await server.stop();
-    }
+    await withDamagedIndex(
+      ['--pack-size', '256KiB'],
+      async (server, data) => {
+        await writeFile(path.join(data, 'a.bin'), a);
+        await snap(server, data, 'exp', '2024-06-01T00:00:00Z');
+        await writeFile(path.join(data, 'b.bin'), b);
+        await snap(server, data, 'exp', '2024-06-02T00:00:00Z');
+      },
+      // a.bin's chunk re-pointed at b.bin's place: another pack, whose trailer never listed it.
+      async (db) => {
+        const aKey = chunkKey(hash(a));
+        const bLoc = decodeLocation((await db.get(chunkKey(hash(b))))!);
+        expect(toHex(decodeLocation((await db.get(aKey))!).pack)).not.toBe(toHex(bLoc.pack));
+        bPack = toHex(bLoc.pack);
+        await db.put(aKey, encodeLocation(bLoc));
+      },
+      async (server) => {
+        const r = await runCli(['--json', 'check', '--read-data'], { server: server.addr });
+        expect(r.code).toBe(1);
+        const out = JSON.parse(r.stdout) as CheckOut;
+        expect(out.problems.map((p) => [p.kind, p.chunk, p.pack])).toEqual([['index-mismatch', toHex(hash(a)), bPack]]);
+        expect(out.problems[0]!.files).toEqual(['/a.bin']);
+      },
+    );
   });
 });
 
 describe('check of a badly damaged repository', () => {
   it('lists the first 1,000 problems and counts the rest', async () => {
-    const base = tmpDir();
-    const where = { store: `file:${path.join(base, 'store')}`, indexDir: path.join(base, 'index') };
-    let server = await startServer(where);
-    try {
-      const data = path.join(base, 'data');
-      for (let i = 0; i < 1200; i++) await writeFile(path.join(data, `d${i % 10}/f${i}.txt`), `file number ${i}`);
-      await snap(server, data, 'exp', '2024-06-01T00:00:00Z');
-    } finally {
-      await server.stop();
-    }
-    // Every data chunk unindexed: one missing-chunk problem per file.
     const gone: string[] = [];
-    await editIndex(where.indexDir, async (db) => {
-      for await (const [key, value] of db.iterator({ gte: 'chunk/', lt: 'chunk/\xff' })) if (decodeLocation(value).kind === 'DATA') gone.push(key);
-      await db.batch(gone.map((key) => ({ type: 'del' as const, key })));
-    });
-    expect(gone).toHaveLength(1200);
-    server = await startServer(where);
-    try {
-      const out = await runCli(['--json', 'check'], { server: server.addr });
-      expect(out.code).toBe(1);
-      const r = JSON.parse(out.stdout) as CheckOut;
-      expect(r.problems).toHaveLength(1000);
-      expect(r.problemsOmitted).toBe(200);
-      expect(r.problems.every((p) => p.kind === 'missing-chunk' && p.files.length === 1)).toBe(true);
-      const human = await runCli(['check'], { server: server.addr });
-      expect(human.code).toBe(1);
-      expect(human.stdout).toContain("1200 problems found; the first 1000 are listed (the server's log counts the rest by kind):");
-    } finally {
-      await server.stop();
-    }
+    await withDamagedIndex(
+      [],
+      async (server, data) => {
+        for (let i = 0; i < 1200; i++) await writeFile(path.join(data, `d${i % 10}/f${i}.txt`), `file number ${i}`);
+        await snap(server, data, 'exp', '2024-06-01T00:00:00Z');
+      },
+      // Every data chunk unindexed: one missing-chunk problem per file.
+      async (db) => {
+        for await (const [key, value] of db.iterator({ gte: 'chunk/', lt: 'chunk/\xff' })) if (decodeLocation(value).kind === 'DATA') gone.push(key);
+        await db.batch(gone.map((key) => ({ type: 'del' as const, key })));
+        expect(gone).toHaveLength(1200);
+      },
+      async (server) => {
+        const out = await runCli(['--json', 'check'], { server: server.addr });
+        expect(out.code).toBe(1);
+        const r = JSON.parse(out.stdout) as CheckOut;
+        expect(r.problems).toHaveLength(1000);
+        expect(r.problemsOmitted).toBe(200);
+        expect(r.problems.every((p) => p.kind === 'missing-chunk' && p.files.length === 1)).toBe(true);
+        const human = await runCli(['check'], { server: server.addr });
+        expect(human.code).toBe(1);
+        expect(human.stdout).toContain("1200 problems found; the first 1000 are listed (the server's log counts the rest by kind):");
+      },
+    );
   }, 60_000);
 
   it('lists at most 32 MiB of file paths across problems, and counts the rest', async () => {
-    const base = tmpDir();
-    const where = { store: `file:${path.join(base, 'store')}`, indexDir: path.join(base, 'index') };
-    let server = await startServer(where);
     // Ten contents, each in 1,000 files under ~3.8 KB paths: ten problems of 1,000 files, 38 MB of paths.
     const deep = Array.from({ length: 15 }, (_, i) => `${String(i).padStart(2, '0')}${'d'.repeat(248)}`).join('/');
-    try {
-      const data = path.join(base, 'data');
-      for (let c = 0; c < 10; c++) {
-        for (let i = 0; i < 1000; i++) await writeFile(path.join(data, `c${c}`, deep, `f${i}`), `content ${c}`);
-      }
-      await snap(server, data, 'exp', '2024-06-01T00:00:00Z');
-    } finally {
-      await server.stop();
-    }
-    await editIndex(where.indexDir, (db) => db.batch(Array.from({ length: 10 }, (_, c) => ({ type: 'del' as const, key: chunkKey(hash(Buffer.from(`content ${c}`))) }))));
-    server = await startServer(where);
-    try {
-      const out = await runCli(['--json', 'check'], { server: server.addr });
-      expect(out.code).toBe(1);
-      const r = JSON.parse(out.stdout) as CheckOut;
-      expect(r.problems).toHaveLength(10);
-      const listed = r.problems.reduce((n, p) => n + p.files.reduce((m, f) => m + f.length - 1, 0), 0);
-      expect(listed).toBeLessThanOrEqual(32 * 1024 * 1024);
-      expect(listed).toBeGreaterThan(30 * 1024 * 1024);
-      expect(r.problems.some((p) => / \(and \d+ more files\)$/.test(p.message))).toBe(true);
-    } finally {
-      await server.stop();
-    }
+    await withDamagedIndex(
+      [],
+      async (server, data) => {
+        for (let c = 0; c < 10; c++) {
+          for (let i = 0; i < 1000; i++) await writeFile(path.join(data, `c${c}`, deep, `f${i}`), `content ${c}`);
+        }
+        await snap(server, data, 'exp', '2024-06-01T00:00:00Z');
+      },
+      (db) => db.batch(Array.from({ length: 10 }, (_, c) => ({ type: 'del' as const, key: chunkKey(hash(Buffer.from(`content ${c}`))) }))),
+      async (server) => {
+        const out = await runCli(['--json', 'check'], { server: server.addr });
+        expect(out.code).toBe(1);
+        const r = JSON.parse(out.stdout) as CheckOut;
+        expect(r.problems).toHaveLength(10);
+        const listed = r.problems.reduce((n, p) => n + p.files.reduce((m, f) => m + f.length - 1, 0), 0);
+        expect(listed).toBeLessThanOrEqual(32 * 1024 * 1024);
+        expect(listed).toBeGreaterThan(30 * 1024 * 1024);
+        expect(r.problems.some((p) => / \(and \d+ more files\)$/.test(p.message))).toBe(true);
+      },
+    );
   }, 120_000);
 });
 
