@@ -161,9 +161,10 @@ function printDecisions(decisions: ForgetDecision[], dryRun: boolean): void {
   else out(dryRun ? `would remove ${removed} snapshot${removed === 1 ? '' : 's'} (dry run: nothing changed)` : `removed ${removed} snapshot${removed === 1 ? '' : 's'}`);
 }
 
-function printProblems(problems: CheckProblem[], omitted: number): void {
+function printProblems(problems: CheckProblem[], omitted: number, byKind: Record<string, number>): void {
   const total = problems.length + omitted;
-  out(`${total} problem${total === 1 ? '' : 's'} found${omitted > 0 ? `; the first ${problems.length} are listed (the server's log counts the rest by kind)` : ''}:`);
+  const kinds = Object.entries(byKind).map(([kind, n]) => `${n} ${kind}`);
+  out(`${total} problem${total === 1 ? '' : 's'} found${kinds.length > 1 ? ` (${kinds.join(', ')})` : ''}${omitted > 0 ? `; ${problems.length} are listed, the first of each kind among them` : ''}:`);
   out(table(['KIND', 'PACK', 'CHUNK', 'SNAPSHOTS', 'FILES', 'MESSAGE'], problems.map((p) => [p.kind, shortId(p.pack) || '-', shortId(p.chunk) || '-', String(p.snapshots.length), String(p.files.length), p.message])));
   problems.forEach((p, i) => {
     out('');
@@ -240,12 +241,13 @@ export function registerAdminCommands(program: Command): void {
       try {
         const r = await conn.unary<CheckReply>('Check', { readData: o.readData, ...subset }, undefined, NO_DEADLINE);
         const counts = { snapshotsChecked: Number(r.snapshotsChecked), treesChecked: Number(r.treesChecked), packsChecked: Number(r.packsChecked), packsRead: Number(r.packsRead), blobsRead: Number(r.blobsRead), problemsOmitted: Number(r.problemsOmitted) };
+        const problemCounts = Object.fromEntries(r.problemCounts.map((c) => [c.kind, Number(c.count)]));
         if (g.json) {
-          out(JSON.stringify({ ok: r.problems.length === 0, ...counts, problems: r.problems.map(problemRecord) }));
+          out(JSON.stringify({ ok: r.problems.length === 0, ...counts, problemCounts, problems: r.problems.map(problemRecord) }));
         } else {
           out(`checked ${counts.snapshotsChecked} snapshots, ${counts.treesChecked} trees, ${counts.packsChecked} packs; read ${counts.packsRead} packs, ${counts.blobsRead} blobs`);
           if (r.problems.length === 0) out('no problems found');
-          else printProblems(r.problems, counts.problemsOmitted);
+          else printProblems(r.problems, counts.problemsOmitted, problemCounts);
         }
         if (r.problems.length > 0) process.exitCode = EXIT.ERROR;
       } finally {

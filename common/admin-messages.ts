@@ -103,6 +103,7 @@ export interface CheckReply {
   blobsRead: string;
   packsRead: string;
   problemsOmitted: string;
+  problemCounts: Array<{ kind: string; count: string }>;
 }
 
 export interface ProtectRequest {

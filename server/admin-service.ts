@@ -57,6 +57,7 @@ export function adminHandlers(deps: ServiceDeps): grpc.UntypedServiceImplementat
       blobsRead: String(r.blobsRead),
       packsRead: String(r.packsRead),
       problemsOmitted: String(r.problemsOmitted),
+      problemCounts: r.problemCounts.map((c) => ({ kind: c.kind, count: String(c.count) })),
     };
   };
 

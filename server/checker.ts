@@ -9,7 +9,7 @@ import { exclusiveMaintenance } from './gc-lock.js';
 import { decodeLocation, snapKey, type IndexDb, type Location, type PackInfo } from './index-db.js';
 import type { Repository } from './repository.js';
 import { Scratch } from './scratch.js';
-import { parseSnapshotRecord } from './snapshot-record.js';
+import { parseSnapshotRecord, snapshotObjectKey } from './snapshot-record.js';
 import { walkTrees } from './tree-walk.js';
 
 export interface CheckOptions {
@@ -30,6 +30,8 @@ export interface CheckResult {
   packsRead: number;
   blobsRead: number;
   problemsOmitted: number;
+  /** Every problem found, listed or not, by kind, sorted by kind. */
+  problemCounts: Array<{ kind: string; count: number }>;
 }
 
 const BATCH = 1000;
@@ -39,6 +41,16 @@ const MAX_FILES_PER_PROBLEM = 1000;
  * problem per blob, and listing 230,000 of them took 536 MiB and a 75 MB reply.
  */
 const MAX_PROBLEMS = 1000;
+/**
+ * Past MAX_PROBLEMS, the first problem of a kind not yet listed is still listed, up to this
+ * many: a corrupt snapshot object found after 1,000 missing chunks must not hide in a count.
+ */
+const MAX_EXTRA_KINDS = 32;
+/**
+ * Snapshots checked together: each object is a round trip (~30 ms on S3), and so is each
+ * root tree, and a fleet's repository holds tens of thousands of snapshots.
+ */
+const SNAPSHOTS_AT_ONCE = 16;
 /**
  * Bytes of file paths and snapshot ids listed across all problems: a thousand problems of a
  * thousand 1 KB paths each passed the 65 MiB reply limit. Past it, paths and snapshots are counted.
@@ -61,6 +73,17 @@ interface Problem {
   moreFiles: number;
   /** Snapshots it hurts that the listing budget left out. */
   snapshotsCut: boolean;
+}
+
+/** A snapshot object as read ahead: its bytes, undefined when the store has none, or the store's failure. */
+type SnapshotObject = { data: Buffer | undefined } | { error: unknown };
+
+async function fetchSnapshotObject(repo: Repository, id: string): Promise<SnapshotObject> {
+  try {
+    return { data: await repo.store.get(snapshotObjectKey(id)) };
+  } catch (err) {
+    return err instanceof CairnError && err.code === Code.NOT_FOUND ? { data: undefined } : { error: err };
+  }
 }
 
 export function parsePart(text: string): { n: number; m: number } {
@@ -93,7 +116,9 @@ export async function check(repo: Repository, opts: CheckOptions = {}): Promise<
 
 class Checker {
   private readonly problems: Problem[] = [];
-  private readonly omitted = new Map<string, number>();
+  private readonly counts = new Map<string, number>();
+  private readonly listedKinds = new Set<string>();
+  private extraKinds = 0;
   private readonly indexed = new Map<string, PackInfo>();
   private readonly stored = new Map<string, number>();
   /** Packs missing or of the wrong size -> their problem: every blob in them is lost. */
@@ -130,17 +155,20 @@ class Checker {
       packsChecked: this.indexed.size,
       packsRead: this.packsRead,
       blobsRead: this.blobsRead,
-      problemsOmitted: [...this.omitted.values()].reduce((a, b) => a + b, 0),
+      problemsOmitted: [...this.counts.values()].reduce((a, b) => a + b, 0) - this.problems.length,
+      problemCounts: [...this.counts].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([kind, count]) => ({ kind, count })),
     };
-    this.repo.log.info({ repository: this.repo.name, ...result, problems: result.problems.length, omittedByKind: Object.fromEntries(this.omitted) }, 'check finished');
+    this.repo.log.info({ repository: this.repo.name, ...result, problems: result.problems.length }, 'check finished');
     return result;
   }
 
   private problem(kind: string, message: string, where: { pack?: string; chunk?: string; snapshot?: string } = {}): number {
+    this.counts.set(kind, (this.counts.get(kind) ?? 0) + 1);
     if (this.problems.length >= MAX_PROBLEMS) {
-      this.omitted.set(kind, (this.omitted.get(kind) ?? 0) + 1);
-      return UNLISTED;
+      if (this.listedKinds.has(kind) || this.extraKinds >= MAX_EXTRA_KINDS) return UNLISTED;
+      this.extraKinds++;
     }
+    this.listedKinds.add(kind);
     this.problems.push({ kind, message, pack: where.pack ?? '', chunk: where.chunk ?? '', snapshots: new Set(where.snapshot ? [where.snapshot] : []), files: new Set(), moreFiles: 0, snapshotsCut: false });
     return this.problems.length - 1;
   }
@@ -171,13 +199,11 @@ class Checker {
    * The object is the snapshot's only durable record (the index is rebuilt from it), so it is
    * read and verified as a rebuild would: one that fails would be dropped from history.
    */
-  private async checkSnapshotObject(id: string): Promise<'checked' | 'forgotten'> {
-    const key = `snapshots/${id}`;
-    let data: Buffer;
-    try {
-      data = await this.repo.store.get(key);
-    } catch (err) {
-      if (!(err instanceof CairnError && err.code === Code.NOT_FOUND)) throw err;
+  private async checkSnapshotObject(id: string, fetched: SnapshotObject): Promise<'checked' | 'forgotten'> {
+    const key = snapshotObjectKey(id);
+    if ('error' in fetched) throw fetched.error;
+    const data = fetched.data;
+    if (data === undefined) {
       // The iterator reads the index as it was when check began; a forget since (a retention
       // policy after a commit, say) deletes the object first and then the index entry.
       if ((await this.repo.index.db.get(snapKey(id))) === undefined) return 'forgotten';
@@ -197,19 +223,34 @@ class Checker {
   }
 
   private async checkStructure(): Promise<void> {
+    let batch: Snapshot[] = [];
     for await (const value of this.repo.index.db.values({ gte: 'snap/', lt: 'snap/\xff' })) {
-      const s = JSON.parse(value.toString('utf8')) as Snapshot;
-      if ((await this.checkSnapshotObject(s.id)) === 'forgotten') continue;
-      this.snapshotsChecked++;
-      this.treesChecked += await walkTrees(this.repo, this.scratch, WALKED, [fromHex(s.rootTree)], {
-        visit: (_id, nodes) => this.checkChunks(nodes),
-        unreadable: async (id, err) => {
-          const e = err as CairnError;
-          const kind = e instanceof CairnError && e.code === Code.NOT_FOUND ? 'missing-tree' : 'tree-unreadable';
-          await this.badBlob(toHex(id), this.problem(kind, e.message, { chunk: toHex(id) }));
-        },
-      });
+      batch.push(JSON.parse(value.toString('utf8')) as Snapshot);
+      if (batch.length === SNAPSHOTS_AT_ONCE) {
+        await this.checkSnapshots(batch);
+        batch = [];
+      }
     }
+    await this.checkSnapshots(batch);
+  }
+
+  /** Their objects are read at once, and their trees walked together, so store round trips overlap. */
+  private async checkSnapshots(batch: Snapshot[]): Promise<void> {
+    const objects = await Promise.all(batch.map((s) => fetchSnapshotObject(this.repo, s.id)));
+    const roots: Buffer[] = [];
+    for (let i = 0; i < batch.length; i++) {
+      if ((await this.checkSnapshotObject(batch[i].id, objects[i])) === 'forgotten') continue;
+      this.snapshotsChecked++;
+      roots.push(fromHex(batch[i].rootTree));
+    }
+    this.treesChecked += await walkTrees(this.repo, this.scratch, WALKED, roots, {
+      visit: (_id, nodes) => this.checkChunks(nodes),
+      unreadable: async (id, err) => {
+        const e = err as CairnError;
+        const kind = e instanceof CairnError && e.code === Code.NOT_FOUND ? 'missing-tree' : 'tree-unreadable';
+        await this.badBlob(toHex(id), this.problem(kind, e.message, { chunk: toHex(id) }));
+      },
+    });
   }
 
   private async checkChunks(nodes: Node[]): Promise<void> {

@@ -6,6 +6,7 @@ import { protectKey, snapKey, type Batch } from './index-db.js';
 import { applyPolicy, isEmptyPolicy, policyFromProto, policyToProto, type RetentionPolicy } from './retention.js';
 import type { Policy } from '../common/admin-messages.js';
 import { snapshotIndexKeys, validateName, type Repository } from './repository.js';
+import { snapshotObjectKey } from './snapshot-record.js';
 
 export interface ForgetDecision {
   snapshot: Snapshot;
@@ -83,7 +84,7 @@ async function named(repo: Repository, refs: string[], filter: { dataset?: strin
 async function deleteSnapshot(repo: Repository, s: Snapshot): Promise<void> {
   // The object first: Repository.open re-indexes snapshot objects it finds, so an object left
   // behind by a crash would bring the snapshot back after a prune had freed its data.
-  await repo.store.delete([`snapshots/${s.id}`]);
+  await repo.store.delete([snapshotObjectKey(s.id)]);
   const ops: Batch = [{ type: 'del', key: snapKey(s.id) }, ...snapshotIndexKeys(s).map((key) => ({ type: 'del' as const, key }))];
   await repo.index.batch(ops);
   repo.log.info({ snapshot: s.id, dataset: s.dataset, host: s.host, time: s.time }, 'snapshot forgotten');

@@ -6,6 +6,7 @@ import { IndexDb } from './index-db.js';
 import type { ObjectStore } from './object-store.js';
 import { PrefixedStore } from './prefixed-store.js';
 import { Repository } from './repository.js';
+import { SNAPSHOT_PREFIX } from './snapshot-record.js';
 import { WriterLease } from './writer-lease.js';
 
 export interface RebuildSummary {
@@ -109,6 +110,6 @@ async function reopenAndCount(store: ObjectStore, dir: string, started: number, 
 }
 
 async function holdsAnything(store: ObjectStore): Promise<boolean> {
-  for (const prefix of ['snapshots/', 'packs/', 'index/']) for await (const _ of store.list(prefix)) return true;
+  for (const prefix of [SNAPSHOT_PREFIX, 'packs/', 'index/']) for await (const _ of store.list(prefix)) return true;
   return false;
 }

@@ -13,7 +13,7 @@ import type { ObjectStore } from './object-store.js';
 import { PackWriter, type VerifiedBlob } from './pack-writer.js';
 import { readBlobsByPack } from './blob-reader.js';
 import { GcLock } from './gc-lock.js';
-import { parseSnapshotRecord } from './snapshot-record.js';
+import { parseSnapshotRecord, SNAPSHOT_PREFIX, snapshotObjectKey } from './snapshot-record.js';
 
 export const REPO_FORMAT_VERSION = 1;
 
@@ -302,7 +302,7 @@ export class Repository {
   async writeSnapshot(record: SnapshotRecord): Promise<Snapshot> {
     const json = Buffer.from(JSON.stringify(record));
     const id = toHex(hash(json));
-    await this.store.put(`snapshots/${id}`, json);
+    await this.store.put(snapshotObjectKey(id), json);
     const snapshot = recordToSnapshot(id, record, false);
     await this.indexSnapshot(snapshot);
     return snapshot;
@@ -384,8 +384,8 @@ export class Repository {
    */
   async reconcileSnapshots(): Promise<number> {
     let added = 0;
-    for await (const o of this.store.list('snapshots/')) {
-      const id = o.key.slice('snapshots/'.length);
+    for await (const o of this.store.list(SNAPSHOT_PREFIX)) {
+      const id = o.key.slice(SNAPSHOT_PREFIX.length);
       if (!isHexId(id) || (await this.index.has(snapKey(id)))) continue;
       await this.indexSnapshotObject(id);
       added++;
@@ -395,7 +395,7 @@ export class Repository {
   }
 
   private async indexSnapshotObject(id: string): Promise<void> {
-    const data = await this.store.get(`snapshots/${id}`);
+    const data = await this.store.get(snapshotObjectKey(id));
     if (toHex(hash(data)) !== id) {
       this.log.error({ snapshot: id }, 'snapshot object does not hash to its name: skipped');
       return;
@@ -450,8 +450,8 @@ export class Repository {
       }
     }
     let snapshots = 0;
-    for await (const o of this.store.list('snapshots/')) {
-      const id = o.key.slice('snapshots/'.length);
+    for await (const o of this.store.list(SNAPSHOT_PREFIX)) {
+      const id = o.key.slice(SNAPSHOT_PREFIX.length);
       if (!isHexId(id)) continue;
       await this.indexSnapshotObject(id);
       snapshots++;

@@ -3,6 +3,13 @@ import { isHexId } from '../common/hash.js';
 import { emptySummary, type SnapshotSummary } from '../common/messages.js';
 import { validateName, type SnapshotRecord } from './repository.js';
 
+/** Where snapshot objects live in the store: `snapshots/<id>`. */
+export const SNAPSHOT_PREFIX = 'snapshots/';
+
+export function snapshotObjectKey(id: string): string {
+  return SNAPSHOT_PREFIX + id;
+}
+
 const ISO_RE = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/;
 const UINT_RE = /^\d{1,20}$/;
 

@@ -165,5 +165,6 @@ export interface CheckOut {
   packsRead: number;
   blobsRead: number;
   problemsOmitted: number;
+  problemCounts: Record<string, number>;
   problems: Array<{ kind: string; message: string; pack: string; chunk: string; snapshots: string[]; files: string[] }>;
 }

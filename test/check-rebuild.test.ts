@@ -188,30 +188,42 @@ describe('check --read-data against the index', () => {
 });
 
 describe('check of a badly damaged repository', () => {
-  it('lists the first 1,000 problems and counts the rest', async () => {
+  it('lists the first 1,000 problems and the first of each later kind, and counts them all by kind', async () => {
     const gone: string[] = [];
+    let packs = '';
     await withDamagedIndex(
       [],
       async (server, data) => {
         for (let i = 0; i < 1200; i++) await writeFile(path.join(data, `d${i % 10}/f${i}.txt`), `file number ${i}`);
         await snap(server, data, 'exp', '2024-06-01T00:00:00Z');
+        packs = path.join(server.storeSpec.slice('file:'.length), 'repos/default/packs');
       },
-      // Every data chunk unindexed: one missing-chunk problem per file.
+      // Every data chunk unindexed: one missing-chunk problem per file, found by the structure
+      // pass. Then a byte of the data pack flipped: a pack-hash problem only --read-data finds, later.
       async (db) => {
         for await (const [key, value] of db.iterator({ gte: 'chunk/', lt: 'chunk/\xff' })) if (decodeLocation(value).kind === 'DATA') gone.push(key);
         await db.batch(gone.map((key) => ({ type: 'del' as const, key })));
         expect(gone).toHaveLength(1200);
+        const dataPacks: string[] = [];
+        for await (const [key, value] of db.iterator({ gte: 'pack/', lt: 'pack/\xff' })) if (JSON.parse(value.toString('utf8')).kind === 'DATA') dataPacks.push(key.slice('pack/'.length));
+        expect(dataPacks).toHaveLength(1);
+        const file = (await storeFiles(packs)).find((f) => path.basename(f) === dataPacks[0])!;
+        const fh = await fs.open(file, 'r+');
+        await fh.write(Buffer.from('!'), 0, 1, 0);
+        await fh.close();
       },
       async (server) => {
-        const out = await runCli(['--json', 'check'], { server: server.addr });
+        const out = await runCli(['--json', 'check', '--read-data'], { server: server.addr });
         expect(out.code).toBe(1);
         const r = JSON.parse(out.stdout) as CheckOut;
-        expect(r.problems).toHaveLength(1000);
+        expect(r.problemCounts).toEqual({ 'blob-corrupt': 1, 'missing-chunk': 1200, 'pack-hash': 1 });
+        expect(r.problems).toHaveLength(1002);
         expect(r.problemsOmitted).toBe(200);
-        expect(r.problems.every((p) => p.kind === 'missing-chunk' && p.files.length === 1)).toBe(true);
-        const human = await runCli(['check'], { server: server.addr });
+        expect(r.problems.slice(0, 1000).every((p) => p.kind === 'missing-chunk' && p.files.length === 1)).toBe(true);
+        expect(r.problems.slice(1000).map((p) => p.kind).sort()).toEqual(['blob-corrupt', 'pack-hash']);
+        const human = await runCli(['check', '--read-data'], { server: server.addr });
         expect(human.code).toBe(1);
-        expect(human.stdout).toContain("1200 problems found; the first 1000 are listed (the server's log counts the rest by kind):");
+        expect(human.stdout).toContain('1202 problems found (1 blob-corrupt, 1200 missing-chunk, 1 pack-hash); 1002 are listed, the first of each kind among them:');
       },
     );
   }, 60_000);
