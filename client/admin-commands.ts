@@ -29,7 +29,7 @@ const WITHIN_FLAGS = [
 function addPolicyOptions(cmd: Command): Command {
   for (const [flag, , help] of COUNT_FLAGS) cmd.option(`--keep-${flag} <n>`, help);
   for (const [flag, , help] of WITHIN_FLAGS) cmd.option(`--keep-${flag} <duration>`, `${help} (restic syntax: y, m = months, d, h)`);
-  return cmd.option('--keep-tag <tag>', 'keep snapshots with this tag (repeatable)', collect, []);
+  return cmd.option('--keep-tag <tag>', 'keep snapshots carrying this tag, or every tag of a list such as daily,important (repeatable)', collect, []);
 }
 
 function camel(flag: string): string {

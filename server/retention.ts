@@ -1,5 +1,6 @@
 import { invalidArgument } from '../common/errors.js';
 import type { Policy } from '../common/admin-messages.js';
+import { validateName } from './repository.js';
 
 /** restic's calendar duration ("1y2m3d4h"); a component may be negative. */
 export interface Duration {
@@ -22,7 +23,10 @@ export interface RetentionPolicy {
   withinWeekly?: Duration;
   withinMonthly?: Duration;
   withinYearly?: Duration;
-  /** Keep snapshots that carry any of these tags (restic --keep-tag). */
+  /**
+   * restic's --keep-tag: each entry is a tag list, "a" or "a,b"; a snapshot carrying every tag
+   * of any one list is kept.
+   */
   tags: string[];
 }
 
@@ -231,8 +235,22 @@ function rulesFor(policy: RetentionPolicy, latest: number | undefined): Rule[] {
   ];
 }
 
-function tagRule(tags: string[]): Rule {
-  return (e) => tags.filter((t) => e.snapshot.tags.includes(t)).map((t) => `tag ${t}`);
+function tagRule(lists: string[]): Rule {
+  const parsed = lists.map((list) => ({ list, tags: list.split(',') }));
+  return (e) => parsed.filter(({ tags }) => tags.every((t) => e.snapshot.tags.includes(t))).map(({ list }) => `tag ${list}`);
+}
+
+/**
+ * A --keep-tag list, checked as snapshot tags are: read as one tag, "daily,important" named a
+ * tag no snapshot can carry (names hold no comma), and a stored policy of it removed every
+ * snapshot of the dataset, the one just committed included.
+ */
+function tagList(text: string): string {
+  try {
+    return text.split(',').map((t) => validateName('tag', t)).join(',');
+  } catch (err) {
+    throw invalidArgument(`keep_tag ${JSON.stringify(text)}: ${(err as Error).message}`);
+  }
 }
 
 function withinRule(d: Duration, latest: number | undefined): Rule {
@@ -300,7 +318,7 @@ export function policyFromProto(p: Partial<Policy>): RetentionPolicy {
     withinWeekly: durationField('keep_within_weekly', p.keepWithinWeekly),
     withinMonthly: durationField('keep_within_monthly', p.keepWithinMonthly),
     withinYearly: durationField('keep_within_yearly', p.keepWithinYearly),
-    tags: [...(p.keepTags ?? [])],
+    tags: (p.keepTags ?? []).map(tagList),
   };
 }
 

@@ -136,6 +136,25 @@ describe('forget through the CLI', () => {
     expect(await history('exp')).toHaveLength(3);
   });
 
+  it('a stored keep-tag list keeps the snapshot carrying all its tags, and a tag that cannot exist is refused', async () => {
+    const opts = { server: server.addr };
+    await cliJson(['policy', 'set', '--dataset', 'tagged', '--keep-tag', 'daily,important'], opts);
+    await writeFile(path.join(data, 'run.log'), randomBytes(2000, seed++));
+    const both = await cliJson<{ snapshot: { id: string } }>(['snapshot', data, '--dataset', 'tagged', '--host', 'h', '--tag', 'daily', '--tag', 'important'], opts);
+    await writeFile(path.join(data, 'run.log'), randomBytes(2000, seed++));
+    await cliJson(['snapshot', data, '--dataset', 'tagged', '--host', 'h', '--tag', 'daily'], opts);
+    // The second commit applied the policy: only the snapshot with both tags stays.
+    expect(await history('tagged')).toEqual([both.snapshot.id]);
+
+    for (const args of [['policy', 'set', '--dataset', 'tagged'], ['forget', '--dataset', 'tagged', '--dry-run']]) {
+      const bad = await runCli([...args, '--keep-tag', 'daily, important'], opts);
+      expect(bad.code).toBe(1);
+      expect(bad.stderr).toContain('INVALID_ARGUMENT: keep_tag "daily, important": tag " important" is not valid');
+    }
+    expect(await history('tagged')).toEqual([both.snapshot.id]);
+    await cliJson(['policy', 'clear', '--dataset', 'tagged'], opts);
+  });
+
   it('refuses a forget with neither keep options nor ids, and bad keep values', async () => {
     const none = await runCli(['forget', '--dataset', 'exp'], { server: server.addr });
     expect(none.code).toBe(1);

@@ -319,6 +319,17 @@ const CASES: Case[] = [
     kept: { t1: ['last snapshot'], t2: ['tag prod'], t3: ['tag prod', 'tag keep'] },
   },
   {
+    name: 'a comma-separated keep-tag is a tag list: kept only with every tag of it (restic)',
+    policy: { tags: ['daily,important', 'audit'] },
+    snapshots: [
+      snap('l1', '2024-01-04T00:00:00Z', { tags: ['daily', 'important'] }),
+      snap('l2', '2024-01-03T00:00:00Z', { tags: ['important'] }),
+      snap('l3', '2024-01-02T00:00:00Z', { tags: ['daily'] }),
+      snap('l4', '2024-01-01T00:00:00Z', { tags: ['important', 'audit', 'daily'] }),
+    ],
+    kept: { l1: ['tag daily,important'], l4: ['tag daily,important', 'tag audit'] },
+  },
+  {
     name: 'protected snapshots are always kept and still take their place in the counts',
     policy: { last: 2, tags: ['prod'] },
     snapshots: [
@@ -549,6 +560,14 @@ describe('policy records', () => {
       keepWithinYearly: '',
       keepTags: [],
     });
+  });
+
+  it('refuses a keep-tag no snapshot could carry, naming it', () => {
+    expectInvalid(() => policyFromProto({ keepTags: ['prod', 'daily,'] }), /^keep_tag "daily,": tag "" is not valid/);
+    expectInvalid(() => policyFromProto({ keepTags: ['daily, important'] }), /^keep_tag "daily, important": tag " important" is not valid/);
+    expectInvalid(() => policyFromProto({ keepTags: ['a,,b'] }), /^keep_tag "a,,b": tag "" is not valid/);
+    expectInvalid(() => policyFromProto({ keepTags: [''] }), /^keep_tag "": tag "" is not valid/);
+    expect(policyFromProto({ keepTags: ['daily,important'] }).tags).toEqual(['daily,important']);
   });
 
   it('names the field and the text of a bad duration', () => {
