@@ -263,13 +263,11 @@ class Checker {
       for (let j = 0; j < slice.length; j++) {
         const hex = toHex(slice[j]);
         const loc = locs[j];
-        if (!loc || loc.kind !== 'DATA') {
+        // Of either kind: a file may be a copy of a tree's encoding (Repository.readTree).
+        if (!loc) {
           // Reported once, however many files reference it: the attribution pass lists them.
           if ((await this.scratch.db.get(BAD + hex)) !== undefined) continue;
-          const p = loc
-            ? this.problem('wrong-kind', `chunk ${hex} is referenced as file data but indexed as a tree`, { chunk: hex, pack: toHex(loc.pack) })
-            : this.problem('missing-chunk', `chunk ${hex} is referenced but not indexed`, { chunk: hex });
-          await this.badBlob(hex, p);
+          await this.badBlob(hex, this.problem('missing-chunk', `chunk ${hex} is referenced but not indexed`, { chunk: hex }));
           continue;
         }
         const packHex = toHex(loc.pack);

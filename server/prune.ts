@@ -342,7 +342,9 @@ class Pruner {
           return;
         }
         unindex.push({ type: 'del', key: `chunk/${hex}` });
-        if (loc.kind === 'TREE') unindex.push({ type: 'del', key: verifiedKey(hex) });
+        // Whatever its kind: a tree may be stored as a data blob (Repository.readTree), and a
+        // verified marker left behind would let a commit name the tree after it is gone.
+        unindex.push({ type: 'del', key: verifiedKey(hex) });
         removed++;
       });
       await this.repo.index.batch(unindex);

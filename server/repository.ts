@@ -206,10 +206,21 @@ export class Repository {
     return raw;
   }
 
+  /**
+   * A blob's kind says which pack it was written to, not what its bytes are: a file that is a
+   * copy of a tree's encoding (a copied tree cache, say) has that tree's id, and whichever came
+   * first is the one stored. So a tree may be read from a blob stored as data, and a file's
+   * chunk may be a blob stored as a tree; the id vouches for the bytes either way.
+   */
   async readTree(id: Buffer): Promise<Node[]> {
     const loc = await this.locateOrThrow(id, 'tree');
-    if (loc.kind !== 'TREE') throw invalidArgument(`${toHex(id)} is a data chunk, not a tree`);
-    return this.decodeTreeAt(id, loc);
+    const raw = await this.readTreeRaw(id, loc);
+    try {
+      return decodeTree(raw, `tree ${toHex(id)}`);
+    } catch (err) {
+      if (loc.kind !== 'TREE') throw invalidArgument(`${toHex(id)} is a data chunk, not a tree`);
+      throw err;
+    }
   }
 
   private async decodeTreeAt(id: Buffer, loc: Location): Promise<Node[]> {
@@ -259,7 +270,7 @@ export class Repository {
     const hex = toHex(id);
     if (await this.index.has(verifiedKey(hex))) return undefined;
     const [loc] = await this.index.locate([id]);
-    if (!loc || loc.kind !== 'TREE') throw failedPrecondition(`commit references unknown tree ${hex} (directory ${path}); upload it first`);
+    if (!loc) throw failedPrecondition(`commit references unknown tree ${hex} (directory ${path}); upload it first`);
     return { id, path, loc };
   }
 
@@ -286,14 +297,14 @@ export class Repository {
     throw failedPrecondition(`commit references unknown chunk ${toHex(refs.chunks.subarray(missing * ID_BYTES, (missing + 1) * ID_BYTES))} (directory ${path}); upload it first`);
   }
 
-  /** The index of the first id in `chunks` (ids back to back) that is not a stored data chunk, or -1; looked up 1,000 at a time. */
+  /** The index of the first id in `chunks` (ids back to back) that is not stored (of either kind, see readTree), or -1; looked up 1,000 at a time. */
   private async firstMissing(chunks: Buffer): Promise<number> {
     const count = chunks.length / ID_BYTES;
     for (let i = 0; i < count; i += 1000) {
       const ids: Buffer[] = [];
       for (let j = i; j < Math.min(count, i + 1000); j++) ids.push(chunks.subarray(j * ID_BYTES, (j + 1) * ID_BYTES));
       const locs = await this.index.locate(ids);
-      const missing = locs.findIndex((l) => l === undefined || l.kind !== 'DATA');
+      const missing = locs.findIndex((l) => l === undefined);
       if (missing >= 0) return i + missing;
     }
     return -1;

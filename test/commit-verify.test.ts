@@ -1,3 +1,4 @@
+import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { pino } from 'pino';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -8,8 +9,9 @@ import { emptyNode, encodeTree } from '../common/tree.js';
 import { FileStore } from '../server/file-store.js';
 import { Repository } from '../server/repository.js';
 import { ALL_SESSIONS_TREE_BYTES, SESSION_TREE_BYTES, UploadedTrees } from '../server/sessions.js';
-import { cleanupTmp, tmpDir } from './harness.js';
-import { randomBytes } from './tree-gen.js';
+import type { CheckOut } from './admin-helpers.js';
+import { cleanupTmp, cliJson, runCli, startServer, tmpDir, type ServerHandle } from './harness.js';
+import { describeTree, randomBytes, writeFile } from './tree-gen.js';
 
 afterAll(() => cleanupTmp());
 
@@ -111,4 +113,49 @@ describe('UploadedTrees', () => {
     for (const s of [...full, late]) s.release();
     expect(shared.used).toBe(0);
   });
+});
+
+describe('a file whose bytes are a tree encoding (a copied tree cache)', () => {
+  /** The tree cache file of `root`, written by the snapshot that made it. */
+  async function cachedTree(cacheDir: string, root: string): Promise<Buffer> {
+    for (const f of await fs.readdir(cacheDir, { recursive: true })) if (path.basename(f) === root) return fs.readFile(path.join(cacheDir, f));
+    throw new Error(`tree ${root} is not in ${cacheDir}`);
+  }
+
+  it('backs up, restores, prunes and checks, whether the tree or the file was stored first', async () => {
+    const base = tmpDir();
+    const src = path.join(base, 'src');
+    await writeFile(path.join(src, 'f'), 'hello');
+    const first = await startServer();
+    let second: ServerHandle | undefined;
+    try {
+      const env = { CAIRN_CACHE_DIR: path.join(base, 'cache') };
+      const made = await cliJson<{ snapshot: { rootTree: string } }>(['snapshot', src, '--dataset', 'src', '--host', 'h'], { server: first.addr, env });
+      const copy = path.join(base, 'copy');
+      await writeFile(path.join(copy, 'tree.bin'), await cachedTree(env.CAIRN_CACHE_DIR, made.snapshot.rootTree));
+
+      // The tree first: the file's one chunk is the stored tree.
+      for (let i = 0; i < 2; i++) await cliJson(['snapshot', copy, '--dataset', 'copy', '--host', 'h'], { server: first.addr, env });
+      await cliJson(['restore', '--snapshot', 'latest', '--dataset', 'copy', path.join(base, 'r1')], { server: first.addr, env });
+      expect(await describeTree(path.join(base, 'r1'))).toEqual(await describeTree(copy));
+
+      // The file first: the tree of the later snapshot is the stored file chunk.
+      second = await startServer();
+      const opts = { server: second.addr, env: { CAIRN_CACHE_DIR: path.join(base, 'cache2') } };
+      const copied = await cliJson<{ snapshot: { id: string } }>(['snapshot', copy, '--dataset', 'copy', '--host', 'h'], opts);
+      const later = await cliJson<{ snapshot: { id: string; rootTree: string } }>(['snapshot', src, '--dataset', 'src', '--host', 'h'], opts);
+      expect(later.snapshot.rootTree).toBe(made.snapshot.rootTree);
+      const ls = await runCli(['ls', later.snapshot.id], opts);
+      expect(ls.stdout).toContain('f');
+      await cliJson(['forget', copied.snapshot.id], opts);
+      await cliJson(['prune', '--max-unused', '0%'], opts);
+      const checked = await cliJson<CheckOut>(['check', '--read-data'], opts);
+      expect(checked.ok).toBe(true);
+      await cliJson(['restore', '--snapshot', later.snapshot.id, path.join(base, 'r2')], opts);
+      expect(await describeTree(path.join(base, 'r2'))).toEqual(await describeTree(src));
+    } finally {
+      await first.stop();
+      await second?.stop();
+    }
+  }, 60_000);
 });

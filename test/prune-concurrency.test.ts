@@ -264,6 +264,24 @@ describe('prune while backups run', () => {
     await expectCheckClean();
   });
 
+  it('a tree stored as a data blob (a file holding its bytes) loses its verified mark when prune removes it', async () => {
+    srv = await startInProcess();
+    const tree = flatTree({ 'x.bin': X });
+    // A file whose bytes are the tree's encoding comes first: the tree's id is stored as data.
+    const copy = await backupFiles(srv.conn, 'copies', { 'tree.bin': tree.data });
+    const dirs = await begin(srv.conn, 'dirs');
+    await upload(srv.conn, dirs.sessionId, [rawBlob(X)]);
+    const snap = await commit(srv.conn, dirs.sessionId, tree);
+    expect(await restoredContents(srv.addr, snap.id)).toEqual({ 'x.bin': sha256(X) });
+    await srv.conn.unary('Forget', { snapshotIds: [copy.id, snap.id] });
+    await prune();
+    // The tree is gone from the store: a commit naming it without uploading it must be refused,
+    // not waved through by a verified mark left from the earlier commit.
+    const late = await begin(srv.conn, 'dirs');
+    await upload(srv.conn, late.sessionId, [rawBlob(X)]);
+    expect(await failure(commit(srv.conn, late.sessionId, tree))).toBe(`FAILED_PRECONDITION: commit references unknown tree ${toHex(tree.id)} (directory /); upload it first`);
+  });
+
   it("a session reusing its parent's chunk lists keeps them although the parent was forgotten", async () => {
     srv = await startInProcess();
     const parent = await backupFiles(srv.conn, 'p', { 'x.bin': X, 'z.bin': Z });
