@@ -6,6 +6,7 @@ import { IndexDb } from './index-db.js';
 import type { ObjectStore } from './object-store.js';
 import { PrefixedStore } from './prefixed-store.js';
 import { Repository } from './repository.js';
+import { besideIndex } from './scratch.js';
 import { SNAPSHOT_PREFIX } from './snapshot-record.js';
 import { WriterLease } from './writer-lease.js';
 
@@ -79,8 +80,9 @@ async function openOrMoveAside(dir: string, log: Logger): Promise<IndexDb | unde
   } catch (err) {
     const e = err as { code?: string; cause?: { code?: string }; message: string };
     if ((e.cause?.code ?? e.code) === 'LEVEL_LOCKED') throw failedPrecondition(`index ${dir} is in use: stop cairn-server before rebuilding it`);
-    const aside = `${dir}.unreadable-${Date.now()}`;
+    const aside = besideIndex(dir, 'unreadable', String(Date.now()));
     log.warn({ index: dir, movedTo: aside, err: e.cause?.code ?? e.message }, 'index cannot be opened: moved aside, rebuilding from scratch');
+    await fs.mkdir(path.dirname(aside), { recursive: true });
     await fs.rename(dir, aside);
     return undefined;
   }

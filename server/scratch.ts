@@ -1,8 +1,19 @@
 import { promises as fs } from 'node:fs';
+import path from 'node:path';
 import { IndexDb } from './index-db.js';
 
 /**
- * A throwaway LevelDB beside a repository's index (`<index>.scratch-<purpose>`), for sets
+ * A directory beside a repository's index that no repository's index can be: indexes are
+ * `<root>/<name>` and names start with a letter or digit, so `<root>/.<kind>/` is out of their
+ * reach. (`<index>.scratch-check` was not: the check of repository `default` removed the live
+ * index of a repository named `default.scratch-check`.)
+ */
+export function besideIndex(indexDir: string, kind: string, name: string): string {
+  return path.join(path.dirname(indexDir), `.${kind}`, `${path.basename(indexDir)}-${name}`);
+}
+
+/**
+ * A throwaway LevelDB beside a repository's index (`<root>/.scratch/<name>-<purpose>`), for sets
  * that grow with the number of blobs: prune's mark set, check's visited trees. They live on
  * disk so server memory does not grow with the repository. A crash leaves the directory
  * behind; the next run of the same purpose starts by removing it.
@@ -14,8 +25,9 @@ export class Scratch {
   ) {}
 
   static async open(indexDir: string, purpose: string): Promise<Scratch> {
-    const dir = `${indexDir}.scratch-${purpose}`;
+    const dir = besideIndex(indexDir, 'scratch', purpose);
     await fs.rm(dir, { recursive: true, force: true });
+    await fs.mkdir(path.dirname(dir), { recursive: true });
     return new Scratch(await IndexDb.open(dir), dir);
   }
 

@@ -114,9 +114,9 @@ export async function dirBytes(dir: string): Promise<number> {
 }
 
 /** Restores a snapshot with the CLI and returns what the restored tree holds. */
-export async function restored(server: string, ref: string): Promise<Awaited<ReturnType<typeof describeTree>>> {
+export async function restored(server: string, ref: string, env?: Record<string, string>): Promise<Awaited<ReturnType<typeof describeTree>>> {
   const target = path.join(tmpDir('cairn-restore-'), 'out');
-  const r = await runCli(['restore', '--snapshot', ref, target], { server });
+  const r = await runCli(['restore', '--snapshot', ref, target], { server, env });
   expect(r.code, r.stderr).toBe(0);
   return describeTree(target);
 }

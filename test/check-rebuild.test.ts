@@ -7,6 +7,7 @@ import { hash, toHex } from '../common/hash.js';
 import { parsePack } from '../common/pack-format.js';
 import { chunkKey, decodeLocation, encodeLocation } from '../server/index-db.js';
 import { begin, rawBlob, restored, startInProcess, type CheckOut, type PruneOut } from './admin-helpers.js';
+import { createRepo, createToken } from './auth-helpers.js';
 import { cleanupTmp, cliJson, ROOT, runCli, startServer, tmpDir, type ServerHandle } from './harness.js';
 import { describeTree, randomBytes, writeFile } from './tree-gen.js';
 
@@ -252,6 +253,32 @@ describe('check of a badly damaged repository', () => {
       },
     );
   }, 120_000);
+});
+
+describe('scratch space', () => {
+  it('check and prune of one repository leave alone repositories named like their scratch directories', async () => {
+    const base = tmpDir();
+    const store = `file:${path.join(base, 'store')}`;
+    const neighbours = ['default.scratch-check', 'default.scratch-prune'];
+    for (const name of neighbours) await createRepo(store, name);
+    const tokens: Record<string, string> = {};
+    for (const name of ['default', ...neighbours]) tokens[name] = await createToken(store, name, 'admin', 'ops');
+    const server = await startServer({ store, indexDir: path.join(base, 'index') });
+    const as = (name: string) => ({ server: server.addr, env: { CAIRN_TOKEN: tokens[name] } });
+    try {
+      const data = path.join(base, 'data');
+      await writeFile(path.join(data, 'x.bin'), randomBytes(300_000, 5));
+      for (const name of ['default', ...neighbours]) await cliJson(['snapshot', data, '--dataset', 'exp', '--host', 'h'], as(name));
+      expect((await cliJson<CheckOut>(['check'], as('default'))).ok).toBe(true);
+      await cliJson<PruneOut>(['prune'], as('default'));
+      for (const name of neighbours) {
+        expect((await cliJson<CheckOut>(['check', '--read-data'], as(name))).ok).toBe(true);
+        expect(await restored(server.addr, 'latest', as(name).env)).toEqual(await describeTree(data));
+      }
+    } finally {
+      await server.stop();
+    }
+  }, 60_000);
 });
 
 describe('rebuild-index', () => {
