@@ -347,7 +347,7 @@ export class Restorer {
     let written = 0;
     try {
       for await (const chunk of chunks) {
-        await fh.write(chunk, 0, chunk.length, written);
+        await writeAll(fh, chunk, written);
         written += chunk.length;
         this.stats.bytes += chunk.length;
         this.opts.onProgress?.(this.stats);
@@ -361,6 +361,18 @@ export class Restorer {
       await fs.rm(tmp, { force: true });
       throw err;
     }
+  }
+}
+
+/**
+ * A write may take fewer bytes than given (a disk filling up, a file size limit); the next one
+ * then fails with the reason. Counting what was offered instead put truncated files in place.
+ */
+async function writeAll(fh: fs.FileHandle, data: Buffer, position: number): Promise<void> {
+  for (let off = 0; off < data.length; ) {
+    const { bytesWritten } = await fh.write(data, off, data.length - off, position + off);
+    if (bytesWritten === 0) throw new CairnError(Code.INTERNAL, 'write took no bytes');
+    off += bytesWritten;
   }
 }
 

@@ -113,9 +113,12 @@ export interface CliResult {
   stderr: string;
 }
 
-export function runCli(args: string[], opts: { server: string; env?: Record<string, string>; cwd?: string; uid?: number }): Promise<CliResult> {
+/** `fileSizeLimitKiB`: run under `ulimit -f`, so writes past it come up short (as on a full disk) and then fail. */
+export function runCli(args: string[], opts: { server: string; env?: Record<string, string>; cwd?: string; uid?: number; fileSizeLimitKiB?: number }): Promise<CliResult> {
   return new Promise((resolve) => {
-    const proc = spawn(process.execPath, [...CLI_BIN.flags, CLI_JS, ...args], {
+    const command = [process.execPath, ...CLI_BIN.flags, CLI_JS, ...args];
+    const limited = opts.fileSizeLimitKiB === undefined ? command : ['bash', '-c', `ulimit -f ${opts.fileSizeLimitKiB}; exec "$@"`, 'bash', ...command];
+    const proc = spawn(limited[0], limited.slice(1), {
       cwd: opts.cwd ?? ROOT,
       env: { ...process.env, ...CLI_BIN.env, CAIRN_SERVER: opts.server, ...opts.env },
       stdio: ['ignore', 'pipe', 'pipe'],

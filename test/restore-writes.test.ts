@@ -37,6 +37,20 @@ describe('restore writes', () => {
     for (const [rel, data] of expected) expect((await fs.readFile(path.join(target, rel))).equals(data), rel).toBe(true);
   });
 
+  it('a write that comes up short (a full disk, a file size limit) fails the restore and leaves no truncated file', async () => {
+    const src = path.join(tmpDir(), 'big');
+    const data = randomBytes(3 * MiB, 77);
+    await writeFile(path.join(src, 'weights.bin'), data);
+    expect((await cli(['snapshot', src, '--dataset', 'big', '--host', 'h'])).code).toBe(0);
+    // A KiB short of the whole file: the last write is the one that comes up short.
+    const limitKiB = data.length / 1024 - 1;
+    const target = path.join(tmpDir(), 'big-out');
+    const r = await runCli(['restore', '--dataset', 'big', target], { server: server.addr, fileSizeLimitKiB: limitKiB });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/^cairn: INTERNAL: .*EFBIG/m);
+    expect(await fs.readdir(target)).toEqual([]);
+  });
+
   it('reports a small file the writer thread cannot put in place, and leaves no temporary file', async () => {
     const src = path.join(tmpDir(), 'blocked');
     await writeFile(path.join(src, 'a.txt'), 'alpha');
