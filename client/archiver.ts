@@ -6,7 +6,7 @@ import { hash } from '../common/hash.js';
 import type { Node } from '../common/messages.js';
 import { compareNames, emptyNode, encodeTree } from '../common/tree.js';
 import type { ExcludeMatcher } from './excludes.js';
-import { DirReader, rootRel, type EntryStat } from './scan.js';
+import { DirReader, readLinkTarget, rootRel, type EntryStat } from './scan.js';
 import { noLongerRegular, READ_REGULAR_FLAGS } from './regular-file.js';
 import type { WalkCache } from './walk-cache.js';
 import type { SmallFile, SmallFileReader } from './small-file-reader.js';
@@ -200,7 +200,7 @@ export class Archiver {
       } else if (e.type === 'SYMLINK') {
         try {
           const node = metaNode(e.name, 'SYMLINK', e.st);
-          node.target = await fs.readlink(e.abs);
+          node.target = await readLinkTarget(e.abs);
           nodes[i] = node;
           this.stats.symlinks++;
         } catch (err) {

@@ -1,4 +1,4 @@
-import { lstatSync, readdirSync, type BigIntStats, type Dirent } from 'node:fs';
+import { lstatSync, promises as fs, readdirSync, type BigIntStats } from 'node:fs';
 import path from 'node:path';
 import { CairnError, Code } from '../common/errors.js';
 import { ID_BYTES } from '../common/hash.js';
@@ -81,32 +81,32 @@ export class DirReader {
         this.hooks.skipped();
       },
     };
-    let dirents: Dirent[];
+    let names: string[];
     try {
       // Synchronous like the lstat calls below, for the same reason: awaiting the libuv pool
       // once per directory left the event loop idle for a fifth of an unchanged snapshot's scan.
-      dirents = readdirSync(abs, { withFileTypes: true });
+      names = listNames(abs, hooks.problem);
     } catch (err) {
       if (isRoot) throw err;
       hooks.problem(abs, err);
       return { entries: [], problems, skipped };
     }
-    dirents.sort((a, b) => compareNames(a.name, b.name));
+    names.sort(compareNames);
     // lstat is a few microseconds of kernel time on a cached tree, while a promise round trip
     // through the libuv pool costs ten times that: a no-change snapshot is mostly lstat calls.
-    const stats: Array<BigIntStats | undefined> = dirents.map((e) => {
+    const stats: Array<BigIntStats | undefined> = names.map((name) => {
       try {
-        return lstatSync(childPath(abs, e.name), { bigint: true });
+        return lstatSync(childPath(abs, name), { bigint: true });
       } catch (err) {
-        hooks.problem(childPath(abs, e.name), err);
+        hooks.problem(childPath(abs, name), err);
         return undefined;
       }
     });
     const out: ScanEntry[] = [];
-    for (let i = 0; i < dirents.length; i++) {
+    for (let i = 0; i < names.length; i++) {
       const st = stats[i];
       if (!st) continue;
-      const name = dirents[i].name;
+      const name = names[i];
       const entry = { name, abs: childPath(abs, name), rel: joinPath(rel, name), st };
       if (st.isDirectory()) {
         if (this.excludes.excludesDir(entry.rel) || (await this.excludes.excludesCacheDir(entry.abs))) hooks.skipped();
@@ -120,6 +120,44 @@ export class DirReader {
       }
     }
     return { entries: out, problems, skipped };
+  }
+}
+
+/** Names and link targets are stored as UTF-8; this refuses what is not, instead of replacing it. */
+const UTF8 = new TextDecoder('utf-8', { fatal: true });
+
+function notUtf8(what: string): NodeJS.ErrnoException {
+  return Object.assign(new Error(`${what} is not valid UTF-8: left out (cairn stores names as UTF-8; rename it to back it up)`), { code: 'EILSEQ' });
+}
+
+/**
+ * The names in a directory. Node decodes them as UTF-8 and puts U+FFFD where a name is not:
+ * such a name then lstat'ed nothing (a misleading ENOENT), or its valid twin, and the two
+ * made a duplicate that failed the whole snapshot. Only a listing holding U+FFFD is read
+ * again as bytes, so every other directory costs one readdir as before.
+ */
+function listNames(abs: string, problem: (path: string, err: unknown) => void): string[] {
+  const names = readdirSync(abs);
+  if (!names.some((n) => n.includes('\uFFFD'))) return names;
+  const exact: string[] = [];
+  for (const raw of readdirSync(abs, { encoding: 'buffer' })) {
+    try {
+      exact.push(UTF8.decode(raw));
+    } catch {
+      problem(childPath(abs, raw.toString('utf8')), notUtf8('name'));
+    }
+  }
+  return exact;
+}
+
+/** A symlink's target, exactly: one that is not valid UTF-8 is refused, not stored with U+FFFD in it. */
+export async function readLinkTarget(abs: string): Promise<string> {
+  const target = await fs.readlink(abs);
+  if (!target.includes('\uFFFD')) return target;
+  try {
+    return UTF8.decode(await fs.readlink(abs, { encoding: 'buffer' }));
+  } catch {
+    throw notUtf8('link target');
   }
 }
 

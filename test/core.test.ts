@@ -124,6 +124,32 @@ describe('client behaviour', () => {
     expect((await runCli(['status', '--dataset', 'partial'], { server: server.addr })).stdout).toContain('last snapshot left out 2 unreadable entries');
   });
 
+  it('leaves out names and link targets that are not valid UTF-8, reporting each, and keeps everything else', async () => {
+    const dir = path.join(tmpDir(), 'bytes');
+    await writeFile(path.join(dir, 'ok.txt'), 'fine');
+    // 'x\uFFFD' is a valid name (U+FFFD itself); 'x' + 0xff is not, and reads back as the same string.
+    await writeFile(path.join(dir, 'x\uFFFD'), 'the valid twin');
+    const raw = (...bytes: number[]) => Buffer.concat([Buffer.from(`${dir}/`), Buffer.from(bytes)]);
+    await fs.writeFile(raw(0x78, 0xff), 'latin-1 name');
+    await fs.mkdir(raw(0x64, 0xe9));
+    await fs.writeFile(Buffer.concat([raw(0x64, 0xe9), Buffer.from('/inside.txt')]), 'under a latin-1 directory');
+    await fs.symlink(Buffer.from([0x63, 0x61, 0x66, 0xe9]), path.join(dir, 'link'));
+    await fs.symlink('ok.txt', path.join(dir, 'good-link'));
+    const r = await runCli(['--json', 'snapshot', dir, '--dataset', 'bytes', '--host', 'h'], { server: server.addr });
+    expect(r.code, r.stderr).toBe(3);
+    const out = JSON.parse(r.stdout) as SnapshotOut;
+    expect(out.problems.map((p) => [path.basename(p.path), p.message]).sort()).toEqual([
+      ['d\uFFFD', 'EILSEQ: name is not valid UTF-8: left out (cairn stores names as UTF-8; rename it to back it up)'],
+      ['link', 'EILSEQ: link target is not valid UTF-8: left out (cairn stores names as UTF-8; rename it to back it up)'],
+      ['x\uFFFD', 'EILSEQ: name is not valid UTF-8: left out (cairn stores names as UTF-8; rename it to back it up)'],
+    ]);
+    const target = path.join(tmpDir(), 'bytes-out');
+    expect((await runCli(['restore', '--dataset', 'bytes', target], { server: server.addr })).code).toBe(0);
+    expect((await fs.readdir(target)).sort()).toEqual(['good-link', 'ok.txt', 'x\uFFFD']);
+    expect(await fs.readFile(path.join(target, 'x\uFFFD'), 'utf8')).toBe('the valid twin');
+    expect(await fs.readlink(path.join(target, 'good-link'))).toBe('ok.txt');
+  });
+
   it('refuses a missing directory with NOT_FOUND and records nothing', async () => {
     const r = await runCli(['snapshot', path.join(tmpDir(), 'not-mounted'), '--dataset', 'gone', '--host', 'h'], { server: server.addr });
     expect(r.code).toBe(1);
