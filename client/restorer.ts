@@ -162,6 +162,7 @@ export class Restorer {
       const childRel = joinPath(rel, node.name);
       const included = this.wanted(childRel, underIncluded);
       if (node.type === 'DIR') {
+        if (included && !(await this.makeWayForDir(childAbs))) continue;
         if (included && !this.opts.dryRun) {
           await this.ensureDir(childAbs);
           this.dirs.push({ abs: childAbs, node });
@@ -224,6 +225,24 @@ export class Restorer {
     this.ensured.add(abs);
   }
 
+  /**
+   * Whether a directory of the snapshot can stand at `abs`. A file or a link there is the
+   * user's: kept, with nothing restored below it, unless --overwrite always, which removes it
+   * (the entry itself, never what a link points to). It had failed the whole restore half way.
+   */
+  private async makeWayForDir(abs: string): Promise<boolean> {
+    if (this.created.has(path.dirname(abs))) return true;
+    const st = await fs.lstat(abs).catch(() => undefined);
+    if (!st || st.isDirectory()) return true;
+    if (this.opts.overwrite === 'always') {
+      if (!this.opts.dryRun) await fs.rm(abs);
+      return true;
+    }
+    this.conflicts.push({ path: abs, reason: 'a file stands where the snapshot has a directory; kept, and nothing restored below it' });
+    this.stats.filesKeptLocal++;
+    return false;
+  }
+
   private async restoreSymlink({ abs, node, depth }: LinkToMake): Promise<void> {
     const escapes = escapingSymlink(node.target, depth);
     if (escapes && this.opts.confineSymlinks) {
@@ -258,10 +277,12 @@ export class Restorer {
   }
 
   /** What to do about the destination of a file, and whether something stands there now. */
-  private async decide(abs: string, node: Node): Promise<{ action: 'write' | 'skip-same' | 'keep-local'; exists: boolean }> {
+  private async decide(abs: string, node: Node): Promise<{ action: 'write' | 'skip-same' | 'keep-local'; exists: boolean; why?: string }> {
     if (this.created.has(path.dirname(abs))) return { action: 'write', exists: false };
     const st = await fs.lstat(abs, { bigint: true }).catch(() => undefined);
     if (!st) return { action: 'write', exists: false };
+    // No mode deletes a directory: the rename into place would fail and stop the whole restore.
+    if (st.isDirectory()) return { action: 'keep-local', exists: true, why: 'a directory stands where the snapshot has a file; kept' };
     if (st.isFile() && st.size === BigInt(node.size) && (await this.sameContent(abs, node))) return { action: 'skip-same', exists: true };
     if (this.opts.overwrite === 'always') return { action: 'write', exists: true };
     if (this.opts.overwrite === 'if-newer' && BigInt(node.mtimeNs) > st.mtimeNs) return { action: 'write', exists: true };
@@ -320,7 +341,7 @@ export class Restorer {
 
   /** Applies the overwrite rules and counts the outcome; true when the file is to be written. */
   private async shouldWrite(abs: string, node: Node): Promise<boolean> {
-    const { action, exists } = await this.decide(abs, node);
+    const { action, exists, why } = await this.decide(abs, node);
     if (action === 'skip-same') {
       this.stats.filesSkippedSame++;
       this.stats.files++;
@@ -328,7 +349,7 @@ export class Restorer {
       return false;
     }
     if (action === 'keep-local') {
-      this.conflicts.push({ path: abs, reason: this.opts.overwrite === 'if-newer' ? 'local file is newer than the snapshot' : 'exists locally and differs from the snapshot' });
+      this.conflicts.push({ path: abs, reason: why ?? (this.opts.overwrite === 'if-newer' ? 'local file is newer than the snapshot' : 'exists locally and differs from the snapshot') });
       this.stats.filesKeptLocal++;
       return false;
     }

@@ -203,8 +203,13 @@ describe('restore from a hostile server writes nothing outside the target', () =
     const plant = (t: string) => fs.symlink(canary, path.join(t, 'planted'));
     const snapshot = () => [dir('planted', [dir('deep', [file('evil', 'pwned')])])];
     const whole = await restore(snapshot(), [], plant);
-    expect(whole.code).toBe(1);
-    expect(whole.stderr).toContain(`${target}/planted exists and is not a directory; refusing to restore through it`);
+    expect(whole.code).toBe(3);
+    expect(whole.stderr).toContain(`kept local: ${target}/planted: a file stands where the snapshot has a directory; kept, and nothing restored below it`);
+    expect(await fs.readlink(path.join(target, 'planted'))).toBe(canary);
+    // --overwrite always removes the link itself and makes the directory in its place.
+    const replaced = await restore(snapshot(), ['--overwrite', 'always'], plant);
+    expect(replaced.code, replaced.stderr).toBe(0);
+    expect(await fs.readFile(path.join(target, 'planted/deep/evil'), 'utf8')).toBe('pwned');
     const one = await restore(snapshot(), ['--include', 'planted/deep/evil'], plant);
     expect(one.code).toBe(1);
     expect(one.stderr).toContain(`${target}/planted exists and is not a directory; refusing to restore through it`);

@@ -108,6 +108,38 @@ describe('restore safety through the CLI', () => {
     expect(await fs.readlink(path.join(target, 'ckpt'))).toBe('/mnt/bucket/ckpt');
   });
 
+  it('a local file where the snapshot has a directory, or a directory where it has a file, is one conflict, not a failed restore', async () => {
+    const src = path.join(tmpDir(), 'kinds');
+    await writeFile(path.join(src, 'adir/x.txt'), 'x from the snapshot');
+    await writeFile(path.join(src, 'bfile'), 'b from the snapshot');
+    await writeFile(path.join(src, 'zz.txt'), 'z from the snapshot');
+    await writeFile(path.join(src, 'big.bin'), randomBytes(3 * MiB, 21));
+    await cli(['snapshot', src, '--dataset', 'kinds', '--host', 'h']);
+    const target = path.join(tmpDir(), 'kinds-instance');
+    await writeFile(path.join(target, 'adir'), 'a local file');
+    await writeFile(path.join(target, 'bfile/notes.txt'), 'local work');
+    await writeFile(path.join(target, 'big.bin/notes.txt'), 'more local work');
+    const kept = (mode: string) => [
+      `${path.join(target, 'bfile')}: a directory stands where the snapshot has a file; kept`,
+      `${path.join(target, 'big.bin')}: a directory stands where the snapshot has a file; kept`,
+      ...(mode === 'always' ? [] : [`${path.join(target, 'adir')}: a file stands where the snapshot has a directory; kept, and nothing restored below it`]),
+    ];
+    for (const mode of ['never', 'if-newer', 'always']) {
+      const dry = await cli(['restore', '--dataset', 'kinds', '--overwrite', mode, '--dry-run', target]);
+      expect(dry.code, dry.stderr).toBe(0);
+      for (const line of kept(mode)) expect(dry.stderr).toContain(`would keep local: ${line}`);
+    }
+    for (const mode of ['never', 'always']) {
+      const r = await cli(['restore', '--dataset', 'kinds', '--overwrite', mode, target]);
+      expect(r.code, r.stderr).toBe(3);
+      for (const line of kept(mode)) expect(r.stderr).toContain(`kept local: ${line}`);
+      expect(await fs.readFile(path.join(target, 'zz.txt'), 'utf8')).toBe('z from the snapshot');
+      expect(await fs.readFile(path.join(target, 'bfile/notes.txt'), 'utf8')).toBe('local work');
+      expect(await fs.readFile(path.join(target, 'big.bin/notes.txt'), 'utf8')).toBe('more local work');
+      expect(await fs.readFile(path.join(target, 'adir'.concat(mode === 'always' ? '/x.txt' : '')), 'utf8')).toBe(mode === 'always' ? 'x from the snapshot' : 'a local file');
+    }
+  });
+
   it('a restore killed with SIGKILL mid-way resumes, skipping every file it had finished', async () => {
     const src = path.join(tmpDir(), 'many');
     const FILES = 40;
