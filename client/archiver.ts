@@ -6,7 +6,7 @@ import { hash } from '../common/hash.js';
 import type { Node } from '../common/messages.js';
 import { compareNames, emptyNode, encodeTree } from '../common/tree.js';
 import type { ExcludeMatcher } from './excludes.js';
-import { DirReader, readLinkTarget, rootRel, type EntryStat } from './scan.js';
+import { DirReader, readLinkTarget, rootRel, type EntryStat, type ScanEntry } from './scan.js';
 import { noLongerRegular, READ_REGULAR_FLAGS } from './regular-file.js';
 import type { WalkCache } from './walk-cache.js';
 import type { SmallFile, SmallFileReader } from './small-file-reader.js';
@@ -180,7 +180,9 @@ export class Archiver {
     if (this.failure) throw this.failure.err;
     this.stats.dirs++;
     const parentNodes = parentTree ? await this.parentMap(parentTree) : new Map<string, Node>();
-    const entries = await this.reader.entries(abs, rel, isRoot);
+    // Each entry, and the parent's node of the same name, is let go once it is under way: a
+    // directory of 120,000 files held both for all of them until its last file was read.
+    const entries: Array<ScanEntry | undefined> = await this.reader.entries(abs, rel, isRoot);
     const nodes: Array<Node | undefined> = new Array(entries.length);
     // Files are read concurrently while the walk goes on (small ones in batches on worker
     // threads, large ones LARGE_FILES_IN_FLIGHT at a time), and so are subdirectories still
@@ -192,8 +194,10 @@ export class Archiver {
     const reading: Array<Promise<void>> = [];
     const track = (p: Promise<void>) => reading.push(p.catch((err: unknown) => void (this.failure ??= { err })));
     for (let i = 0; i < entries.length && !this.failure; i++) {
-      const e = entries[i];
+      const e = entries[i]!;
+      entries[i] = undefined;
       const prev = parentNodes.get(e.name);
+      parentNodes.delete(e.name);
       if (e.type === 'DIR') {
         const sub = await this.walkDir(e.abs, e.rel, prev?.type === 'DIR' ? prev.subtree : undefined, false);
         track(sub.tree.then((subtree) => void (nodes[i] = dirNode(e.name, e.st, subtree))));

@@ -1,4 +1,4 @@
-import { promises as fs } from 'node:fs';
+import { promises as fs, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { cleanupTmp, cliJson, runCli, startServer, tmpDir, type ServerHandle } from './harness.js';
@@ -139,6 +139,15 @@ describe('snapshot safety rails through the CLI', () => {
     const ok = await json<SnapshotOut>(['snapshot', ws, '--dataset', 'limited', '--host', 'h', '--max-size', '256KiB', '--exclude', 'checkpoints/']);
     expect(ok.stats.files).toBe(2);
   });
+
+  it('the pre-scan of a directory of 120,000 files fits a 64 MB heap (an lstat result per entry took ~1.2 KB)', async () => {
+    const dir = path.join(tmpDir(), 'flat');
+    await fs.mkdir(dir, { recursive: true });
+    for (let i = 0; i < 120_000; i++) writeFileSync(path.join(dir, `f${i}.json`), '{}');
+    const r = await runCli(['snapshot', dir, '--dataset', 'flat', '--host', 'h', '--max-size', '1'], { server: server.addr, env: { NODE_OPTIONS: '--max-old-space-size=64' } });
+    expect(r.stderr).toContain('FAILED_PRECONDITION: dataset flat: 234 KiB in 120000 files is over its size limit of 1 B');
+    expect(r.code).toBe(1);
+  }, 60_000);
 
   it('the shrink guard refuses a dataset that lost most of its files, aborts the session and uploads nothing; --allow-shrink records it', async () => {
     const ws = path.join(tmpDir(), 'shrink');
