@@ -1,5 +1,6 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
+import { resourceExhausted } from '../common/errors.js';
 import { IndexDb } from './index-db.js';
 
 /**
@@ -27,8 +28,18 @@ export class Scratch {
   static async open(indexDir: string, purpose: string): Promise<Scratch> {
     const dir = besideIndex(indexDir, 'scratch', purpose);
     await fs.rm(dir, { recursive: true, force: true });
-    await fs.mkdir(path.dirname(dir), { recursive: true });
-    return new Scratch(await IndexDb.open(dir), dir);
+    try {
+      await fs.mkdir(path.dirname(dir), { recursive: true });
+      return new Scratch(await IndexDb.open(dir), dir);
+    } catch (err) {
+      await fs.rm(dir, { recursive: true, force: true }).catch(() => undefined);
+      const e = err as NodeJS.ErrnoException & { cause?: { message?: string } };
+      // A full disk is when prune is needed most, and its scratch index needs room first.
+      if (e.code === 'ENOSPC' || /No space left/.test(e.cause?.message ?? '')) {
+        throw resourceExhausted(`${purpose} needs free space for its scratch index in ${path.dirname(dir)}, and that filesystem is full: free some space there (or move --index to a roomier disk) and run ${purpose} again; nothing was changed`);
+      }
+      throw err;
+    }
   }
 
   async destroy(): Promise<void> {

@@ -1,5 +1,6 @@
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { promises as fs } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { Level } from 'level';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -255,7 +256,19 @@ describe('check of a badly damaged repository', () => {
   }, 120_000);
 });
 
+/** Mount namespaces let an unprivileged test mount a small tmpfs; where they are off, the full-disk test cannot run. */
+const canMountTmpfs = spawnSync('unshare', ['-rm', 'sh', '-c', 'mount -t tmpfs -o size=1m tmpfs "$1"', 'sh', os.tmpdir()], { stdio: 'ignore' }).status === 0;
+
 describe('scratch space', () => {
+  it.skipIf(!canMountTmpfs)('on a full disk, prune says that its scratch index needs space, and where', () => {
+    const dir = tmpDir();
+    const script = `import { Scratch } from ${JSON.stringify(path.join(ROOT, 'dist/server/scratch.js'))};
+      await Scratch.open(process.argv[1] + '/default', 'prune').then(() => console.log('opened'), (e) => console.log(e.code, e.message));`;
+    const r = spawnSync('unshare', ['-rm', 'sh', '-c', 'mount -t tmpfs -o size=1m tmpfs "$1" && (dd if=/dev/zero of="$1/fill" bs=4k 2>/dev/null; exec "$2" --input-type=module -e "$3" "$1")', 'sh', dir, process.execPath, script], { encoding: 'utf8' });
+    expect(r.stdout.trim()).toBe(`8 prune needs free space for its scratch index in ${dir}/.scratch, and that filesystem is full: free some space there (or move --index to a roomier disk) and run prune again; nothing was changed`);
+  });
+
+
   it('check and prune of one repository leave alone repositories named like their scratch directories', async () => {
     const base = tmpDir();
     const store = `file:${path.join(base, 'store')}`;
