@@ -302,18 +302,33 @@ export class Archiver {
     }
   }
 
+  /**
+   * Reads a file whole. One written while it was read (a checkpoint being saved) would be
+   * recorded as a mix of old and new bytes that never existed on disk: a change seen in its
+   * size, mtime or ctime after the read makes it read once more, and a second change is
+   * reported (exit 3) with what the second read got. The next snapshot reads it again anyway.
+   */
   private async readStreaming(abs: string, node: Node, buf: Buffer): Promise<number> {
-    const fh = await fs.open(abs, READ_REGULAR_FLAGS);
-    try {
-      if (!(await fh.stat()).isFile()) throw noLongerRegular(abs);
-      let size = 0;
-      for await (const chunk of chunkViews(fh, this.chunker, undefined, buf)) {
-        size += chunk.length;
-        await this.offerChunk(chunk, node);
+    for (let attempt = 1; ; attempt++) {
+      const fh = await fs.open(abs, READ_REGULAR_FLAGS);
+      try {
+        const before = await fh.stat({ bigint: true });
+        if (!before.isFile()) throw noLongerRegular(abs);
+        node.chunks = [];
+        let size = 0;
+        for await (const chunk of chunkViews(fh, this.chunker, undefined, buf)) {
+          size += chunk.length;
+          await this.offerChunk(chunk, node);
+        }
+        const after = await fh.stat({ bigint: true });
+        if (after.size === before.size && after.mtimeNs === before.mtimeNs && after.ctimeNs === before.ctimeNs) return size;
+        if (attempt === 2) {
+          this.problem(abs, Object.assign(new Error('changed while it was read, twice: the snapshot holds the second read, which may mix old and new contents'), { code: 'ECHANGED' }));
+          return size;
+        }
+      } finally {
+        await fh.close();
       }
-      return size;
-    } finally {
-      await fh.close();
     }
   }
 

@@ -148,7 +148,7 @@ function statusState(r: StatusRow): string {
 function statusProblem(r: StatusRow, nowMs: number): string {
   if (failing(r)) return `failing since ${relativeTime(r.lastErrorTime, nowMs)}: ${r.lastError}`;
   const unreadable = Number(r.unreadable);
-  return unreadable > 0 ? `last snapshot left out ${unreadable} unreadable ${unreadable === 1 ? 'entry' : 'entries'}` : '';
+  return unreadable > 0 ? `last snapshot left out or could not read whole ${unreadable} ${unreadable === 1 ? 'entry' : 'entries'}` : '';
 }
 
 /** The last error, if it came after the last success: a pair that is failing right now. */

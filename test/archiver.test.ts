@@ -103,6 +103,38 @@ describe('Archiver', () => {
     }
   });
 
+  it('reads a file again when it changed while it was read, and records the second read', async () => {
+    const root = tmpDir('cairn-archiver-');
+    const file = path.join(root, 'ckpt.bin');
+    const before = Buffer.alloc(DEFAULT_CHUNKER_PARAMS.minSize * 2, 1);
+    const after = Buffer.alloc(DEFAULT_CHUNKER_PARAMS.minSize * 2 + 5, 2);
+    await fs.writeFile(file, before);
+    const { hash } = await import('../common/hash.js');
+    const { decodeTree } = await import('../common/tree.js');
+    let offers = 0;
+    const sink: BlobSink = {
+      // The checkpoint is saved again while the first read of it is under way.
+      offer: async (_id, _raw, kind) => {
+        if (kind === 'DATA' && offers++ === 0) await fs.writeFile(file, after);
+      },
+      offerPacked: async () => undefined,
+    };
+    const { Archiver, SmallFileReader } = await load();
+    const small = new SmallFileReader(3, DEFAULT_CHUNKER_PARAMS.minSize, 1);
+    const excludes = await ExcludeMatcher.create({ excludes: [], includes: [], excludeFiles: [], defaultExcludes: true, excludeCaches: true });
+    const made = new Map<string, Buffer>();
+    const archiver = new Archiver({ chunker: new Chunker(DEFAULT_CHUNKER_PARAMS), sink, small, excludes, trees: { readParent: async () => [], made: (id, bytes) => void made.set(id.toString('hex'), bytes) } });
+    try {
+      const rootId = await archiver.archive([root], undefined);
+      expect(archiver.problems).toEqual([]);
+      const [node] = decodeTree(made.get(rootId.toString('hex'))!, 'root');
+      expect(node.size).toBe(String(after.length));
+      expect(node.chunks).toEqual([hash(after)]);
+    } finally {
+      await small.close();
+    }
+  });
+
   it('stops the whole walk when a directory it has left fails, and stores no tree after', async () => {
     const root = tmpDir('cairn-archiver-');
     // a/'s small files fail their upload after the walk has left a/ for z/, whose 2000

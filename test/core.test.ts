@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -121,7 +122,7 @@ describe('client behaviour', () => {
     // Status shows the gap in the newest snapshot, not only the run's own output.
     const status = await runCli(['--json', 'status', '--dataset', 'partial'], { server: server.addr });
     expect(JSON.parse(status.stdout)).toMatchObject({ dataset: 'partial', state: 'ok', unreadable: 2 });
-    expect((await runCli(['status', '--dataset', 'partial'], { server: server.addr })).stdout).toContain('last snapshot left out 2 unreadable entries');
+    expect((await runCli(['status', '--dataset', 'partial'], { server: server.addr })).stdout).toContain('last snapshot left out or could not read whole 2 entries');
   });
 
   it('leaves out names and link targets that are not valid UTF-8, reporting each, and keeps everything else', async () => {
@@ -148,6 +149,25 @@ describe('client behaviour', () => {
     expect((await fs.readdir(target)).sort()).toEqual(['good-link', 'ok.txt', 'x\uFFFD']);
     expect(await fs.readFile(path.join(target, 'x\uFFFD'), 'utf8')).toBe('the valid twin');
     expect(await fs.readlink(path.join(target, 'good-link'))).toBe('ok.txt');
+  });
+
+  it('a file rewritten all the while it is read is read twice and then reported, exit 3', async () => {
+    const dir = path.join(tmpDir(), 'busy');
+    await writeFile(path.join(dir, 'steady.bin'), randomBytes(2 * 1024 * 1024, 5));
+    const file = path.join(dir, 'checkpoint.bin');
+    await writeFile(file, randomBytes(32 * 1024 * 1024, 6));
+    // Rewrites the file in place, 1 MiB at a time, until killed: every read of it sees a change.
+    const writer = spawn(process.execPath, ['-e', `const fs = require('fs'); const fd = fs.openSync(process.argv[1], 'r+'); const b = Buffer.alloc(1 << 20); process.stdout.write('go\\n'); for (let v = 0; ; v++) { b.fill(v & 0xff); for (let off = 0; off < 32 << 20; off += 1 << 20) fs.writeSync(fd, b, 0, b.length, off); }`, file], { stdio: ['ignore', 'pipe', 'inherit'] });
+    try {
+      await new Promise((resolve) => writer.stdout.once('data', resolve));
+      const r = await runCli(['--json', 'snapshot', dir, '--dataset', 'busy', '--host', 'h'], { server: server.addr });
+      expect(r.code, r.stderr).toBe(3);
+      const out = JSON.parse(r.stdout) as SnapshotOut;
+      expect(out.problems).toEqual([{ path: file, message: 'ECHANGED: changed while it was read, twice: the snapshot holds the second read, which may mix old and new contents' }]);
+      expect(out.stats.files).toBe(2);
+    } finally {
+      writer.kill('SIGKILL');
+    }
   });
 
   it('refuses a missing directory with NOT_FOUND and records nothing', async () => {
