@@ -152,8 +152,11 @@ export function buildProgram(): Command {
         const planner = new Restorer(conn, hello, { target, overwrite, includes: o.include, dryRun: true, confineSymlinks: o.confineSymlinks });
         const fresh = !o.dryRun && o.include.length === 0 && (await isEmptyOrMissing(target));
         const plan = restorePlan(fresh ? statsOf(snapshot) : await planner.restore(snapshot), await freeSpace(target));
+        // Only a restore with --include has a planner that walked the tree (fresh needs none).
+        const unmatched = fresh ? [] : planner.unmatchedIncludes();
+        for (const g of unmatched) process.stderr.write(`warning: --include ${g} matches nothing in snapshot ${snapshot.id.slice(0, 8)} (patterns match paths from the snapshot's root, such as reports/** or runs/run-1/weights.bin)\n`);
         if (o.dryRun) {
-          if (g.json) out(JSON.stringify({ snapshot: snapshot.id, target, dryRun: true, plan, stats: planner.stats, conflicts: planner.conflicts }));
+          if (g.json) out(JSON.stringify({ snapshot: snapshot.id, target, dryRun: true, plan, stats: planner.stats, conflicts: planner.conflicts, unmatchedIncludes: unmatched }));
           else {
             for (const c of planner.conflicts) process.stderr.write(`would keep local: ${c.path}: ${c.reason}${overwriteHint}\n`);
             out(`restore of snapshot ${snapshot.id.slice(0, 8)} (${snapshot.dataset}@${snapshot.host}, ${localTime(snapshot.time)}) to ${target} would:`);
@@ -175,7 +178,7 @@ export function buildProgram(): Command {
         progress.done();
         const seconds = (Date.now() - started) / 1000;
         if (g.json) {
-          out(JSON.stringify({ snapshot: snapshot.id, target, plan, stats, conflicts: restorer.conflicts, seconds, dryRun: false, peakRssBytes: peakRss() }));
+          out(JSON.stringify({ snapshot: snapshot.id, target, plan, stats, conflicts: restorer.conflicts, unmatchedIncludes: unmatched, seconds, dryRun: false, peakRssBytes: peakRss() }));
         } else {
           for (const c of restorer.conflicts) process.stderr.write(`kept local: ${c.path}: ${c.reason}${overwriteHint}\n`);
           out(`restored snapshot ${snapshot.id.slice(0, 8)} (${snapshot.dataset}@${snapshot.host}, ${localTime(snapshot.time)}) to ${target}`);
@@ -183,7 +186,7 @@ export function buildProgram(): Command {
           out(`  ${seconds.toFixed(2)}s, ${formatBytes(stats.bytes / Math.max(seconds, 0.001))}/s`);
         }
         for (const r of restorer.refused) process.stderr.write(`refused: ${r.path}: ${r.reason}\n`);
-        if (restorer.conflicts.length + restorer.refused.length > 0) process.exitCode = EXIT.PARTIAL;
+        if (restorer.conflicts.length + restorer.refused.length + unmatched.length > 0) process.exitCode = EXIT.PARTIAL;
       } finally {
         conn.close();
       }

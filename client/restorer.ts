@@ -98,9 +98,12 @@ export class Restorer {
   private readonly chunker: Chunker;
   private readonly target: string;
   private readonly include: ((p: string) => boolean) | undefined;
+  private readonly matched: boolean[] = [];
   private readonly dirs: DirToFinish[] = [];
   private readonly links: LinkToMake[] = [];
   private readonly ensured = new Set<string>();
+  /** Files or links standing where a directory goes, already reported. */
+  private readonly blocked = new Set<string>();
   /** Directories this restore made: nothing can already stand in them, so no file there needs a look first. */
   private readonly created = new Set<string>();
   private small: SmallFile[] = [];
@@ -117,7 +120,16 @@ export class Restorer {
     this.chunker = new Chunker(hello.chunker);
     this.target = path.resolve(opts.target);
     const globs = opts.includes.map((g) => compileGlob(g));
-    this.include = globs.length > 0 ? (p) => globs.some((g) => g.matches(p)) : undefined;
+    this.include =
+      globs.length > 0
+        ? (p) => {
+            let hit = false;
+            globs.forEach((g, i) => {
+              if (g.matches(p)) hit = this.matched[i] = true;
+            });
+            return hit;
+          }
+        : undefined;
   }
 
   async restore(snapshot: Snapshot): Promise<RestoreStats> {
@@ -141,6 +153,11 @@ export class Restorer {
     return this.stats;
   }
 
+  /** The --include patterns no path of the snapshot matched: a typo restores nothing, and says so. */
+  unmatchedIncludes(): string[] {
+    return this.opts.includes.filter((_, i) => !this.matched[i]);
+  }
+
   /** A name from the snapshot, joined under `dir`, or an error: never a path outside the target. */
   private child(dir: string, name: string): string {
     const bad = badName(name);
@@ -162,7 +179,7 @@ export class Restorer {
       const childRel = joinPath(rel, node.name);
       const included = this.wanted(childRel, underIncluded);
       if (node.type === 'DIR') {
-        if (included && !(await this.makeWayForDir(childAbs))) continue;
+        if (included && !((await this.dirStands(abs)) && (await this.makeWayForDir(childAbs)))) continue;
         if (included && !this.opts.dryRun) {
           await this.ensureDir(childAbs);
           this.dirs.push({ abs: childAbs, node });
@@ -175,7 +192,7 @@ export class Restorer {
         if (node.target === '' || node.target.includes('\0')) throw dataLoss(`refusing symlink ${childAbs}: its target is empty or contains NUL`);
         this.links.push({ abs: childAbs, node, depth: rel === '' ? 0 : rel.split('/').length });
       } else {
-        if (!this.opts.dryRun) await this.ensureDir(abs);
+        if (!(await this.dirStands(abs))) continue;
         if (node.chunks.length <= 1 && Number(node.size) <= SMALL_FILE_BYTES) {
           this.small.push({ abs: childAbs, node });
           this.smallBytes += Number(node.size);
@@ -218,11 +235,43 @@ export class Restorer {
       await fs.mkdir(abs, { recursive: isTarget });
       this.created.add(abs);
     } else if (!st.isDirectory()) {
-      throw new CairnError(Code.FAILED_PRECONDITION, `${abs} exists and is not a directory; refusing to restore through it`);
+      throw new NotADirectory(abs);
     } else if (!this.opts.dryRun) {
       await removeLeftovers(abs);
     }
     this.ensured.add(abs);
+  }
+
+  /**
+   * Whether `dir` is, or can be made, a real directory without going through anything else
+   * (made, outside a dry run). A file or link on the way is the user's: one conflict for it,
+   * and nothing restored below it. (With --include its ancestors are nobody's choice: they
+   * are checked here before anything below them is looked at, let alone removed.)
+   */
+  private async dirStands(dir: string): Promise<boolean> {
+    try {
+      if (!this.opts.dryRun) await this.ensureDir(dir);
+      else await this.lookThrough(dir);
+      return true;
+    } catch (err) {
+      if (!(err instanceof NotADirectory)) throw err;
+      if (!this.blocked.has(err.path)) {
+        this.blocked.add(err.path);
+        this.conflicts.push({ path: err.path, reason: 'a file stands where the snapshot has a directory; kept, and nothing restored below it' });
+        this.stats.filesKeptLocal++;
+      }
+      return false;
+    }
+  }
+
+  /** ensureDir's checks without making anything, for a dry run. */
+  private async lookThrough(dir: string): Promise<void> {
+    if (dir === this.target || this.ensured.has(dir)) return;
+    await this.lookThrough(path.dirname(dir));
+    const st = await fs.lstat(dir).catch(() => undefined);
+    if (st && !st.isDirectory()) throw new NotADirectory(dir);
+    // Nothing below a missing directory exists either: ensured stands for "nothing in the way".
+    this.ensured.add(dir);
   }
 
   /**
@@ -251,7 +300,7 @@ export class Restorer {
     }
     this.stats.symlinks++;
     const dryRun = this.opts.dryRun;
-    if (!dryRun) await this.ensureDir(path.dirname(abs));
+    if (!(await this.dirStands(path.dirname(abs)))) return;
     const existing = await fs.lstat(abs).catch(() => undefined);
     if (existing) {
       if (existing.isSymbolicLink() && (await fs.readlink(abs)) === node.target) return;
@@ -394,6 +443,13 @@ async function writeAll(fh: fs.FileHandle, data: Buffer, position: number): Prom
     const { bytesWritten } = await fh.write(data, off, data.length - off, position + off);
     if (bytesWritten === 0) throw new CairnError(Code.INTERNAL, 'write took no bytes');
     off += bytesWritten;
+  }
+}
+
+/** A file or link standing where the restore needs a directory: never gone through. */
+class NotADirectory extends CairnError {
+  constructor(readonly path: string) {
+    super(Code.FAILED_PRECONDITION, `${path} exists and is not a directory; refusing to restore through it`);
   }
 }
 

@@ -255,8 +255,12 @@ class Pruner {
     const ids = unique.map(fromHex);
     const locs = await this.repo.index.locate(ids);
     const marks = await this.scratch.db.getMany(unique.map((h) => MARK + h));
-    await this.scratch.putMarkers(unique.filter((_, i) => locs[i]?.kind !== 'TREE' && marks[i] === undefined).map((h) => MARK + h));
-    await this.walk(ids.filter((_, i) => locs[i]?.kind === 'TREE'), true);
+    // A tree stored as a data blob (Repository.readTree) is known by its verified mark: a
+    // session's parent root is pinned so that everything below it stays, whatever its kind.
+    const verified = await this.repo.index.db.getMany(unique.map((h) => verifiedKey(h)));
+    const isTree = (i: number) => locs[i] !== undefined && (locs[i]!.kind === 'TREE' || verified[i] !== undefined);
+    await this.scratch.putMarkers(unique.filter((_, i) => !isTree(i) && marks[i] === undefined).map((h) => MARK + h));
+    await this.walk(ids.filter((_, i) => isTree(i)), true);
   }
 
   /**

@@ -283,7 +283,8 @@ export class Repository {
   private async checkTree(tree: LocatedTree, uploaded?: UploadedTreeSource): Promise<TreeToVerify[]> {
     const { id, path, loc } = tree;
     const hex = toHex(id);
-    const refs = uploaded?.get(hex) ?? treeRefs(await this.readTreeRaw(id, loc), `tree ${hex}`, Code.DATA_LOSS);
+    // A data blob that does not decode is the client's mistake, a stored tree that does not is damage.
+    const refs = uploaded?.get(hex) ?? treeRefs(await this.readTreeRaw(id, loc), `tree ${hex}`, loc.kind === 'TREE' ? Code.DATA_LOSS : Code.FAILED_PRECONDITION);
     const missing = await this.firstMissing(refs.chunks);
     if (missing < 0) return refs.dirs.map((d) => ({ id: d.id, path: childPath(path, d.name) }));
     let before = missing;
@@ -304,7 +305,8 @@ export class Repository {
       const ids: Buffer[] = [];
       for (let j = i; j < Math.min(count, i + 1000); j++) ids.push(chunks.subarray(j * ID_BYTES, (j + 1) * ID_BYTES));
       const locs = await this.index.locate(ids);
-      const missing = locs.findIndex((l) => l === undefined);
+      // A tree blob may stand for a chunk, but not one larger than any chunk can be: the restore would refuse it.
+      const missing = locs.findIndex((l) => l === undefined || l.rawLength > this.maxBlobRaw);
       if (missing >= 0) return i + missing;
     }
     return -1;

@@ -9,7 +9,8 @@ import { emptyNode, encodeTree } from '../common/tree.js';
 import { FileStore } from '../server/file-store.js';
 import { Repository } from '../server/repository.js';
 import { ALL_SESSIONS_TREE_BYTES, SESSION_TREE_BYTES, UploadedTrees } from '../server/sessions.js';
-import type { CheckOut } from './admin-helpers.js';
+import { begin, commit, rawBlob, startInProcess, upload as uploadBlobs, type CheckOut } from './admin-helpers.js';
+import { failure } from './auth-helpers.js';
 import { cleanupTmp, cliJson, runCli, startServer, tmpDir, type ServerHandle } from './harness.js';
 import { describeTree, randomBytes, writeFile } from './tree-gen.js';
 
@@ -121,6 +122,18 @@ describe('a file whose bytes are a tree encoding (a copied tree cache)', () => {
     for (const f of await fs.readdir(cacheDir, { recursive: true })) if (path.basename(f) === root) return fs.readFile(path.join(cacheDir, f));
     throw new Error(`tree ${root} is not in ${cacheDir}`);
   }
+
+  it('a commit naming a plain data chunk as its root is the client\'s mistake (FAILED_PRECONDITION), not damage', async () => {
+    const srv = await startInProcess();
+    try {
+      const chunk = rawBlob(randomBytes(5000, 9));
+      const s = await begin(srv.conn, 'x');
+      await uploadBlobs(srv.conn, s.sessionId, [chunk]);
+      expect(await failure(commit(srv.conn, s.sessionId, chunk))).toMatch(/^FAILED_PRECONDITION: tree [0-9a-f]{64}: /);
+    } finally {
+      await srv.stop();
+    }
+  });
 
   it('backs up, restores, prunes and checks, whether the tree or the file was stored first', async () => {
     const base = tmpDir();

@@ -210,10 +210,28 @@ describe('restore from a hostile server writes nothing outside the target', () =
     const replaced = await restore(snapshot(), ['--overwrite', 'always'], plant);
     expect(replaced.code, replaced.stderr).toBe(0);
     expect(await fs.readFile(path.join(target, 'planted/deep/evil'), 'utf8')).toBe('pwned');
-    const one = await restore(snapshot(), ['--include', 'planted/deep/evil'], plant);
-    expect(one.code).toBe(1);
-    expect(one.stderr).toContain(`${target}/planted exists and is not a directory; refusing to restore through it`);
+    // With --include the link is an ancestor nobody chose: checked before anything below it, under every mode.
+    for (const mode of ['never', 'always']) {
+      const one = await restore(snapshot(), ['--include', 'planted/deep/evil', '--overwrite', mode], plant);
+      expect(one.code, one.stderr).toBe(3);
+      expect(one.stderr).toContain(`kept local: ${target}/planted: a file stands where the snapshot has a directory; kept, and nothing restored below it`);
+      expect(await fs.readlink(path.join(target, 'planted'))).toBe(canary);
+    }
     expect(await fs.readdir(canary)).toEqual(['keep']);
+  });
+
+  it('with --include, never removes or reads through a link above the included path, to a file outside the target', async () => {
+    const outside = path.join(path.dirname(canary), 'outside-b');
+    await fs.mkdir(outside, { recursive: true });
+    await fs.writeFile(path.join(outside, 'b'), 'a file of the user outside the target');
+    const plant = (t: string) => fs.symlink(outside, path.join(t, 'a'));
+    const snapshot = () => [dir('a', [dir('b', [file('f', 'restored')])])];
+    for (const mode of ['never', 'always']) {
+      const r = await restore(snapshot(), ['--include', 'a/b', '--overwrite', mode], plant);
+      expect(r.code, r.stderr).toBe(3);
+      expect(r.stderr).toContain(`kept local: ${target}/a: a file stands where the snapshot has a directory`);
+      expect(await fs.readFile(path.join(outside, 'b'), 'utf8')).toBe('a file of the user outside the target');
+    }
   });
 
   it('replaces a link standing where a file goes without writing through it', async () => {

@@ -282,6 +282,24 @@ describe('prune while backups run', () => {
     expect(await failure(commit(srv.conn, late.sessionId, tree))).toBe(`FAILED_PRECONDITION: commit references unknown tree ${toHex(tree.id)} (directory /); upload it first`);
   });
 
+  it("a session's parent root stored as a data blob still keeps everything below it through a prune", async () => {
+    srv = await startInProcess();
+    const tree = flatTree({ 'x.bin': X, 'z.bin': Z });
+    await backupFiles(srv.conn, 'copies', { 'tree.bin': tree.data });
+    const first = await begin(srv.conn, 'src');
+    await upload(srv.conn, first.sessionId, [rawBlob(X), rawBlob(Z)]);
+    const parent = await commit(srv.conn, first.sessionId, tree);
+    const reply = await begin(srv.conn, 'src');
+    expect(reply.parent?.id).toBe(parent.id);
+    await srv.conn.unary('Forget', { snapshotIds: [parent.id] });
+    const r = await prune();
+    // x.bin and z.bin are reachable only through the pinned parent root, a data blob here.
+    expect(Number(r.chunksRemoved)).toBe(0);
+    const snap = await commit(srv.conn, reply.sessionId, tree);
+    expect(await restoredContents(srv.addr, snap.id)).toEqual({ 'x.bin': sha256(X), 'z.bin': sha256(Z) });
+    await expectCheckClean();
+  });
+
   it("a session reusing its parent's chunk lists keeps them although the parent was forgotten", async () => {
     srv = await startInProcess();
     const parent = await backupFiles(srv.conn, 'p', { 'x.bin': X, 'z.bin': Z });
