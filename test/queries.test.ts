@@ -345,6 +345,15 @@ describe('history, browsing, diff, find, stats and status over real gRPC', () =>
     expect(await describeTree(target)).toEqual(expected);
   });
 
+  it('restore --include that matches nothing says so and exits 3; a matching one beside it still restores', async () => {
+    const target = path.join(tmpDir(), 'typo');
+    const r = await cli(['restore', '--snapshot', 'latest', '--dataset', 'tree', '--include', './reports/**', '--include', 'reports/**', target]);
+    expect(r.code, r.stderr).toBe(3);
+    expect(r.stderr).toMatch(/^warning: --include \.\/reports\/\*\* matches nothing in snapshot [0-9a-f]{8} \(patterns match paths from the snapshot's root, such as reports\/\*\* or runs\/run-1\/weights\.bin\)$/m);
+    expect(r.stderr).not.toContain('--include reports/** matches nothing');
+    expect((await describeTree(target)).some((e) => e.path.startsWith('reports/'))).toBe(true);
+  });
+
   it('stats: logical bytes grow with an unchanged snapshot, unique and stored bytes do not; stored bytes are the pack files', async () => {
     const before = (await json<StatsJson>(['stats']))[0];
     const again = (await cliJson<{ snapshot: Snapshot }>(['snapshot', src, '--dataset', 'tree', '--host', 'ws1'], { server: server.addr })).snapshot;
