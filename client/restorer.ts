@@ -104,6 +104,8 @@ export class Restorer {
   private readonly ensured = new Set<string>();
   /** Files or links standing where a directory goes, already reported. */
   private readonly blocked = new Set<string>();
+  /** A directory of the snapshot was not gone into: its paths were not matched against --include. */
+  private blockedBelow = false;
   /** Directories this restore made: nothing can already stand in them, so no file there needs a look first. */
   private readonly created = new Set<string>();
   private small: SmallFile[] = [];
@@ -153,9 +155,12 @@ export class Restorer {
     return this.stats;
   }
 
-  /** The --include patterns no path of the snapshot matched: a typo restores nothing, and says so. */
+  /**
+   * The --include patterns no path of the snapshot matched: a typo restores nothing, and says
+   * so. Not known when a conflict kept the restore out of a directory.
+   */
   unmatchedIncludes(): string[] {
-    return this.opts.includes.filter((_, i) => !this.matched[i]);
+    return this.blockedBelow ? [] : this.opts.includes.filter((_, i) => !this.matched[i]);
   }
 
   /** A name from the snapshot, joined under `dir`, or an error: never a path outside the target. */
@@ -167,8 +172,10 @@ export class Restorer {
     return p;
   }
 
+  /** Every pattern is tried on every path, below an included directory too, so unmatchedIncludes knows each one's fate. */
   private wanted(rel: string, underIncluded: boolean): boolean {
-    return !this.include || underIncluded || this.include(rel);
+    if (!this.include) return true;
+    return this.include(rel) || underIncluded;
   }
 
   private async restoreDir(treeId: Buffer, abs: string, rel: string, underIncluded: boolean): Promise<void> {
@@ -257,9 +264,10 @@ export class Restorer {
       if (!(err instanceof NotADirectory)) throw err;
       if (!this.blocked.has(err.path)) {
         this.blocked.add(err.path);
-        this.conflicts.push({ path: err.path, reason: 'a file stands where the snapshot has a directory; kept, and nothing restored below it' });
+        this.conflicts.push({ path: err.path, reason: 'a file or link stands where the snapshot has a directory; kept, and nothing restored below it' });
         this.stats.filesKeptLocal++;
       }
+      this.blockedBelow = true;
       return false;
     }
   }
@@ -285,9 +293,15 @@ export class Restorer {
     if (!st || st.isDirectory()) return true;
     if (this.opts.overwrite === 'always') {
       if (!this.opts.dryRun) await fs.rm(abs);
+      else {
+        // As the real run will have made it: new, so nothing below it is looked at (through a link still standing).
+        this.ensured.add(abs);
+        this.created.add(abs);
+      }
       return true;
     }
-    this.conflicts.push({ path: abs, reason: 'a file stands where the snapshot has a directory; kept, and nothing restored below it' });
+    this.blockedBelow = true;
+    this.conflicts.push({ path: abs, reason: 'a file or link stands where the snapshot has a directory; kept, and nothing restored below it' });
     this.stats.filesKeptLocal++;
     return false;
   }
@@ -298,9 +312,9 @@ export class Restorer {
       this.refused.push({ path: abs, reason: `symlink not restored: ${escapes}` });
       return;
     }
-    this.stats.symlinks++;
     const dryRun = this.opts.dryRun;
     if (!(await this.dirStands(path.dirname(abs)))) return;
+    this.stats.symlinks++;
     const existing = await fs.lstat(abs).catch(() => undefined);
     if (existing) {
       if (existing.isSymbolicLink() && (await fs.readlink(abs)) === node.target) return;

@@ -104,14 +104,7 @@ export function parsePart(text: string): { n: number; m: number } {
  */
 export async function check(repo: Repository, opts: CheckOptions = {}): Promise<CheckResult> {
   if (opts.subset !== undefined && !(opts.subset > 0 && opts.subset <= 1)) throw invalidArgument(`read-data subset must be a share above 0 and at most 1 (100%), got ${opts.subset}`);
-  return exclusiveMaintenance(repo, 'check', async () => {
-    const scratch = await Scratch.open(repo.index.dir, 'check');
-    try {
-      return await new Checker(repo, scratch.db, opts).run();
-    } finally {
-      await scratch.destroy();
-    }
-  });
+  return exclusiveMaintenance(repo, 'check', () => Scratch.run(repo.index.dir, 'check', (scratch) => new Checker(repo, scratch.db, opts).run()));
 }
 
 class Checker {

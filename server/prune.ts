@@ -128,16 +128,16 @@ async function checkpoint(point: string): Promise<void> {
 export async function prune(repo: Repository, opts: PruneOptions = {}): Promise<PruneResult> {
   const maxUnused = opts.maxUnused ?? DEFAULT_MAX_UNUSED;
   if (!(maxUnused >= 0 && maxUnused <= 1)) throw invalidArgument(`max unused must be a share from 0 to 1 (0% to 100%), got ${maxUnused}`);
-  return exclusiveMaintenance(repo, 'prune', async () => {
-    const scratch = await Scratch.open(repo.index.dir, 'prune');
-    const storedMeanwhile = repo.writer.watchStored();
-    try {
-      return await new Pruner(repo, scratch.db, maxUnused, opts.dryRun ?? false, storedMeanwhile).run();
-    } finally {
-      repo.writer.unwatchStored();
-      await scratch.destroy();
-    }
-  });
+  return exclusiveMaintenance(repo, 'prune', () =>
+    Scratch.run(repo.index.dir, 'prune', async (scratch) => {
+      const storedMeanwhile = repo.writer.watchStored();
+      try {
+        return await new Pruner(repo, scratch.db, maxUnused, opts.dryRun ?? false, storedMeanwhile).run();
+      } finally {
+        repo.writer.unwatchStored();
+      }
+    }),
+  );
 }
 
 class Pruner {

@@ -260,14 +260,18 @@ describe('check of a badly damaged repository', () => {
 const canMountTmpfs = spawnSync('unshare', ['-rm', 'sh', '-c', 'mount -t tmpfs -o size=1m tmpfs "$1"', 'sh', os.tmpdir()], { stdio: 'ignore' }).status === 0;
 
 describe('scratch space', () => {
-  it.skipIf(!canMountTmpfs)('on a full disk, prune says that its scratch index needs space, and where', () => {
+  it.skipIf(!canMountTmpfs)('on a full disk, prune says that its scratch index needs space, and where, whether it cannot start or runs out part way', () => {
     const dir = tmpDir();
+    // The run writes ~3 MB of marks into the scratch index, as a prune's mark phase does.
     const script = `import { Scratch } from ${JSON.stringify(path.join(ROOT, 'dist/server/scratch.js'))};
-      await Scratch.open(process.argv[1] + '/default', 'prune').then(() => console.log('opened'), (e) => console.log(e.code, e.message));`;
-    const r = spawnSync('unshare', ['-rm', 'sh', '-c', 'mount -t tmpfs -o size=1m tmpfs "$1" && (dd if=/dev/zero of="$1/fill" bs=4k 2>/dev/null; exec "$2" --input-type=module -e "$3" "$1")', 'sh', dir, process.execPath, script], { encoding: 'utf8' });
-    expect(r.stdout.trim()).toBe(`8 prune needs free space for its scratch index in ${dir}/.scratch, and that filesystem is full: free some space there (or move --index to a roomier disk) and run prune again; nothing was changed`);
+      const marks = async (s) => { for (let i = 0; i < 50; i++) await s.db.putMarkers(Array.from({ length: 1000 }, (_, j) => 'm/' + i + '/' + j + '/' + 'f'.repeat(40))); return 'ran'; };
+      await Scratch.run(process.argv[1] + '/default', 'prune', marks).then(console.log, (e) => console.log(e.code, e.message));`;
+    // Filled whole, or with 64 KiB left: LevelDB then opens, and fails on a later write.
+    for (const fill of ['bs=4k', 'bs=64k count=15']) {
+      const r = spawnSync('unshare', ['-rm', 'sh', '-c', `mount -t tmpfs -o size=1m tmpfs "$1" && (dd if=/dev/zero of="$1/fill" ${fill} 2>/dev/null; exec "$2" --input-type=module -e "$3" "$1")`, 'sh', dir, process.execPath, script], { encoding: 'utf8' });
+      expect(r.stdout.trim(), fill).toBe(`8 prune needs free space for its scratch index in ${dir}/.scratch, and that filesystem is full: free some space there (or move --index to a roomier disk) and run prune again; nothing was lost`);
+    }
   });
-
 
   it('check and prune of one repository leave alone repositories named like their scratch directories', async () => {
     const base = tmpDir();

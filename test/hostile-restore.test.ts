@@ -204,7 +204,7 @@ describe('restore from a hostile server writes nothing outside the target', () =
     const snapshot = () => [dir('planted', [dir('deep', [file('evil', 'pwned')])])];
     const whole = await restore(snapshot(), [], plant);
     expect(whole.code).toBe(3);
-    expect(whole.stderr).toContain(`kept local: ${target}/planted: a file stands where the snapshot has a directory; kept, and nothing restored below it`);
+    expect(whole.stderr).toContain(`kept local: ${target}/planted: a file or link stands where the snapshot has a directory; kept, and nothing restored below it`);
     expect(await fs.readlink(path.join(target, 'planted'))).toBe(canary);
     // --overwrite always removes the link itself and makes the directory in its place.
     const replaced = await restore(snapshot(), ['--overwrite', 'always'], plant);
@@ -214,7 +214,7 @@ describe('restore from a hostile server writes nothing outside the target', () =
     for (const mode of ['never', 'always']) {
       const one = await restore(snapshot(), ['--include', 'planted/deep/evil', '--overwrite', mode], plant);
       expect(one.code, one.stderr).toBe(3);
-      expect(one.stderr).toContain(`kept local: ${target}/planted: a file stands where the snapshot has a directory; kept, and nothing restored below it`);
+      expect(one.stderr).toContain(`kept local: ${target}/planted: a file or link stands where the snapshot has a directory; kept, and nothing restored below it`);
       expect(await fs.readlink(path.join(target, 'planted'))).toBe(canary);
     }
     expect(await fs.readdir(canary)).toEqual(['keep']);
@@ -229,7 +229,7 @@ describe('restore from a hostile server writes nothing outside the target', () =
     for (const mode of ['never', 'always']) {
       const r = await restore(snapshot(), ['--include', 'a/b', '--overwrite', mode], plant);
       expect(r.code, r.stderr).toBe(3);
-      expect(r.stderr).toContain(`kept local: ${target}/a: a file stands where the snapshot has a directory`);
+      expect(r.stderr).toContain(`kept local: ${target}/a: a file or link stands where the snapshot has a directory`);
       expect(await fs.readFile(path.join(outside, 'b'), 'utf8')).toBe('a file of the user outside the target');
     }
   });

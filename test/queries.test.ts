@@ -352,6 +352,10 @@ describe('history, browsing, diff, find, stats and status over real gRPC', () =>
     expect(r.stderr).toMatch(/^warning: --include \.\/reports\/\*\* matches nothing in snapshot [0-9a-f]{8} \(patterns match paths from the snapshot's root, such as reports\/\*\* or runs\/run-1\/weights\.bin\)$/m);
     expect(r.stderr).not.toContain('--include reports/** matches nothing');
     expect((await describeTree(target)).some((e) => e.path.startsWith('reports/'))).toBe(true);
+    // A pattern below an included directory still counts as matching.
+    const nested = await cli(['restore', '--snapshot', 'latest', '--dataset', 'tree', '--include', 'reports', '--include', 'reports/**', path.join(tmpDir(), 'nested')]);
+    expect(nested.code, nested.stderr).toBe(0);
+    expect(nested.stderr).not.toContain('matches nothing');
   });
 
   it('stats: logical bytes grow with an unchanged snapshot, unique and stored bytes do not; stored bytes are the pack files', async () => {

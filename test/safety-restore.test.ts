@@ -122,13 +122,17 @@ describe('restore safety through the CLI', () => {
     const kept = (mode: string) => [
       `${path.join(target, 'bfile')}: a directory stands where the snapshot has a file; kept`,
       `${path.join(target, 'big.bin')}: a directory stands where the snapshot has a file; kept`,
-      ...(mode === 'always' ? [] : [`${path.join(target, 'adir')}: a file stands where the snapshot has a directory; kept, and nothing restored below it`]),
+      ...(mode === 'always' ? [] : [`${path.join(target, 'adir')}: a file or link stands where the snapshot has a directory; kept, and nothing restored below it`]),
     ];
     for (const mode of ['never', 'if-newer', 'always']) {
       const dry = await cli(['restore', '--dataset', 'kinds', '--overwrite', mode, '--dry-run', target]);
       expect(dry.code, dry.stderr).toBe(0);
       for (const line of kept(mode)) expect(dry.stderr).toContain(`would keep local: ${line}`);
+      // The dry run plans what the real run does: under always, adir goes and adir/x.txt is written.
+      expect(dry.stderr.split('\n').filter((l) => l.startsWith('would keep local:'))).toHaveLength(kept(mode).length);
     }
+    const planned = await json<{ plan: Plan }>(['restore', '--dataset', 'kinds', '--overwrite', 'always', '--dry-run', target]);
+    expect(planned.plan.filesToWrite).toBe(2);
     for (const mode of ['never', 'always']) {
       const r = await cli(['restore', '--dataset', 'kinds', '--overwrite', mode, target]);
       expect(r.code, r.stderr).toBe(3);
