@@ -305,8 +305,9 @@ export class Archiver {
   /**
    * Reads a file whole. One written while it was read (a checkpoint being saved) would be
    * recorded as a mix of old and new bytes that never existed on disk: a change seen in its
-   * size, mtime or ctime after the read makes it read once more, and a second change is
-   * reported (exit 3) with what the second read got. The next snapshot reads it again anyway.
+   * size or mtime after the read makes it read once more, and a second change is reported
+   * (exit 3) with what the second read got. The next snapshot reads it again anyway. (Not the
+   * ctime: a file deleted or linked while it is read changes only that, and its bytes are whole.)
    */
   private async readStreaming(abs: string, node: Node, buf: Buffer): Promise<number> {
     for (let attempt = 1; ; attempt++) {
@@ -321,7 +322,7 @@ export class Archiver {
           await this.offerChunk(chunk, node);
         }
         const after = await fh.stat({ bigint: true });
-        if (after.size === before.size && after.mtimeNs === before.mtimeNs && after.ctimeNs === before.ctimeNs) return size;
+        if (after.size === before.size && after.mtimeNs === before.mtimeNs) return size;
         if (attempt === 2) {
           this.problem(abs, Object.assign(new Error('changed while it was read, twice: the snapshot holds the second read, which may mix old and new contents'), { code: 'ECHANGED' }));
           return size;
