@@ -183,7 +183,7 @@ export class Agent {
         { dataset: d.name, snapshot: result.snapshot.id, files: s.files, filesUnchanged: s.filesReused, bytes: s.bytes, bytesRead: s.bytesRead, skipped: s.skipped, newBytes: Number(result.snapshot.summary.newBytes), treeCache: result.treeCache, seconds: result.seconds },
         'snapshot saved',
       );
-      if (result.problems.length > 0) this.log.warn({ dataset: d.name, unreadable: result.problems.length, first: result.problems.slice(0, 5) }, 'snapshot saved without some unreadable entries');
+      if (result.problems.length > 0) this.log.warn({ dataset: d.name, unreadable: result.problems.length, first: result.problems.slice(0, 5) }, 'snapshot saved with entries left out or not read whole');
       await this.heartbeat(d, started, { ok: true, error: '', snapshot: result.snapshot.id });
       return result.problems.length > 0 ? 'partial' : 'saved';
     }
