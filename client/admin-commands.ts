@@ -144,11 +144,13 @@ function printPrune(r: ReturnType<typeof pruneRecord>): void {
   );
 }
 
-function printDecisions(decisions: ForgetDecision[], dryRun: boolean): void {
+function printDecisions(reply: ForgetReply, dryRun: boolean): void {
   const groups = new Map<string, ForgetDecision[]>();
-  for (const d of decisions) {
+  for (const d of reply.decisions) {
     const key = `${d.snapshot.dataset}@${d.snapshot.host}`;
-    groups.set(key, [...(groups.get(key) ?? []), d]);
+    const group = groups.get(key);
+    if (group) group.push(d);
+    else groups.set(key, [d]);
   }
   for (const [key, ds] of groups) {
     const kept = ds.filter((d) => d.keep).length;
@@ -156,9 +158,10 @@ function printDecisions(decisions: ForgetDecision[], dryRun: boolean): void {
     out(table(['ID', 'TIME', 'ACTION', 'REASONS'], ds.map((d) => [shortId(d.snapshot.id), localTime(d.snapshot.time), d.keep ? 'keep' : 'remove', d.reasons.join(', ')])));
     out('');
   }
-  const removed = decisions.filter((d) => !d.keep).length;
-  if (decisions.length === 0) out('no snapshots matched');
-  else out(dryRun ? `would remove ${removed} snapshot${removed === 1 ? '' : 's'} (dry run: nothing changed)` : `removed ${removed} snapshot${removed === 1 ? '' : 's'}`);
+  const [kept, removed, omitted] = [Number(reply.kept), Number(reply.removed), Number(reply.decisionsOmitted)];
+  if (omitted > 0) out(`(${omitted} more decisions not listed: the reply lists at most 32 MiB of them)`);
+  if (kept + removed === 0) out('no snapshots matched');
+  else out(dryRun ? `would remove ${removed} snapshot${removed === 1 ? '' : 's'}, keep ${kept} (dry run: nothing changed)` : `removed ${removed} snapshot${removed === 1 ? '' : 's'}, kept ${kept}`);
 }
 
 function printProblems(problems: CheckProblem[], omitted: number, byKind: Record<string, number>): void {
@@ -200,9 +203,9 @@ export function registerAdminCommands(program: Command): void {
         const reply = await conn.unary<ForgetReply>('Forget', { policy: given ? policy : null, dataset: o.dataset ?? '', host: o.host ?? '', dryRun: o.dryRun, prune: false, snapshotIds: ids }, undefined, NO_DEADLINE);
         const pruned = o.prune ? pruneRecord(await conn.unary<PruneReply>('Prune', { dryRun: o.dryRun, maxUnused }, undefined, NO_DEADLINE)) : null;
         if (g.json) {
-          out(JSON.stringify({ dryRun: o.dryRun, kept: reply.decisions.filter((d) => d.keep).length, removed: reply.decisions.filter((d) => !d.keep).length, decisions: reply.decisions.map(decisionRecord), prune: pruned }));
+          out(JSON.stringify({ dryRun: o.dryRun, kept: Number(reply.kept), removed: Number(reply.removed), decisionsOmitted: Number(reply.decisionsOmitted), decisions: reply.decisions.map(decisionRecord), prune: pruned }));
         } else {
-          printDecisions(reply.decisions, o.dryRun);
+          printDecisions(reply, o.dryRun);
           if (pruned) {
             out('');
             printPrune(pruned);

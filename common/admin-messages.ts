@@ -78,6 +78,9 @@ export interface PruneReply {
 export interface ForgetReply {
   decisions: ForgetDecision[];
   prune: PruneReply | null;
+  kept: string;
+  removed: string;
+  decisionsOmitted: string;
 }
 
 export interface CheckRequest {

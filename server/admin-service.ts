@@ -1,8 +1,8 @@
 import type * as grpc from '@grpc/grpc-js';
 import type { CheckReply, CheckRequest, ForgetReply, ForgetRequest, Policy, ProtectRequest, PruneReply, PruneRequest } from '../common/admin-messages.js';
-import type { Snapshot } from '../common/messages.js';
+import { emptySummary, type Snapshot } from '../common/messages.js';
 import { check, parsePart } from './checker.js';
-import { forget, getPolicy, setPolicy, setProtected } from './forget.js';
+import { forget, getPolicy, setPolicy, setProtected, type ForgetDecision } from './forget.js';
 import { DEFAULT_MAX_UNUSED, prune, type PruneResult } from './prune.js';
 import type { Repository } from './repository.js';
 import { policyFromProto } from './retention.js';
@@ -26,6 +26,22 @@ type Ctx = { repo: Repository };
  * Administration: retention, garbage collection, verification, protection. A group of its own,
  * so access control can demand an admin role for these RPC names.
  */
+/** Bytes of decisions a Forget reply lists: 130,000 snapshots' full records passed the 65 MiB message limit after forget had done its work. */
+const MAX_LISTED_DECISION_BYTES = 32 * 1024 * 1024;
+
+/** The decisions to list, in order, within the budget; what a reader of them needs of each snapshot, not its paths or summary. */
+function listedDecisions(decisions: ForgetDecision[]): ForgetDecision[] {
+  const listed: ForgetDecision[] = [];
+  let bytes = 0;
+  for (const d of decisions) {
+    const snapshot = { ...d.snapshot, paths: [], summary: emptySummary() };
+    bytes += 400 + snapshot.tags.reduce((n, t) => n + t.length + 2, 0) + d.reasons.reduce((n, r) => n + r.length + 2, 0);
+    if (bytes > MAX_LISTED_DECISION_BYTES) break;
+    listed.push({ ...d, snapshot });
+  }
+  return listed;
+}
+
 export function adminHandlers(deps: ServiceDeps): grpc.UntypedServiceImplementation {
   const { auth, log } = deps;
 
@@ -37,9 +53,11 @@ export function adminHandlers(deps: ServiceDeps): grpc.UntypedServiceImplementat
       host: req.host || undefined,
       dryRun: req.dryRun,
     });
-    log.info({ dataset: req.dataset, host: req.host, dryRun: req.dryRun, kept: decisions.filter((d) => d.keep).length, removed: decisions.filter((d) => !d.keep).length }, 'forget');
+    const kept = decisions.filter((d) => d.keep).length;
+    log.info({ dataset: req.dataset, host: req.host, dryRun: req.dryRun, kept, removed: decisions.length - kept }, 'forget');
     const pruned = req.prune ? await prune(repo, { dryRun: req.dryRun }) : undefined;
-    return { decisions, prune: pruned ? pruneReply(pruned) : null };
+    const listed = listedDecisions(decisions);
+    return { decisions: listed, prune: pruned ? pruneReply(pruned) : null, kept: String(kept), removed: String(decisions.length - kept), decisionsOmitted: String(decisions.length - listed.length) };
   };
 
   const pruneRpc = async (req: PruneRequest, { repo }: Ctx): Promise<PruneReply> =>

@@ -1,5 +1,6 @@
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { commit, flatTree, startInProcess, upload } from './admin-helpers.js';
 import { cleanupTmp, cliJson, runCli, startServer, tmpDir, type ServerHandle } from './harness.js';
 import { randomBytes, writeFile } from './tree-gen.js';
 
@@ -87,7 +88,7 @@ describe('forget through the CLI', () => {
     expect(human.stdout).toContain('exp@h: keep 6, remove 1');
     expect(human.stdout).toMatch(new RegExp(`${ids.g.slice(0, 8)}\\s+2024-03-03 12:00:00Z\\s+keep\\s+last snapshot, daily snapshot, monthly snapshot`));
     expect(human.stdout).toMatch(new RegExp(`${ids.d.slice(0, 8)}\\s+2024-03-01 09:00:00Z\\s+remove`));
-    expect(human.stdout).toContain('would remove 1 snapshot (dry run: nothing changed)');
+    expect(human.stdout).toContain('would remove 1 snapshot, keep 6 (dry run: nothing changed)');
   });
 
   it('removes what the policy does not keep, and only in the dataset named', async () => {
@@ -164,4 +165,30 @@ describe('forget through the CLI', () => {
     expect(bad.stderr).toContain('keep_within: invalid duration "3x"');
     expect(await history('exp')).toHaveLength(3);
   });
+});
+
+describe('forget over many snapshots', () => {
+  it('answers within the message limit: every decision counted, as many listed as fit in 32 MiB', async () => {
+    const srv = await startInProcess();
+    try {
+      // 2,000 tags of 128 characters: ~260 KB a decision, so 270 of them pass the 65 MiB limit.
+      const tags = Array.from({ length: 2000 }, (_, i) => `${i}-`.padEnd(128, 't'));
+      const root = flatTree({});
+      for (let i = 0; i < 270; i++) {
+        const { sessionId } = await srv.conn.unary<{ sessionId: string }>('BeginBackup', { dataset: 'fleet', host: 'h', paths: ['/data'], tags, time: new Date(Date.UTC(2024, 0, 1, 0, i)).toISOString() });
+        if (i === 0) await upload(srv.conn, sessionId, [root]);
+        await commit(srv.conn, sessionId, root);
+      }
+      const out = await cliJson<ForgetOut & { decisionsOmitted: number }>(['forget', '--dataset', 'fleet', '--keep-last', '1', '--dry-run'], { server: srv.addr });
+      expect(out).toMatchObject({ kept: 1, removed: 269 });
+      expect(out.decisions.length + out.decisionsOmitted).toBe(270);
+      expect(out.decisions.length).toBeGreaterThan(100);
+      expect(out.decisionsOmitted).toBeGreaterThan(0);
+      const human = await runCli(['forget', '--dataset', 'fleet', '--keep-last', '1', '--dry-run'], { server: srv.addr });
+      expect(human.stdout).toContain(`(${out.decisionsOmitted} more decisions not listed: the reply lists at most 32 MiB of them)`);
+      expect(human.stdout).toContain('would remove 269 snapshots, keep 1 (dry run: nothing changed)');
+    } finally {
+      await srv.stop();
+    }
+  }, 120_000);
 });
