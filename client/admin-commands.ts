@@ -144,6 +144,14 @@ function printPrune(r: ReturnType<typeof pruneRecord>): void {
   );
 }
 
+/** A server older than the counts (ForgetReply fields 3-5) sends them as 0: its list is then whole. */
+function decisionCounts(reply: ForgetReply): { kept: number; removed: number; omitted: number } {
+  const [kept, removed, omitted] = [Number(reply.kept), Number(reply.removed), Number(reply.decisionsOmitted)];
+  if (kept + removed > 0 || reply.decisions.length === 0) return { kept, removed, omitted };
+  const listedKept = reply.decisions.filter((d) => d.keep).length;
+  return { kept: listedKept, removed: reply.decisions.length - listedKept, omitted: 0 };
+}
+
 function printDecisions(reply: ForgetReply, dryRun: boolean): void {
   const groups = new Map<string, ForgetDecision[]>();
   for (const d of reply.decisions) {
@@ -158,7 +166,7 @@ function printDecisions(reply: ForgetReply, dryRun: boolean): void {
     out(table(['ID', 'TIME', 'ACTION', 'REASONS'], ds.map((d) => [shortId(d.snapshot.id), localTime(d.snapshot.time), d.keep ? 'keep' : 'remove', d.reasons.join(', ')])));
     out('');
   }
-  const [kept, removed, omitted] = [Number(reply.kept), Number(reply.removed), Number(reply.decisionsOmitted)];
+  const { kept, removed, omitted } = decisionCounts(reply);
   if (omitted > 0) out(`(${omitted} more decisions not listed: the reply lists at most 32 MiB of them)`);
   if (kept + removed === 0) out('no snapshots matched');
   else out(dryRun ? `would remove ${removed} snapshot${removed === 1 ? '' : 's'}, keep ${kept} (dry run: nothing changed)` : `removed ${removed} snapshot${removed === 1 ? '' : 's'}, kept ${kept}`);
@@ -203,7 +211,8 @@ export function registerAdminCommands(program: Command): void {
         const reply = await conn.unary<ForgetReply>('Forget', { policy: given ? policy : null, dataset: o.dataset ?? '', host: o.host ?? '', dryRun: o.dryRun, prune: false, snapshotIds: ids }, undefined, NO_DEADLINE);
         const pruned = o.prune ? pruneRecord(await conn.unary<PruneReply>('Prune', { dryRun: o.dryRun, maxUnused }, undefined, NO_DEADLINE)) : null;
         if (g.json) {
-          out(JSON.stringify({ dryRun: o.dryRun, kept: Number(reply.kept), removed: Number(reply.removed), decisionsOmitted: Number(reply.decisionsOmitted), decisions: reply.decisions.map(decisionRecord), prune: pruned }));
+          const { kept, removed, omitted } = decisionCounts(reply);
+          out(JSON.stringify({ dryRun: o.dryRun, kept, removed, decisionsOmitted: omitted, decisions: reply.decisions.map(decisionRecord), prune: pruned }));
         } else {
           printDecisions(reply, o.dryRun);
           if (pruned) {

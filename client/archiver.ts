@@ -305,16 +305,17 @@ export class Archiver {
   /**
    * Reads a file whole. One written while it was read (a checkpoint being saved) would be
    * recorded as a mix of old and new bytes that never existed on disk: a change seen in its
-   * size or mtime after the read makes it read once more, and a second change is reported
-   * (exit 3) with what the second read got. The next snapshot reads it again anyway. (Not the
-   * ctime: a file deleted or linked while it is read changes only that, and its bytes are whole.)
+   * size, mtime or ctime after the read (the ctime catches a rewrite that put the mtime back,
+   * as cp -p does) makes it read once more, from the same open file, and a second change is
+   * reported (exit 3) with what the second read got. A file deleted or linked meanwhile is the
+   * same inode still open: its second read is whole. The next snapshot reads it again anyway.
    */
   private async readStreaming(abs: string, node: Node, buf: Buffer): Promise<number> {
-    for (let attempt = 1; ; attempt++) {
-      const fh = await fs.open(abs, READ_REGULAR_FLAGS);
-      try {
-        const before = await fh.stat({ bigint: true });
-        if (!before.isFile()) throw noLongerRegular(abs);
+    const fh = await fs.open(abs, READ_REGULAR_FLAGS);
+    try {
+      let before = await fh.stat({ bigint: true });
+      if (!before.isFile()) throw noLongerRegular(abs);
+      for (let attempt = 1; ; attempt++) {
         node.chunks = [];
         let size = 0;
         for await (const chunk of chunkViews(fh, this.chunker, undefined, buf)) {
@@ -322,14 +323,15 @@ export class Archiver {
           await this.offerChunk(chunk, node);
         }
         const after = await fh.stat({ bigint: true });
-        if (after.size === before.size && after.mtimeNs === before.mtimeNs) return size;
+        if (after.size === before.size && after.mtimeNs === before.mtimeNs && after.ctimeNs === before.ctimeNs) return size;
         if (attempt === 2) {
           this.problem(abs, Object.assign(new Error('changed while it was read, twice: the snapshot holds the second read, which may mix old and new contents'), { code: 'ECHANGED' }));
           return size;
         }
-      } finally {
-        await fh.close();
+        before = after;
       }
+    } finally {
+      await fh.close();
     }
   }
 

@@ -186,7 +186,10 @@ export class Restorer {
       const childRel = joinPath(rel, node.name);
       const included = this.wanted(childRel, underIncluded);
       if (node.type === 'DIR') {
-        if (included && !((await this.dirStands(abs)) && (await this.makeWayForDir(childAbs)))) continue;
+        if (included && !((await this.dirStands(abs)) && (await this.makeWayForDir(childAbs)) && (await this.dirStands(childAbs)))) {
+          this.blockedBelow = true;
+          continue;
+        }
         if (included && !this.opts.dryRun) {
           await this.ensureDir(childAbs);
           this.dirs.push({ abs: childAbs, node });
@@ -267,18 +270,22 @@ export class Restorer {
         this.conflicts.push({ path: err.path, reason: 'a file or link stands where the snapshot has a directory; kept, and nothing restored below it' });
         this.stats.filesKeptLocal++;
       }
-      this.blockedBelow = true;
       return false;
     }
   }
 
-  /** ensureDir's checks without making anything, for a dry run. */
+  /**
+   * ensureDir's checks without making anything, for a dry run: a directory the real run would
+   * make (missing, or below one it makes) counts as created, so nothing below it is looked at
+   * (through a link the real run removes first, say).
+   */
   private async lookThrough(dir: string): Promise<void> {
     if (dir === this.target || this.ensured.has(dir)) return;
-    await this.lookThrough(path.dirname(dir));
-    const st = await fs.lstat(dir).catch(() => undefined);
+    const parent = path.dirname(dir);
+    await this.lookThrough(parent);
+    const st = this.created.has(parent) ? undefined : await fs.lstat(dir).catch(() => undefined);
     if (st && !st.isDirectory()) throw new NotADirectory(dir);
-    // Nothing below a missing directory exists either: ensured stands for "nothing in the way".
+    if (!st) this.created.add(dir);
     this.ensured.add(dir);
   }
 
@@ -300,7 +307,6 @@ export class Restorer {
       }
       return true;
     }
-    this.blockedBelow = true;
     this.conflicts.push({ path: abs, reason: 'a file or link stands where the snapshot has a directory; kept, and nothing restored below it' });
     this.stats.filesKeptLocal++;
     return false;
@@ -315,7 +321,7 @@ export class Restorer {
     const dryRun = this.opts.dryRun;
     if (!(await this.dirStands(path.dirname(abs)))) return;
     this.stats.symlinks++;
-    const existing = await fs.lstat(abs).catch(() => undefined);
+    const existing = this.created.has(path.dirname(abs)) ? undefined : await fs.lstat(abs).catch(() => undefined);
     if (existing) {
       if (existing.isSymbolicLink() && (await fs.readlink(abs)) === node.target) return;
       if (this.opts.overwrite !== 'always') {

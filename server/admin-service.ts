@@ -35,7 +35,7 @@ function listedDecisions(decisions: ForgetDecision[]): ForgetDecision[] {
   let bytes = 0;
   for (const d of decisions) {
     const snapshot = { ...d.snapshot, paths: [], summary: emptySummary() };
-    bytes += 400 + snapshot.tags.reduce((n, t) => n + t.length + 2, 0) + d.reasons.reduce((n, r) => n + r.length + 2, 0);
+    bytes += 200 + snapshot.dataset.length + snapshot.host.length + snapshot.clientVersion.length + snapshot.tags.reduce((n, t) => n + t.length + 2, 0) + d.reasons.reduce((n, r) => n + r.length + 2, 0);
     if (bytes > MAX_LISTED_DECISION_BYTES) break;
     listed.push({ ...d, snapshot });
   }

@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -129,6 +130,43 @@ describe('Archiver', () => {
       expect(archiver.problems).toEqual([]);
       const [node] = decodeTree(made.get(rootId.toString('hex'))!, 'root');
       expect(node.size).toBe(String(after.length));
+      expect(node.chunks).toEqual([hash(after)]);
+    } finally {
+      await small.close();
+    }
+  });
+
+  it('reads a file again when it was rewritten in place with its mtime put back (cp -p), as its ctime says', async () => {
+    const root = tmpDir('cairn-archiver-');
+    const file = path.join(root, 'ckpt.bin');
+    const after = Buffer.alloc(DEFAULT_CHUNKER_PARAMS.minSize * 2, 2);
+    await fs.writeFile(file, Buffer.alloc(DEFAULT_CHUNKER_PARAMS.minSize * 2, 1));
+    // touch -r keeps the nanoseconds, as cp -p does; fs.utimes would round them.
+    const times = path.join(root, '..', 'ckpt.times');
+    execFileSync('touch', ['-r', file, times]);
+    const { hash } = await import('../common/hash.js');
+    const { decodeTree } = await import('../common/tree.js');
+    let offers = 0;
+    const sink: BlobSink = {
+      offer: async (_id, _raw, kind) => {
+        if (kind !== 'DATA' || offers++ > 0) return;
+        const fh = await fs.open(file, 'r+');
+        await fh.write(after, 0, after.length, 0);
+        await fh.close();
+        execFileSync('touch', ['-r', times, file]);
+      },
+      offerPacked: async () => undefined,
+    };
+    const { Archiver, SmallFileReader } = await load();
+    const small = new SmallFileReader(3, DEFAULT_CHUNKER_PARAMS.minSize, 1);
+    const excludes = await ExcludeMatcher.create({ excludes: [], includes: [], excludeFiles: [], defaultExcludes: true, excludeCaches: true });
+    const made = new Map<string, Buffer>();
+    const archiver = new Archiver({ chunker: new Chunker(DEFAULT_CHUNKER_PARAMS), sink, small, excludes, trees: { readParent: async () => [], made: (id, bytes) => void made.set(id.toString('hex'), bytes) } });
+    try {
+      const rootId = await archiver.archive([root], undefined);
+      expect(archiver.problems).toEqual([]);
+      expect(offers).toBe(2);
+      const [node] = decodeTree(made.get(rootId.toString('hex'))!, 'root');
       expect(node.chunks).toEqual([hash(after)]);
     } finally {
       await small.close();

@@ -221,17 +221,39 @@ describe('restore from a hostile server writes nothing outside the target', () =
   });
 
   it('with --include, never removes or reads through a link above the included path, to a file outside the target', async () => {
-    const outside = path.join(path.dirname(canary), 'outside-b');
-    await fs.mkdir(outside, { recursive: true });
-    await fs.writeFile(path.join(outside, 'b'), 'a file of the user outside the target');
-    const plant = (t: string) => fs.symlink(outside, path.join(t, 'a'));
+    // Beside the target, in the base the helper lists before and after: any change fails the test.
+    const plant = async (t: string) => {
+      const outside = path.join(path.dirname(t), 'outside-b');
+      await fs.mkdir(outside);
+      await fs.writeFile(path.join(outside, 'b'), 'a file of the user outside the target');
+      await fs.symlink(outside, path.join(t, 'a'));
+    };
     const snapshot = () => [dir('a', [dir('b', [file('f', 'restored')])])];
     for (const mode of ['never', 'always']) {
       const r = await restore(snapshot(), ['--include', 'a/b', '--overwrite', mode], plant);
       expect(r.code, r.stderr).toBe(3);
       expect(r.stderr).toContain(`kept local: ${target}/a: a file or link stands where the snapshot has a directory`);
-      expect(await fs.readFile(path.join(outside, 'b'), 'utf8')).toBe('a file of the user outside the target');
     }
+  });
+
+  it('--overwrite always: the dry run plans what the real run does below a link it replaces, and neither touches what the link points to', async () => {
+    const plant = async (t: string) => {
+      const outside = path.join(path.dirname(t), 'outside-d');
+      await fs.mkdir(path.join(outside, 'sub'), { recursive: true });
+      await fs.writeFile(path.join(outside, 'sub/g'), 'g');
+      await fs.mkdir(path.join(outside, 'lnk/full'), { recursive: true });
+      await fs.symlink(outside, path.join(t, 'd'));
+    };
+    const snapshot = () => [dir('d', [link('lnk', 'sub/g'), dir('sub', [file('g', 'g')])])];
+    const dry = await restore(snapshot(), ['--overwrite', 'always', '--dry-run', '--json'], plant);
+    expect(dry.code, dry.stderr).toBe(0);
+    const planned = JSON.parse(dry.stdout) as { plan: { filesToWrite: number; filesIdentical: number }; conflicts: unknown[] };
+    expect(planned.conflicts).toEqual([]);
+    expect(planned.plan).toMatchObject({ filesToWrite: 1, filesIdentical: 0 });
+    const real = await restore(snapshot(), ['--overwrite', 'always'], plant);
+    expect(real.code, real.stderr).toBe(0);
+    expect(await fs.readlink(path.join(target, 'd/lnk'))).toBe('sub/g');
+    expect(await fs.readFile(path.join(target, 'd/sub/g'), 'utf8')).toBe('g');
   });
 
   it('replaces a link standing where a file goes without writing through it', async () => {

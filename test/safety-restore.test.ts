@@ -133,6 +133,10 @@ describe('restore safety through the CLI', () => {
     }
     const planned = await json<{ plan: Plan }>(['restore', '--dataset', 'kinds', '--overwrite', 'always', '--dry-run', target]);
     expect(planned.plan.filesToWrite).toBe(2);
+    // A file blocked by the local file adir still had its pattern tried: only the typo is named.
+    const typo = await cli(['restore', '--dataset', 'kinds', '--include', 'adir/x.txt', '--include', 'zz.tx', '--dry-run', target]);
+    expect(typo.stderr).toContain('warning: --include zz.tx matches nothing');
+    expect(typo.stderr).not.toContain('--include adir/x.txt matches nothing');
     for (const mode of ['never', 'always']) {
       const r = await cli(['restore', '--dataset', 'kinds', '--overwrite', mode, target]);
       expect(r.code, r.stderr).toBe(3);
