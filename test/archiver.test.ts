@@ -104,19 +104,13 @@ describe('Archiver', () => {
     }
   });
 
-  it('reads a file again when it changed while it was read, and records the second read', async () => {
-    const root = tmpDir('cairn-archiver-');
-    const file = path.join(root, 'ckpt.bin');
-    const before = Buffer.alloc(DEFAULT_CHUNKER_PARAMS.minSize * 2, 1);
-    const after = Buffer.alloc(DEFAULT_CHUNKER_PARAMS.minSize * 2 + 5, 2);
-    await fs.writeFile(file, before);
-    const { hash } = await import('../common/hash.js');
+  /** Archives `root` (one file) with a sink that calls `onFirstChunk` at the file's first data chunk; the file's node and the problems. */
+  async function archiveOneFile(root: string, onFirstChunk: () => Promise<void>) {
     const { decodeTree } = await import('../common/tree.js');
     let offers = 0;
     const sink: BlobSink = {
-      // The checkpoint is saved again while the first read of it is under way.
       offer: async (_id, _raw, kind) => {
-        if (kind === 'DATA' && offers++ === 0) await fs.writeFile(file, after);
+        if (kind === 'DATA' && offers++ === 0) await onFirstChunk();
       },
       offerPacked: async () => undefined,
     };
@@ -127,13 +121,24 @@ describe('Archiver', () => {
     const archiver = new Archiver({ chunker: new Chunker(DEFAULT_CHUNKER_PARAMS), sink, small, excludes, trees: { readParent: async () => [], made: (id, bytes) => void made.set(id.toString('hex'), bytes) } });
     try {
       const rootId = await archiver.archive([root], undefined);
-      expect(archiver.problems).toEqual([]);
       const [node] = decodeTree(made.get(rootId.toString('hex'))!, 'root');
-      expect(node.size).toBe(String(after.length));
-      expect(node.chunks).toEqual([hash(after)]);
+      return { node, problems: archiver.problems, offers };
     } finally {
       await small.close();
     }
+  }
+
+  it('reads a file again when it changed while it was read, and records the second read', async () => {
+    const root = tmpDir('cairn-archiver-');
+    const file = path.join(root, 'ckpt.bin');
+    const after = Buffer.alloc(DEFAULT_CHUNKER_PARAMS.minSize * 2 + 5, 2);
+    await fs.writeFile(file, Buffer.alloc(DEFAULT_CHUNKER_PARAMS.minSize * 2, 1));
+    const { hash } = await import('../common/hash.js');
+    // The checkpoint is saved again while the first read of it is under way.
+    const { node, problems } = await archiveOneFile(root, () => fs.writeFile(file, after));
+    expect(problems).toEqual([]);
+    expect(node.size).toBe(String(after.length));
+    expect(node.chunks).toEqual([hash(after)]);
   });
 
   it('reads a file again when it was rewritten in place with its mtime put back (cp -p), as its ctime says', async () => {
@@ -145,32 +150,15 @@ describe('Archiver', () => {
     const times = path.join(root, '..', 'ckpt.times');
     execFileSync('touch', ['-r', file, times]);
     const { hash } = await import('../common/hash.js');
-    const { decodeTree } = await import('../common/tree.js');
-    let offers = 0;
-    const sink: BlobSink = {
-      offer: async (_id, _raw, kind) => {
-        if (kind !== 'DATA' || offers++ > 0) return;
-        const fh = await fs.open(file, 'r+');
-        await fh.write(after, 0, after.length, 0);
-        await fh.close();
-        execFileSync('touch', ['-r', times, file]);
-      },
-      offerPacked: async () => undefined,
-    };
-    const { Archiver, SmallFileReader } = await load();
-    const small = new SmallFileReader(3, DEFAULT_CHUNKER_PARAMS.minSize, 1);
-    const excludes = await ExcludeMatcher.create({ excludes: [], includes: [], excludeFiles: [], defaultExcludes: true, excludeCaches: true });
-    const made = new Map<string, Buffer>();
-    const archiver = new Archiver({ chunker: new Chunker(DEFAULT_CHUNKER_PARAMS), sink, small, excludes, trees: { readParent: async () => [], made: (id, bytes) => void made.set(id.toString('hex'), bytes) } });
-    try {
-      const rootId = await archiver.archive([root], undefined);
-      expect(archiver.problems).toEqual([]);
-      expect(offers).toBe(2);
-      const [node] = decodeTree(made.get(rootId.toString('hex'))!, 'root');
-      expect(node.chunks).toEqual([hash(after)]);
-    } finally {
-      await small.close();
-    }
+    const { node, problems, offers } = await archiveOneFile(root, async () => {
+      const fh = await fs.open(file, 'r+');
+      await fh.write(after, 0, after.length, 0);
+      await fh.close();
+      execFileSync('touch', ['-r', times, file]);
+    });
+    expect(problems).toEqual([]);
+    expect(offers).toBe(2);
+    expect(node.chunks).toEqual([hash(after)]);
   });
 
   it('stops the whole walk when a directory it has left fails, and stores no tree after', async () => {
