@@ -190,10 +190,8 @@ export class Restorer {
           this.blockedBelow = true;
           continue;
         }
-        if (included && !this.opts.dryRun) {
-          await this.ensureDir(childAbs);
-          this.dirs.push({ abs: childAbs, node });
-        }
+        // dirStands made it (outside a dry run); its mode and times are set at the end.
+        if (included && !this.opts.dryRun) this.dirs.push({ abs: childAbs, node });
         if (included) this.stats.dirs++;
         await this.restoreDir(node.subtree, childAbs, childRel, included && this.include !== undefined);
       } else if (!included) {
@@ -265,11 +263,7 @@ export class Restorer {
       return true;
     } catch (err) {
       if (!(err instanceof NotADirectory)) throw err;
-      if (!this.blocked.has(err.path)) {
-        this.blocked.add(err.path);
-        this.conflicts.push({ path: err.path, reason: 'a file or link stands where the snapshot has a directory; kept, and nothing restored below it' });
-        this.stats.filesKeptLocal++;
-      }
+      this.keepInTheWay(err.path);
       return false;
     }
   }
@@ -307,9 +301,16 @@ export class Restorer {
       }
       return true;
     }
+    this.keepInTheWay(abs);
+    return false;
+  }
+
+  /** A file or link kept where a directory of the snapshot goes: one conflict, however many entries lie below. */
+  private keepInTheWay(abs: string): void {
+    if (this.blocked.has(abs)) return;
+    this.blocked.add(abs);
     this.conflicts.push({ path: abs, reason: 'a file or link stands where the snapshot has a directory; kept, and nothing restored below it' });
     this.stats.filesKeptLocal++;
-    return false;
   }
 
   private async restoreSymlink({ abs, node, depth }: LinkToMake): Promise<void> {
