@@ -22,10 +22,6 @@ function pruneReply(r: PruneResult): PruneReply {
 
 type Ctx = { repo: Repository };
 
-/**
- * Administration: retention, garbage collection, verification, protection. A group of its own,
- * so access control can demand an admin role for these RPC names.
- */
 /** Bytes of decisions a Forget reply lists: 130,000 snapshots' full records passed the 65 MiB message limit after forget had done its work. */
 const MAX_LISTED_DECISION_BYTES = 32 * 1024 * 1024;
 
@@ -42,6 +38,10 @@ function listedDecisions(decisions: ForgetDecision[]): ForgetDecision[] {
   return listed;
 }
 
+/**
+ * Administration: retention, garbage collection, verification, protection. A group of its own,
+ * so access control can demand an admin role for these RPC names.
+ */
 export function adminHandlers(deps: ServiceDeps): grpc.UntypedServiceImplementation {
   const { auth, log } = deps;
 
