@@ -6,7 +6,7 @@ import { hash } from '../common/hash.js';
 import type { Node } from '../common/messages.js';
 import { compareNames, emptyNode, encodeTree } from '../common/tree.js';
 import type { ExcludeMatcher } from './excludes.js';
-import { DirReader, readLinkTarget, rootRel, type EntryStat, type ScanEntry } from './scan.js';
+import { DirReader, entryStat, readLinkTarget, rootRel, type EntryStat, type ScanEntry } from './scan.js';
 import { noLongerRegular, READ_REGULAR_FLAGS } from './regular-file.js';
 import type { WalkCache } from './walk-cache.js';
 import type { SmallFile, SmallFileReader } from './small-file-reader.js';
@@ -139,7 +139,7 @@ export class Archiver {
       const st = await fs.stat(root, { bigint: true });
       const prev = parentNodes.get(name);
       const subtree = await this.archiveRoot(root, name, prev?.type === 'DIR' ? prev.subtree : undefined);
-      nodes.push(dirNode(name, st, subtree));
+      nodes.push(dirNode(name, entryStat(st).st, subtree));
     }
     return this.storeTree(nodes, parentRoot);
   }
@@ -364,6 +364,7 @@ function metaNode(name: string, type: Node['type'], st: EntryStat): Node {
   node.ctimeNs = String(st.ctimeNs);
   node.inode = String(st.ino);
   node.size = type === 'DIR' ? '0' : String(st.size);
+  if (type === 'FILE' && st.nlink > 1) node.links = st.nlink;
   return node;
 }
 

@@ -30,7 +30,7 @@ async function isEmptyOrMissing(dir: string): Promise<boolean> {
 /** What restoring a whole snapshot into an empty directory writes, from its summary. */
 function statsOf(s: Snapshot): RestoreStats {
   const n = (v: string) => Number(v);
-  return { files: n(s.summary.files), dirs: n(s.summary.dirs), symlinks: n(s.summary.symlinks), bytes: n(s.summary.bytes), filesSkippedSame: 0, filesKeptLocal: 0, filesOverwritten: 0 };
+  return { files: n(s.summary.files), dirs: n(s.summary.dirs), symlinks: n(s.summary.symlinks), bytes: n(s.summary.bytes), filesSkippedSame: 0, filesKeptLocal: 0, filesOverwritten: 0, hardLinks: 0, hardLinksAsCopies: 0 };
 }
 
 /** Peak resident memory of this process, reported so memory bounds can be checked from outside. */
@@ -151,7 +151,10 @@ export function buildProgram(): Command {
         // the tree is walked once, not twice.
         const planner = new Restorer(conn, hello, { target, overwrite, includes: o.include, dryRun: true, confineSymlinks: o.confineSymlinks });
         const fresh = !o.dryRun && o.include.length === 0 && (await isEmptyOrMissing(target));
-        const plan = restorePlan(fresh ? statsOf(snapshot) : await planner.restore(snapshot), await freeSpace(target));
+        const free = await freeSpace(target);
+        let plan = restorePlan(fresh ? statsOf(snapshot) : await planner.restore(snapshot), free);
+        // The summary counts a hard-linked file once per path: walked, it may fit after all.
+        if (fresh && plan.bytesToWrite > plan.freeBytes) plan = restorePlan(await planner.restore(snapshot), free);
         // Only a restore with --include has a planner that walked the tree (fresh needs none).
         const unmatched = fresh ? [] : planner.unmatchedIncludes();
         for (const g of unmatched) process.stderr.write(`warning: --include ${g} matches nothing in snapshot ${snapshot.id.slice(0, 8)} (patterns match paths from the snapshot's root, such as reports/** or runs/run-1/weights.bin)\n`);
@@ -183,6 +186,7 @@ export function buildProgram(): Command {
           for (const c of restorer.conflicts) process.stderr.write(`kept local: ${c.path}: ${c.reason}${overwriteHint}\n`);
           out(`restored snapshot ${snapshot.id.slice(0, 8)} (${snapshot.dataset}@${snapshot.host}, ${localTime(snapshot.time)}) to ${target}`);
           out(`  files ${stats.files} (${stats.filesSkippedSame} already present), dirs ${stats.dirs}, symlinks ${stats.symlinks}, ${formatBytes(stats.bytes)} written, ${stats.filesKeptLocal} local files kept`);
+          if (stats.hardLinks + stats.hardLinksAsCopies > 0) out(`  hard links ${stats.hardLinks} made${stats.hardLinksAsCopies > 0 ? `, ${stats.hardLinksAsCopies} paths restored as separate files (first path kept local, or the file system refused the link)` : ''}`);
           out(`  ${seconds.toFixed(2)}s, ${formatBytes(stats.bytes / Math.max(seconds, 0.001))}/s`);
         }
         for (const r of restorer.refused) process.stderr.write(`refused: ${r.path}: ${r.reason}\n`);

@@ -14,6 +14,8 @@ export interface RestorePlan {
   bytesToWrite: number;
   /** Of filesToWrite, those that replace a local file (--overwrite always or if-newer). */
   filesReplaced: number;
+  /** Of filesToWrite, those made as hard links to another restored path: they take no space. */
+  filesLinked: number;
   /** Local files that differ from the snapshot and stay as they are. */
   filesKeptLocal: number;
   /** Local files that already hold the snapshot's bytes: not fetched again. */
@@ -43,6 +45,7 @@ export function restorePlan(dryRun: RestoreStats, free: { dir: string; bytes: nu
     filesToWrite: dryRun.files - dryRun.filesSkippedSame,
     bytesToWrite: dryRun.bytes,
     filesReplaced: dryRun.filesOverwritten,
+    filesLinked: dryRun.hardLinks,
     filesKeptLocal: dryRun.filesKeptLocal,
     filesIdentical: dryRun.filesSkippedSame,
     filesystem: free.dir,
@@ -52,9 +55,10 @@ export function restorePlan(dryRun: RestoreStats, free: { dir: string; bytes: nu
 
 export function describePlan(p: RestorePlan): string {
   const replaced = p.filesReplaced > 0 ? `, replacing ${p.filesReplaced} local files` : '';
+  const linked = p.filesLinked > 0 ? ` (${p.filesLinked} of them hard links to another)` : '';
   const fits = p.bytesToWrite <= p.freeBytes ? '' : ' (NOT ENOUGH SPACE: the restore would be refused)';
   return [
-    `  write      ${p.filesToWrite} files, ${formatBytes(p.bytesToWrite)}${replaced}`,
+    `  write      ${p.filesToWrite} files${linked}, ${formatBytes(p.bytesToWrite)}${replaced}`,
     `  keep       ${p.filesKeptLocal} local files that are newer or differ${p.filesKeptLocal > 0 ? ' (--overwrite if-newer or always replaces them)' : ''}`,
     `  identical  ${p.filesIdentical} files already hold the snapshot's bytes (not fetched)`,
     `  space      ${formatBytes(p.freeBytes)} free in ${p.filesystem}${fits}`,

@@ -74,7 +74,7 @@ async function findEntry(conn: Connection, tree: Buffer, name: string): Promise<
 
 async function locate(conn: Connection, snap: Snapshot, p: string): Promise<Located> {
   const parts = splitPath(p);
-  let node: Node = { name: '', type: 'DIR', mode: 0o755, mtimeNs: '0', size: '0', chunks: [], subtree: Buffer.from(snap.rootTree, 'hex'), target: '', inode: '0', ctimeNs: '0' };
+  let node: Node = { name: '', type: 'DIR', mode: 0o755, mtimeNs: '0', size: '0', chunks: [], subtree: Buffer.from(snap.rootTree, 'hex'), target: '', inode: '0', ctimeNs: '0', links: 0 };
   for (let i = 0; i < parts.length; i++) {
     const here = parts.slice(0, i).join('/');
     if (node.type !== 'DIR') throw notFound(`path ${parts.join('/')} does not exist in snapshot ${shortId(snap.id)}: ${here} is a ${node.type.toLowerCase()}, not a directory`);

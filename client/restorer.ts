@@ -10,6 +10,7 @@ import type { HelloReply, Node, Snapshot } from '../common/messages.js';
 import { badName, joinPath } from '../common/tree.js';
 import { ChunkFetcher } from './chunk-fetcher.js';
 import { FileWriter, type WholeFile } from './file-writer.js';
+import { HardLinks } from './hard-links.js';
 import { readTree } from './tree-reader.js';
 import type { Connection } from './connection.js';
 
@@ -34,6 +35,10 @@ export interface RestoreStats {
   filesSkippedSame: number;
   filesKeptLocal: number;
   filesOverwritten: number;
+  /** Files restored as a hard link to another path of the same file, as on the source. */
+  hardLinks: number;
+  /** Paths of a hard-linked file restored as separate files: the first path was kept as the user had it, the file system refused the link, or past MAX_TRACKED_LINKS. */
+  hardLinksAsCopies: number;
 }
 
 export interface PlannedConflict {
@@ -55,6 +60,16 @@ interface SmallFile {
 const SMALL_FILE_BYTES = 1024 * 1024;
 const SMALL_BATCH_FILES = 256;
 const SMALL_BATCH_BYTES = 8 * 1024 * 1024;
+
+interface HardLinkToMake {
+  abs: string;
+  node: Node;
+  /** The path of the same file restored first. */
+  first: string;
+}
+
+/** link() errors that mean "not here" (another file system, no hard links, too many): the file is written instead. */
+const LINK_REFUSED = new Set(['EXDEV', 'EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'EMLINK']);
 
 interface LinkToMake {
   abs: string;
@@ -89,7 +104,7 @@ export function escapingSymlink(target: string, depth: number): string | undefin
  * file, so no write of this restore can pass through one; modes and times are set last.
  */
 export class Restorer {
-  readonly stats: RestoreStats = { files: 0, dirs: 0, symlinks: 0, bytes: 0, filesSkippedSame: 0, filesKeptLocal: 0, filesOverwritten: 0 };
+  readonly stats: RestoreStats = { files: 0, dirs: 0, symlinks: 0, bytes: 0, filesSkippedSame: 0, filesKeptLocal: 0, filesOverwritten: 0, hardLinks: 0, hardLinksAsCopies: 0 };
   readonly conflicts: PlannedConflict[] = [];
   /** Symlinks not made because of confineSymlinks. */
   readonly refused: PlannedConflict[] = [];
@@ -101,6 +116,8 @@ export class Restorer {
   private readonly matched: boolean[] = [];
   private readonly dirs: DirToFinish[] = [];
   private readonly links: LinkToMake[] = [];
+  private readonly hardLinks = new HardLinks();
+  private readonly hardLinksToMake: HardLinkToMake[] = [];
   private readonly ensured = new Set<string>();
   /** Files or links standing where a directory goes, already reported. */
   private readonly blocked = new Set<string>();
@@ -146,8 +163,11 @@ export class Restorer {
     if (!this.opts.dryRun) await this.ensureDir(this.target);
     await this.restoreDir(Buffer.from(snapshot.rootTree, 'hex'), this.target, '', false);
     await this.flushSmall();
-    while (this.running.size > 0) await Promise.all([...this.running]);
-    if (this.failure) throw this.failure;
+    await this.drain();
+    // Every first path is in place now; links go in before the symlinks, as every write does.
+    for (const l of this.hardLinksToMake) await this.restoreHardLink(l);
+    await this.drain();
+    this.stats.hardLinksAsCopies += this.hardLinks.untracked;
     for (const l of this.links) await this.restoreSymlink(l);
     if (!this.opts.dryRun) {
       for (const d of this.dirs.reverse()) await applyMeta(d.abs, d.node, false);
@@ -201,6 +221,11 @@ export class Restorer {
         this.links.push({ abs: childAbs, node, depth: rel === '' ? 0 : rel.split('/').length });
       } else {
         if (!(await this.dirStands(abs))) continue;
+        const first = this.hardLinks.linkOf(childAbs, node);
+        if (first !== undefined) {
+          this.hardLinksToMake.push({ abs: childAbs, node, first });
+          continue;
+        }
         if (node.chunks.length <= 1 && Number(node.size) <= SMALL_FILE_BYTES) {
           this.small.push({ abs: childAbs, node });
           this.smallBytes += Number(node.size);
@@ -210,6 +235,11 @@ export class Restorer {
         }
       }
     }
+  }
+
+  private async drain(): Promise<void> {
+    while (this.running.size > 0) await Promise.all([...this.running]);
+    if (this.failure) throw this.failure;
   }
 
   private async schedule(job: () => Promise<void>): Promise<void> {
@@ -395,6 +425,7 @@ export class Restorer {
         const data = new Map(withData.map((f, i) => [f, fetched!.chunks[i]]));
         const files = toWrite.map((f) => wholeFile(f.abs, f.node, data.get(f) ?? Buffer.alloc(0)));
         await this.writer.write(files);
+        for (const f of toWrite) this.hardLinks.restored(f.abs, f.node);
         for (const f of files) this.stats.bytes += f.data.length;
         this.opts.onProgress?.(this.stats);
       } finally {
@@ -405,31 +436,79 @@ export class Restorer {
 
   private async restoreFile(abs: string, node: Node): Promise<void> {
     if (!(await this.shouldWrite(abs, node))) return;
+    await this.fetchAndWrite(abs, node);
+  }
+
+  private async fetchAndWrite(abs: string, node: Node): Promise<void> {
     const avg = node.chunks.length > 0 ? Math.max(1, Math.ceil(Number(node.size) / node.chunks.length)) : 1;
     await this.writeFile(abs, node, this.fetcher.chunks(node.chunks, `file ${abs}`, avg));
+    this.hardLinks.restored(abs, node);
+  }
+
+  /**
+   * A later path of a hard-linked file: linked to the first one through a temporary name, so
+   * the overwrite rules and the atomic rename apply as to any file. Written as a file of its
+   * own when the first path kept the user's different file, or the file system takes no link.
+   */
+  private async restoreHardLink({ abs, node, first }: HardLinkToMake): Promise<void> {
+    if (!this.hardLinks.isRestored(node)) {
+      this.stats.hardLinksAsCopies++;
+      await this.schedule(() => this.restoreFile(abs, node));
+      return;
+    }
+    const outcome = await this.settle(abs, node, false);
+    if (outcome === 'would-write') this.stats.hardLinks++;
+    if (outcome !== 'write') return;
+    const tmp = tempName(abs);
+    try {
+      await fs.link(first, tmp);
+    } catch (err) {
+      if (!LINK_REFUSED.has((err as NodeJS.ErrnoException).code ?? '')) throw err;
+      this.stats.hardLinksAsCopies++;
+      await this.schedule(() => this.fetchAndWrite(abs, node));
+      return;
+    }
+    try {
+      await fs.rename(tmp, abs);
+    } catch (err) {
+      await fs.rm(tmp, { force: true });
+      throw err;
+    }
+    this.stats.hardLinks++;
   }
 
   /** Applies the overwrite rules and counts the outcome; true when the file is to be written. */
   private async shouldWrite(abs: string, node: Node): Promise<boolean> {
+    return (await this.settle(abs, node, true)) === 'write';
+  }
+
+  /**
+   * shouldWrite's decision, telling a dry run's "would write" apart from nothing to do. With
+   * `bytes` a dry run counts the file's size as to be written (a hard link writes none).
+   */
+  private async settle(abs: string, node: Node, bytes: boolean): Promise<'write' | 'would-write' | 'none'> {
     const { action, exists, why } = await this.decide(abs, node);
     if (action === 'skip-same') {
       this.stats.filesSkippedSame++;
       this.stats.files++;
       if (!this.opts.dryRun) await applyMeta(abs, node, false);
-      return false;
+      this.hardLinks.restored(abs, node);
+      return 'none';
     }
     if (action === 'keep-local') {
       this.conflicts.push({ path: abs, reason: why ?? (this.opts.overwrite === 'if-newer' ? 'local file is newer than the snapshot' : 'exists locally and differs from the snapshot') });
       this.stats.filesKeptLocal++;
-      return false;
+      return 'none';
     }
     if (exists) this.stats.filesOverwritten++;
     this.stats.files++;
     if (this.opts.dryRun) {
-      this.stats.bytes += Number(node.size);
-      return false;
+      if (bytes) this.stats.bytes += Number(node.size);
+      // As the real run will have written it.
+      this.hardLinks.restored(abs, node);
+      return 'would-write';
     }
-    return true;
+    return 'write';
   }
 
   private async writeFile(abs: string, node: Node, chunks: Iterable<Buffer> | AsyncIterable<Buffer>): Promise<void> {

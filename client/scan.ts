@@ -14,6 +14,8 @@ export interface EntryStat {
   mtimeNs: bigint;
   ctimeNs: bigint;
   ino: bigint;
+  /** Hard-link count: a number, not a BigInt, to keep each of a huge directory's entries small. */
+  nlink: number;
 }
 
 export interface ScanEntry {
@@ -130,9 +132,9 @@ export class DirReader {
  * BigInts and four Dates (~1.2 KB): kept whole in every entry, a directory of 200,000 files
  * took over 256 MB of heap to list.
  */
-function entryStat(st: BigIntStats): { st: EntryStat; kind: ScanEntry['type'] | 'OTHER' } {
+export function entryStat(st: BigIntStats): { st: EntryStat; kind: ScanEntry['type'] | 'OTHER' } {
   const kind = st.isDirectory() ? 'DIR' : st.isSymbolicLink() ? 'SYMLINK' : st.isFile() ? 'FILE' : 'OTHER';
-  return { st: { mode: st.mode, size: st.size, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs, ino: st.ino }, kind };
+  return { st: { mode: st.mode, size: st.size, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs, ino: st.ino, nlink: Number(st.nlink) }, kind };
 }
 
 /** Names and link targets are stored as UTF-8; this refuses what is not, instead of replacing it. */
@@ -313,9 +315,11 @@ export function treeBytesFloor(entries: ScanEntry[], exact: boolean): number {
       continue;
     }
     const dir = e.type === 'DIR';
-    // Fields 1-10 of common/tree.ts encodeNodes; a directory's ctime and inode are written as 0 (archiver.ts dirNode).
+    // Fields 1-11 of common/tree.ts encodeNodes; a directory's ctime and inode are written as 0
+    // (archiver.ts dirNode), and only a file's link count, when above 1 (archiver.ts metaNode).
+    const links = e.type === 'FILE' && e.st.nlink > 1 ? 1 + varintBytes(BigInt(e.st.nlink)) : 0;
     const body =
-      lenField(name) + 2 + 1 + varintBytes(e.st.mode & 0o7777n) + 1 + varintBytes(e.st.mtimeNs) + 1 + varintBytes(dir ? 0n : e.st.size) + chunks + lenField(subtree) + lenField(target) + 1 + varintBytes(dir ? 0n : e.st.ino) + 1 + varintBytes(dir ? 0n : e.st.ctimeNs);
+      lenField(name) + 2 + 1 + varintBytes(e.st.mode & 0o7777n) + 1 + varintBytes(e.st.mtimeNs) + 1 + varintBytes(dir ? 0n : e.st.size) + chunks + lenField(subtree) + lenField(target) + 1 + varintBytes(dir ? 0n : e.st.ino) + 1 + varintBytes(dir ? 0n : e.st.ctimeNs) + links;
     floor += 1 + varintBytes(BigInt(body)) + body;
   }
   return floor;

@@ -36,6 +36,8 @@ export interface Node {
   target: string;
   inode: string;
   ctimeNs: string;
+  /** Hard links to this file when more than one, else 0: a restore links paths of one inode again. */
+  links: number;
 }
 
 export interface Blob {

@@ -65,8 +65,9 @@ export function validateNodes(nodes: Node[], what: string, code: Code = Code.INV
 /**
  * Encodes a tree exactly as protobufjs encodes `cairn.v1.Tree` built with fromObject: every
  * Node field in number order, defaults included (a zero, an empty string or empty bytes is
- * still written; only an empty `chunks` list writes nothing). Tree ids are hashes of these
- * bytes, so they must never change: test/tree-codec.test.ts compares with protobufjs.
+ * still written; only an empty `chunks` list writes nothing), except `links`, written only
+ * above 1 so that trees from before it keep their ids. Tree ids are hashes of these bytes, so
+ * they must never change: test/tree-codec.test.ts compares with protobufjs.
  * Written by hand because the generic path (parsing every 64-bit decimal into a Long, a
  * message object per node) was a tenth of an unchanged snapshot's CPU.
  */
@@ -96,6 +97,11 @@ export function encodeNodes(nodes: Node[]): Buffer {
     w.varint64(n.inode);
     w.tag(10, WIRE_VARINT);
     w.varint64(n.ctimeNs);
+    // Only above 1, unlike the fields before it: trees written before it existed keep their ids.
+    if (n.links > 1) {
+      w.tag(11, WIRE_VARINT);
+      w.varint32(n.links);
+    }
     w.endMessage(start);
   }
   return w.finish();
@@ -289,7 +295,7 @@ function decodeNode(r: TreeReader, chunkStarts?: number[]): Node {
     const tag = r.varint32();
     const field = tag >>> 3;
     const wire = tag & 7;
-    const expected = field === 1 || (field >= 6 && field <= 8) ? WIRE_LEN : field >= 2 && field <= 10 ? WIRE_VARINT : -1;
+    const expected = field === 1 || (field >= 6 && field <= 8) ? WIRE_LEN : field >= 2 && field <= 11 ? WIRE_VARINT : -1;
     if (expected === -1) {
       r.skip(wire);
       continue;
@@ -335,6 +341,9 @@ function decodeNode(r: TreeReader, chunkStarts?: number[]): Node {
         break;
       case 10:
         n.ctimeNs = r.varint64(true);
+        break;
+      case 11:
+        n.links = r.varint32();
         break;
     }
   }
@@ -413,5 +422,5 @@ function readNodes(buf: Buffer, what: string, code: Code, chunkStarts?: number[]
 }
 
 export function emptyNode(name: string, type: Node['type']): Node {
-  return { name, type, mode: 0, mtimeNs: '0', size: '0', chunks: [], subtree: Buffer.alloc(0), target: '', inode: '0', ctimeNs: '0' };
+  return { name, type, mode: 0, mtimeNs: '0', size: '0', chunks: [], subtree: Buffer.alloc(0), target: '', inode: '0', ctimeNs: '0', links: 0 };
 }

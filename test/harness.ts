@@ -1,4 +1,4 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -17,6 +17,9 @@ const SERVER_BIN = binCommand(ROOT, 'cairn-server');
 const CLI_BIN = binCommand(ROOT, 'cairn');
 
 const tmpDirs: string[] = [];
+
+/** Mount namespaces let an unprivileged test mount a small tmpfs (a small disk, another file system); where they are off, such tests cannot run. */
+export const canMountTmpfs = spawnSync('unshare', ['-rm', 'sh', '-c', 'mount -t tmpfs -o size=1m tmpfs "$1"', 'sh', os.tmpdir()], { stdio: 'ignore' }).status === 0;
 
 export function tmpDir(prefix = 'cairn-test-'): string {
   const d = mkdtempSync(path.join(os.tmpdir(), prefix));

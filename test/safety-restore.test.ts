@@ -1,9 +1,8 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { promises as fs } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cleanupTmp, cliJson, ROOT, runCli, startServer, tmpDir, type ServerHandle } from './harness.js';
+import { canMountTmpfs, cleanupTmp, cliJson, ROOT, runCli, startServer, tmpDir, type ServerHandle } from './harness.js';
 import { describeTree, randomBytes, writeFile } from './tree-gen.js';
 
 const MiB = 1024 * 1024;
@@ -25,8 +24,6 @@ interface RestoreOut {
 /** A restore killed mid-file leaves its temporary `.name.cairn-restoring-xxxxxxxx`; only finished files count. */
 const isTemp = (name: string) => /\.cairn-restoring-[0-9a-f]{8}$/.test(name);
 
-/** Mount namespaces let an unprivileged test mount a small tmpfs; where they are off, the disk test cannot run. */
-const canMountTmpfs = spawnSync('unshare', ['-rm', 'sh', '-c', 'mount -t tmpfs -o size=1m tmpfs "$1"', 'sh', os.tmpdir()], { stdio: 'ignore' }).status === 0;
 
 describe('restore safety through the CLI', () => {
   let server: ServerHandle;

@@ -11,8 +11,10 @@ import { decodeTree, decodeTreeChunks, emptyNode, encodeTree } from '../common/t
  */
 const TreeType = protoRoot.lookupType('cairn.v1.Tree');
 
+/** `links` is written only above 1 (common/tree.ts), so it is left out of the object below that. */
 function reference(nodes: Node[]): Buffer {
-  return Buffer.from(TreeType.encode(TreeType.fromObject({ nodes })).finish());
+  const asWritten = nodes.map(({ links, ...n }) => (links > 1 ? { ...n, links } : n));
+  return Buffer.from(TreeType.encode(TreeType.fromObject({ nodes: asWritten })).finish());
 }
 
 function referenceDecode(bytes: Buffer): Node[] {
@@ -48,6 +50,7 @@ function randomNodes(r: () => number): Node[] {
     n.ctimeNs = pick(INT64S);
     n.size = pick(UINT64S);
     n.inode = pick(UINT64S);
+    n.links = pick([0, 0, 0, 1, 2, 300, 4294967295]);
     if (type === 'FILE') n.chunks = Array.from({ length: Math.floor(r() * 4) }, (_, i) => Buffer.alloc(32, i + 1));
     if (type === 'DIR') n.subtree = Buffer.alloc(32, 0xab);
     if (type === 'SYMLINK') n.target = pick(['/abs/target', '../rel', 'ünï', '']);
@@ -63,6 +66,18 @@ describe('tree codec', () => {
       expect(encodeTree(nodes).equals(reference(nodes))).toBe(true);
     }
     expect(encodeTree([]).length).toBe(0);
+  });
+
+  it('writes the link count only above 1, so a tree from before the field keeps its bytes and id', () => {
+    // An empty file's node as every version wrote it: fields 1-10, defaults included.
+    const before = '0a130a016610001800200028003a00420048005000';
+    expect(encodeTree([emptyNode('f', 'FILE')]).toString('hex')).toBe(before);
+    expect(encodeTree([{ ...emptyNode('f', 'FILE'), links: 1 }]).toString('hex')).toBe(before);
+    // Field 11 appended (tag 0x58), the node two bytes longer.
+    const linked = encodeTree([{ ...emptyNode('f', 'FILE'), links: 2 }]);
+    expect(linked.toString('hex')).toBe('0a150a016610001800200028003a004200480050005802');
+    expect(decodeTree(linked, 'tree')[0].links).toBe(2);
+    expect(decodeTree(Buffer.from(before, 'hex'), 'tree')[0].links).toBe(0);
   });
 
   it('encodes a node larger than 16 KiB (a multi-byte length prefix) the same way', () => {

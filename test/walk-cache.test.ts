@@ -12,7 +12,7 @@ async function stampOf(abs: string) {
   return { ino: st.ino, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs };
 }
 
-const plain = (entries: ScanEntry[]) => entries.map((e) => ({ name: e.name, abs: e.abs, rel: e.rel, type: e.type, mode: e.st.mode, size: e.st.size, ino: e.st.ino, mtimeNs: e.st.mtimeNs, ctimeNs: e.st.ctimeNs }));
+const plain = (entries: ScanEntry[]) => entries.map((e) => ({ name: e.name, abs: e.abs, rel: e.rel, type: e.type, mode: e.st.mode, size: e.st.size, ino: e.st.ino, nlink: e.st.nlink, mtimeNs: e.st.mtimeNs, ctimeNs: e.st.ctimeNs }));
 
 describe('WalkCache: the pre-scan\'s listings replayed to the snapshot walk', () => {
   let root: string;
@@ -22,6 +22,7 @@ describe('WalkCache: the pre-scan\'s listings replayed to the snapshot walk', ()
     await fs.mkdir(path.join(root, 'sub', 'node_modules'), { recursive: true });
     await fs.writeFile(path.join(root, 'a.txt'), 'a');
     await fs.writeFile(path.join(root, 'sub', 'b.bin'), Buffer.alloc(5000));
+    await fs.link(path.join(root, 'sub', 'b.bin'), path.join(root, 'sub', 'b-twin.bin'));
     await fs.writeFile(path.join(root, 'sub', 'node_modules', 'x.js'), 'x');
     await fs.symlink('a.txt', path.join(root, 'link'));
     // Before 1970: a negative mtime must come back negative (node's utimes takes a negative
@@ -42,6 +43,8 @@ describe('WalkCache: the pre-scan\'s listings replayed to the snapshot walk', ()
       const want = await freshReader.entries(abs, rel, abs === root);
       const got = await replayReader.entries(abs, rel, abs === root);
       expect(plain(got)).toEqual(plain(want));
+      // The hard-link count comes back too: the archiver records it for the restore.
+      if (rel === 'sub') expect(got.find((e) => e.name === 'b.bin')?.st.nlink).toBe(2);
     }
     expect(replayed).toEqual(fresh);
     // node_modules/ was skipped by the default excludes, in both.
@@ -86,7 +89,7 @@ describe('WalkCache: the pre-scan\'s listings replayed to the snapshot walk', ()
     const reader = new DirReader(excludes, { problem: () => undefined, skipped: () => undefined }, undefined, { cache, role: 'replay' });
     expect((await reader.entries(dir, 'changing', false)).map((e) => e.name)).toEqual(['new']);
     // An unchanged directory still comes from the cache: its stamp matches.
-    expect(cache.take(path.join(root, 'sub'), 'sub', await stampOf(path.join(root, 'sub')))?.entries.map((e) => e.name)).toEqual(['b.bin']);
+    expect(cache.take(path.join(root, 'sub'), 'sub', await stampOf(path.join(root, 'sub')))?.entries.map((e) => e.name)).toEqual(['b-twin.bin', 'b.bin']);
     await fs.rm(dir, { recursive: true });
   });
 });
