@@ -59,6 +59,9 @@ const LARGE_FILES_IN_FLIGHT = 2;
  */
 const DIRS_FINISHING_AT_ONCE = 64;
 
+/** Hard-linked files whose first path this snapshot read, remembered (~0.5 KB each) so their other paths are not read again; past this many they are. */
+const MAX_LINKED_FILES = 100_000;
+
 /** A counting semaphore that hands out the read buffers of large files. */
 class Slots<T> {
   private waiters: Array<(v: T) => void> = [];
@@ -103,6 +106,8 @@ export class Archiver {
   private readonly reader: DirReader;
   private readonly readBuffers: Slots<Buffer>;
   private dirsFinishing = 0;
+  /** Hard-linked files by device and inode: the stat their first path was read under, and its node to come. */
+  private readonly linked = new Map<string, { st: EntryStat; node: Promise<Node | undefined> }>();
   /** The first failure of any read or directory: the walk stops wherever it is, not just where it happened. */
   private failure: { err: unknown } | undefined;
 
@@ -216,18 +221,31 @@ export class Archiver {
           nodes[i] = reused;
           continue;
         }
-        // Below the minimum chunk size a file is exactly one chunk: read whole, in batches.
-        if (e.st.size < BigInt(this.chunker.minSize)) {
-          await this.small.room();
-          track(this.small.read(e.abs, Number(e.st.size)).then((r) => this.archiveSmall(e.abs, e.name, e.st, r)).then((node) => void (nodes[i] = node)));
+        const key = e.st.nlink > 1 ? `${e.st.dev}:${e.st.ino}` : undefined;
+        const first = key === undefined ? undefined : this.linked.get(key);
+        if (first && sameStat(first.st, e.st)) {
+          // Another path of a file this snapshot reads already: its chunks, once that read ends.
+          track(first.node.then((n) => (n ? this.linkedNode(e.name, e.st, n) : this.readLarge(e.abs, e.name, e.st))).then((node) => void (nodes[i] = node)));
           continue;
         }
-        const buf = await this.readBuffers.take();
-        track(
-          this.archiveLarge(e.abs, e.name, e.st, buf)
-            .then((node) => void (nodes[i] = node))
-            .finally(() => this.readBuffers.give(buf)),
-        );
+        let read: Promise<Node | undefined>;
+        if (key !== undefined && !first && this.linked.size < MAX_LINKED_FILES) {
+          // Its other paths take its chunks only if the file opened is the inode listed: one
+          // renamed over this path since (a checkpoint saved by rename) is not theirs.
+          const opened: Opened = {};
+          const buf = await this.readBuffers.take();
+          read = this.archiveLarge(e.abs, e.name, e.st, buf, opened).finally(() => this.readBuffers.give(buf));
+          const st = e.st;
+          this.linked.set(key, { st, node: read.then((n) => (n && opened.ino === st.ino && opened.dev === st.dev ? n : undefined), () => undefined) });
+        } else if (e.st.size < BigInt(this.chunker.minSize)) {
+          // Below the minimum chunk size a file is exactly one chunk: read whole, in batches.
+          await this.small.room();
+          read = this.small.read(e.abs, Number(e.st.size)).then((r) => this.archiveSmall(e.abs, e.name, e.st, r));
+        } else {
+          const buf = await this.readBuffers.take();
+          read = this.archiveLarge(e.abs, e.name, e.st, buf).finally(() => this.readBuffers.give(buf));
+        }
+        track(read.then((node) => void (nodes[i] = node)));
       }
     }
     this.small.flush();
@@ -257,19 +275,32 @@ export class Archiver {
     return node;
   }
 
+  /** A later path of a hard-linked file whose first path was read: the same chunks, nothing read. */
+  private linkedNode(name: string, st: EntryStat, read: Node): Node {
+    const node = metaNode(name, 'FILE', st);
+    node.chunks = read.chunks;
+    node.size = read.size;
+    this.stats.files++;
+    this.stats.bytes += Number(read.size);
+    this.onProgress(this.stats);
+    return node;
+  }
+
+  private async readLarge(abs: string, name: string, st: EntryStat): Promise<Node | undefined> {
+    const buf = await this.readBuffers.take();
+    try {
+      return await this.archiveLarge(abs, name, st, buf);
+    } finally {
+      this.readBuffers.give(buf);
+    }
+  }
+
   private async archiveSmall(abs: string, name: string, st: EntryStat, r: SmallFile): Promise<Node | undefined> {
     if (r.kind === 'error') {
       this.problem(abs, r.error);
       return undefined;
     }
-    if (r.kind === 'grew') {
-      const buf = await this.readBuffers.take();
-      try {
-        return await this.archiveLarge(abs, name, st, buf);
-      } finally {
-        this.readBuffers.give(buf);
-      }
-    }
+    if (r.kind === 'grew') return this.readLarge(abs, name, st);
     const node = metaNode(name, 'FILE', st);
     try {
       if (r.rawLength > 0) {
@@ -288,10 +319,10 @@ export class Archiver {
     return node;
   }
 
-  private async archiveLarge(abs: string, name: string, st: EntryStat, buf: Buffer): Promise<Node | undefined> {
+  private async archiveLarge(abs: string, name: string, st: EntryStat, buf: Buffer, opened?: Opened): Promise<Node | undefined> {
     const node = metaNode(name, 'FILE', st);
     try {
-      const size = await this.readStreaming(abs, node, buf);
+      const size = await this.readStreaming(abs, node, buf, opened);
       node.size = String(size);
       this.stats.files++;
       this.stats.bytes += size;
@@ -310,11 +341,12 @@ export class Archiver {
    * reported (exit 3) with what the second read got. A file deleted or linked meanwhile is the
    * same inode still open: its second read is whole. The next snapshot reads it again anyway.
    */
-  private async readStreaming(abs: string, node: Node, buf: Buffer): Promise<number> {
+  private async readStreaming(abs: string, node: Node, buf: Buffer, opened?: Opened): Promise<number> {
     const fh = await fs.open(abs, READ_REGULAR_FLAGS);
     try {
       let before = await fh.stat({ bigint: true });
       if (!before.isFile()) throw noLongerRegular(abs);
+      if (opened) Object.assign(opened, { ino: before.ino, dev: Number(before.dev) });
       for (let attempt = 1; ; attempt++) {
         node.chunks = [];
         let size = 0;
@@ -355,6 +387,17 @@ export class Archiver {
     if (!parentTree?.equals(id)) await this.sink.offer(id, data, 'TREE');
     return id;
   }
+}
+
+/** The file a read opened, for a caller that must know it is the one listed. */
+interface Opened {
+  ino?: bigint;
+  dev?: number;
+}
+
+/** Two paths of one inode listed with the same size and times: one file, unchanged between them. */
+function sameStat(a: EntryStat, b: EntryStat): boolean {
+  return a.size === b.size && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs;
 }
 
 function metaNode(name: string, type: Node['type'], st: EntryStat): Node {

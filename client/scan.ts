@@ -14,8 +14,9 @@ export interface EntryStat {
   mtimeNs: bigint;
   ctimeNs: bigint;
   ino: bigint;
-  /** Hard-link count: a number, not a BigInt, to keep each of a huge directory's entries small. */
+  /** Hard-link count and device: numbers, not BigInts, to keep each of a huge directory's entries small. */
   nlink: number;
+  dev: number;
 }
 
 export interface ScanEntry {
@@ -134,7 +135,7 @@ export class DirReader {
  */
 export function entryStat(st: BigIntStats): { st: EntryStat; kind: ScanEntry['type'] | 'OTHER' } {
   const kind = st.isDirectory() ? 'DIR' : st.isSymbolicLink() ? 'SYMLINK' : st.isFile() ? 'FILE' : 'OTHER';
-  return { st: { mode: st.mode, size: st.size, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs, ino: st.ino, nlink: Number(st.nlink) }, kind };
+  return { st: { mode: st.mode, size: st.size, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs, ino: st.ino, nlink: Number(st.nlink), dev: Number(st.dev) }, kind };
 }
 
 /** Names and link targets are stored as UTF-8; this refuses what is not, instead of replacing it. */

@@ -26,6 +26,7 @@ interface Packed {
   /** mode, size, ino per entry. */
   unsigned: BigUint64Array;
   nlinks: Uint32Array;
+  devs: Float64Array;
   /** mtimeNs, ctimeNs per entry: signed, a file may predate 1970. */
   times: BigInt64Array;
   problems: DirListing['problems'];
@@ -34,7 +35,7 @@ interface Packed {
 
 const TYPES: ReadonlyArray<ScanEntry['type']> = ['FILE', 'DIR', 'SYMLINK'];
 
-/** ~100 bytes an entry (name, type, five 64-bit values, a link count): at most ~20 MB held. */
+/** ~100 bytes an entry (name, type, six 64-bit values, a link count): at most ~20 MB held. */
 export const MAX_CACHED_ENTRIES = 200_000;
 
 /**
@@ -57,12 +58,13 @@ export class WalkCache {
     const n = listing.entries.length;
     if (this.held + n > this.maxEntries) return;
     this.held += n;
-    const packed: Packed = { stamp: { ino: stamp.ino, mtimeNs: stamp.mtimeNs, ctimeNs: stamp.ctimeNs }, names: [], types: new Uint8Array(n), unsigned: new BigUint64Array(3 * n), nlinks: new Uint32Array(n), times: new BigInt64Array(2 * n), problems: listing.problems, skipped: listing.skipped };
+    const packed: Packed = { stamp: { ino: stamp.ino, mtimeNs: stamp.mtimeNs, ctimeNs: stamp.ctimeNs }, names: [], types: new Uint8Array(n), unsigned: new BigUint64Array(3 * n), nlinks: new Uint32Array(n), devs: new Float64Array(n), times: new BigInt64Array(2 * n), problems: listing.problems, skipped: listing.skipped };
     listing.entries.forEach((e, i) => {
       packed.names.push(e.name);
       packed.types[i] = TYPES.indexOf(e.type);
       packed.unsigned.set([e.st.mode, e.st.size, e.st.ino], 3 * i);
       packed.nlinks[i] = e.st.nlink;
+      packed.devs[i] = e.st.dev;
       packed.times.set([e.st.mtimeNs, e.st.ctimeNs], 2 * i);
     });
     this.dirs.set(abs, packed);
@@ -80,7 +82,7 @@ export class WalkCache {
     this.held -= p.names.length;
     if (!now || !sameStamp(p.stamp, now)) return undefined;
     const entries = p.names.map((name, i): ScanEntry => {
-      const st: EntryStat = { mode: p.unsigned[3 * i], size: p.unsigned[3 * i + 1], ino: p.unsigned[3 * i + 2], nlink: p.nlinks[i], mtimeNs: p.times[2 * i], ctimeNs: p.times[2 * i + 1] };
+      const st: EntryStat = { mode: p.unsigned[3 * i], size: p.unsigned[3 * i + 1], ino: p.unsigned[3 * i + 2], nlink: p.nlinks[i], dev: p.devs[i], mtimeNs: p.times[2 * i], ctimeNs: p.times[2 * i + 1] };
       return { name, abs: childPath(abs, name), rel: joinPath(rel, name), st, type: TYPES[p.types[i]] };
     });
     return { entries, problems: p.problems, skipped: p.skipped };

@@ -128,6 +128,78 @@ describe('Archiver', () => {
     }
   }
 
+  it('reads a hard-linked file once for all its paths, but not through a path a new file was renamed over after the listing', async () => {
+    const root = tmpDir('cairn-archiver-');
+    const big = Buffer.alloc(DEFAULT_CHUNKER_PARAMS.minSize * 2, 7);
+    // Two large files first: they hold both read buffers, so a.bin is opened only after one of
+    // them has ended, which the sink lets happen only once a new a.bin was renamed over the old.
+    await fs.writeFile(path.join(root, '0-big.bin'), big);
+    await fs.writeFile(path.join(root, '1-big.bin'), big);
+    const old = Buffer.from('the best checkpoint so far');
+    const renamed = Buffer.from('a checkpoint saved by rename since');
+    await fs.writeFile(path.join(root, 'a.bin'), old);
+    await fs.link(path.join(root, 'a.bin'), path.join(root, 'b.bin'));
+    await fs.link(path.join(root, 'a.bin'), path.join(root, 'c.bin'));
+    const { hash } = await import('../common/hash.js');
+    const { decodeTree } = await import('../common/tree.js');
+    // Every chunk waits for the rename, so neither large file ends, and frees its buffer, before it.
+    let renamedOver: Promise<void> | undefined;
+    const sink: BlobSink = {
+      offer: async (_id, _raw, kind) => {
+        if (kind !== 'DATA') return;
+        renamedOver ??= fs.writeFile(path.join(root, 'a.tmp'), renamed).then(() => fs.rename(path.join(root, 'a.tmp'), path.join(root, 'a.bin')));
+        await renamedOver;
+      },
+      offerPacked: async () => undefined,
+    };
+    const { Archiver, SmallFileReader } = await load();
+    const small = new SmallFileReader(3, DEFAULT_CHUNKER_PARAMS.minSize, 1);
+    const excludes = await ExcludeMatcher.create({ excludes: [], includes: [], excludeFiles: [], defaultExcludes: true, excludeCaches: true });
+    const made = new Map<string, Buffer>();
+    const archiver = new Archiver({ chunker: new Chunker(DEFAULT_CHUNKER_PARAMS), sink, small, excludes, trees: { readParent: async () => [], made: (id, bytes) => void made.set(id.toString('hex'), bytes) } });
+    try {
+      const rootId = await archiver.archive([root], undefined);
+      const nodes = new Map(decodeTree(made.get(rootId.toString('hex'))!, 'root').map((n) => [n.name, n]));
+      expect(nodes.get('a.bin')!.chunks).toEqual([hash(renamed)]);
+      // b.bin and c.bin still hold the old file: each reads it (a race this rare need not be cheap).
+      expect(nodes.get('b.bin')!.chunks).toEqual([hash(old)]);
+      expect(nodes.get('c.bin')!.chunks).toEqual([hash(old)]);
+      expect(nodes.get('b.bin')!.links).toBe(3);
+      expect(archiver.stats.bytesRead).toBe(2 * big.length + renamed.length + 2 * old.length);
+      expect(archiver.problems).toEqual([]);
+    } finally {
+      await small.close();
+    }
+  });
+
+  it('reads a hard-linked file again through a path listed with other times: the file changed between the listings', async () => {
+    const root = tmpDir('cairn-archiver-');
+    await fs.mkdir(path.join(root, 'a'));
+    await fs.mkdir(path.join(root, 'b'));
+    const data = Buffer.from('one file, two directories');
+    await fs.writeFile(path.join(root, 'a', 'x.bin'), data);
+    await fs.link(path.join(root, 'a', 'x.bin'), path.join(root, 'b', 'x.bin'));
+    const { WalkCache } = await import('../dist/client/walk-cache.js');
+    const { entryStat } = await import('../dist/client/scan.js');
+    // b/ as a listing taken after the file's mtime moved on: what the walk sees there.
+    const walked = new WalkCache();
+    const bDir = await fs.lstat(path.join(root, 'b'), { bigint: true });
+    const st = { ...entryStat(await fs.lstat(path.join(root, 'b', 'x.bin'), { bigint: true })).st };
+    st.mtimeNs += 1_000_000n;
+    walked.put(path.join(root, 'b'), { ino: bDir.ino, mtimeNs: bDir.mtimeNs, ctimeNs: bDir.ctimeNs }, { entries: [{ name: 'x.bin', abs: path.join(root, 'b', 'x.bin'), rel: 'b/x.bin', type: 'FILE', st }], problems: [], skipped: 0 });
+    const { Archiver, SmallFileReader } = await load();
+    const small = new SmallFileReader(3, DEFAULT_CHUNKER_PARAMS.minSize, 1);
+    const excludes = await ExcludeMatcher.create({ excludes: [], includes: [], excludeFiles: [], defaultExcludes: true, excludeCaches: true });
+    const sink: BlobSink = { offer: async () => undefined, offerPacked: async () => undefined };
+    const archiver = new Archiver({ chunker: new Chunker(DEFAULT_CHUNKER_PARAMS), sink, small, excludes, walked, trees: { readParent: async () => [], made: () => undefined } });
+    try {
+      await archiver.archive([root], undefined);
+      expect(archiver.stats.bytesRead).toBe(2 * data.length);
+    } finally {
+      await small.close();
+    }
+  });
+
   it('reads a file again when it changed while it was read, and records the second read', async () => {
     const root = tmpDir('cairn-archiver-');
     const file = path.join(root, 'ckpt.bin');
