@@ -221,7 +221,7 @@ export class Archiver {
           nodes[i] = reused;
           continue;
         }
-        const key = e.st.nlink > 1 ? `${e.st.dev}:${e.st.ino}` : undefined;
+        const key = e.st.linked ? `${e.st.linked.dev}:${e.st.ino}` : undefined;
         const first = key === undefined ? undefined : this.linked.get(key);
         if (first && sameStat(first.st, e.st)) {
           // Another path of a file this snapshot reads already: its chunks, once that read ends.
@@ -236,7 +236,7 @@ export class Archiver {
           const buf = await this.readBuffers.take();
           read = this.archiveLarge(e.abs, e.name, e.st, buf, opened).finally(() => this.readBuffers.give(buf));
           const st = e.st;
-          this.linked.set(key, { st, node: read.then((n) => (n && opened.ino === st.ino && opened.dev === st.dev ? n : undefined), () => undefined) });
+          this.linked.set(key, { st, node: read.then((n) => (n && opened.ino === st.ino && opened.dev === st.linked?.dev ? n : undefined), () => undefined) });
         } else if (e.st.size < BigInt(this.chunker.minSize)) {
           // Below the minimum chunk size a file is exactly one chunk: read whole, in batches.
           await this.small.room();
@@ -407,7 +407,7 @@ function metaNode(name: string, type: Node['type'], st: EntryStat): Node {
   node.ctimeNs = String(st.ctimeNs);
   node.inode = String(st.ino);
   node.size = type === 'DIR' ? '0' : String(st.size);
-  if (type === 'FILE' && st.nlink > 1) node.links = st.nlink;
+  if (type === 'FILE' && st.linked) node.links = st.linked.nlink;
   return node;
 }
 

@@ -16,6 +16,7 @@ import { registerAgentCommand } from './agent.js';
 import { registerQueryCommands } from './query-commands.js';
 import { describePlan, freeSpace, printDryRun, restorePlan } from './plans.js';
 import { parseOverwrite, Restorer, type RestoreStats } from './restorer.js';
+import { MAX_TRACKED_LINKS } from './hard-links.js';
 import { promises as fs } from 'node:fs';
 
 async function isEmptyOrMissing(dir: string): Promise<boolean> {
@@ -152,7 +153,7 @@ export function buildProgram(): Command {
         const planner = new Restorer(conn, hello, { target, overwrite, includes: o.include, dryRun: true, confineSymlinks: o.confineSymlinks });
         const fresh = !o.dryRun && o.include.length === 0 && (await isEmptyOrMissing(target));
         const free = await freeSpace(target);
-        let plan = restorePlan(fresh ? statsOf(snapshot) : await planner.restore(snapshot), free);
+        let plan = fresh ? restorePlan(statsOf(snapshot), free, true) : restorePlan(await planner.restore(snapshot), free);
         // The summary counts a hard-linked file once per path: walked, it may fit after all.
         if (fresh && plan.bytesToWrite > plan.freeBytes) plan = restorePlan(await planner.restore(snapshot), free);
         // Only a restore with --include has a planner that walked the tree (fresh needs none).
@@ -186,7 +187,7 @@ export function buildProgram(): Command {
           for (const c of restorer.conflicts) process.stderr.write(`kept local: ${c.path}: ${c.reason}${overwriteHint}\n`);
           out(`restored snapshot ${snapshot.id.slice(0, 8)} (${snapshot.dataset}@${snapshot.host}, ${localTime(snapshot.time)}) to ${target}`);
           out(`  files ${stats.files} (${stats.filesSkippedSame} already present), dirs ${stats.dirs}, symlinks ${stats.symlinks}, ${formatBytes(stats.bytes)} written, ${stats.filesKeptLocal} local files kept`);
-          if (stats.hardLinks + stats.hardLinksAsCopies > 0) out(`  hard links ${stats.hardLinks} made${stats.hardLinksAsCopies > 0 ? `, ${stats.hardLinksAsCopies} paths restored as separate files (first path kept local, or the file system refused the link)` : ''}`);
+          if (stats.hardLinks + stats.hardLinksAsCopies > 0) out(`  hard links ${stats.hardLinks} made${stats.hardLinksAsCopies > 0 ? `, ${stats.hardLinksAsCopies} paths written as separate files (their first path kept a local file, the file system refused the link, or past ${MAX_TRACKED_LINKS} hard-linked paths)` : ''}`);
           out(`  ${seconds.toFixed(2)}s, ${formatBytes(stats.bytes / Math.max(seconds, 0.001))}/s`);
         }
         for (const r of restorer.refused) process.stderr.write(`refused: ${r.path}: ${r.reason}\n`);

@@ -1,8 +1,8 @@
 import type { Node } from '../common/messages.js';
 
 /**
- * Hard-linked paths a restore keeps track of (each ~200 bytes): past this many, further ones
- * are restored as separate files, and counted as such.
+ * Hard-linked paths a restore keeps track of (each holds its node until the links are made, a
+ * few hundred bytes): past this many, further ones are restored as separate files.
  */
 export const MAX_TRACKED_LINKS = 100_000;
 
@@ -24,31 +24,31 @@ interface First {
 export class HardLinks {
   private readonly firsts = new Map<string, First>();
   private tracked = 0;
-  /** Hard-linked paths seen past the limit, restored as separate files. */
-  untracked = 0;
 
   constructor(private readonly limit = MAX_TRACKED_LINKS) {}
 
   /**
-   * For a file about to be restored at `abs`: the path of the same file already on the way,
-   * which `abs` is to be linked to once that one is restored; undefined when `abs` is to be
-   * restored itself (it may then become the first of its inode).
+   * For a file about to be restored at `abs`: `linkTo`, the path of the same file already on
+   * the way, which `abs` is to be linked to once that one is restored; `copy` when it is a
+   * hard-linked file past the limit, restored as a file of its own; undefined when `abs` is
+   * restored as usual (it may then become the first of its inode).
    */
-  linkOf(abs: string, node: Node): string | undefined {
+  linkOf(abs: string, node: Node): { linkTo: string } | 'copy' | undefined {
     if (node.type !== 'FILE' || node.links < 2 || node.inode === '0') return undefined;
-    if (this.tracked >= this.limit) {
-      this.untracked++;
-      return undefined;
-    }
+    if (this.tracked >= this.limit) return 'copy';
     const first = this.firsts.get(node.inode);
     if (first && !sameFile(first.node, node)) return undefined;
     this.tracked++;
-    if (first) return first.abs;
+    if (first) return { linkTo: first.abs };
     this.firsts.set(node.inode, { abs, node, restored: false });
     return undefined;
   }
 
-  /** `abs` now holds `node`'s bytes; links to it may be made. */
+  /**
+   * `abs` now holds `node`'s bytes, as a file with no other name (written by this restore, or
+   * found identical with a link count of 1): links to it may be made. A local file that has
+   * other names, perhaps outside the target, is never linked to.
+   */
   restored(abs: string, node: Node): void {
     const first = node.links > 1 ? this.firsts.get(node.inode) : undefined;
     if (first?.abs === abs) first.restored = true;

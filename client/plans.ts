@@ -20,6 +20,11 @@ export interface RestorePlan {
   filesKeptLocal: number;
   /** Local files that already hold the snapshot's bytes: not fetched again. */
   filesIdentical: number;
+  /**
+   * Taken from the snapshot's totals (a restore into an empty directory, which the tree need
+   * not be walked for): they count a hard-linked file once per path and know no links.
+   */
+  estimated: boolean;
   /** The existing directory the target is, or will be created in, and its free space. */
   filesystem: string;
   freeBytes: number;
@@ -40,7 +45,7 @@ export async function freeSpace(target: string): Promise<{ dir: string; bytes: n
   }
 }
 
-export function restorePlan(dryRun: RestoreStats, free: { dir: string; bytes: number }): RestorePlan {
+export function restorePlan(dryRun: RestoreStats, free: { dir: string; bytes: number }, estimated = false): RestorePlan {
   return {
     filesToWrite: dryRun.files - dryRun.filesSkippedSame,
     bytesToWrite: dryRun.bytes,
@@ -48,6 +53,7 @@ export function restorePlan(dryRun: RestoreStats, free: { dir: string; bytes: nu
     filesLinked: dryRun.hardLinks,
     filesKeptLocal: dryRun.filesKeptLocal,
     filesIdentical: dryRun.filesSkippedSame,
+    estimated,
     filesystem: free.dir,
     freeBytes: free.bytes,
   };

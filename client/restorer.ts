@@ -37,7 +37,7 @@ export interface RestoreStats {
   filesOverwritten: number;
   /** Files restored as a hard link to another path of the same file, as on the source. */
   hardLinks: number;
-  /** Paths of a hard-linked file restored as separate files: the first path was kept as the user had it, the file system refused the link, or past MAX_TRACKED_LINKS. */
+  /** Paths of a hard-linked file written as separate files: the first path was kept as the user had it, the file system refused the link, or past MAX_TRACKED_LINKS. */
   hardLinksAsCopies: number;
 }
 
@@ -54,6 +54,8 @@ interface DirToFinish {
 interface SmallFile {
   abs: string;
   node: Node;
+  /** A path of a hard-linked file restored as a file of its own: counted as such if written. */
+  copy: boolean;
 }
 
 /** Files of at most one chunk and this size are fetched many to one ReadChunks call. */
@@ -69,7 +71,7 @@ interface HardLinkToMake {
 }
 
 /** link() errors that mean "not here" (another file system, no hard links, too many): the file is written instead. */
-const LINK_REFUSED = new Set(['EXDEV', 'EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'EMLINK']);
+const LINK_REFUSED = new Set(['EXDEV', 'EPERM', 'ENOTSUP', 'EMLINK']);
 
 interface LinkToMake {
   abs: string;
@@ -167,7 +169,6 @@ export class Restorer {
     // Every first path is in place now; links go in before the symlinks, as every write does.
     for (const l of this.hardLinksToMake) await this.restoreHardLink(l);
     await this.drain();
-    this.stats.hardLinksAsCopies += this.hardLinks.untracked;
     for (const l of this.links) await this.restoreSymlink(l);
     if (!this.opts.dryRun) {
       for (const d of this.dirs.reverse()) await applyMeta(d.abs, d.node, false);
@@ -221,17 +222,18 @@ export class Restorer {
         this.links.push({ abs: childAbs, node, depth: rel === '' ? 0 : rel.split('/').length });
       } else {
         if (!(await this.dirStands(abs))) continue;
-        const first = this.hardLinks.linkOf(childAbs, node);
-        if (first !== undefined) {
-          this.hardLinksToMake.push({ abs: childAbs, node, first });
+        const link = this.hardLinks.linkOf(childAbs, node);
+        if (typeof link === 'object') {
+          this.hardLinksToMake.push({ abs: childAbs, node, first: link.linkTo });
           continue;
         }
+        const copy = link === 'copy';
         if (node.chunks.length <= 1 && Number(node.size) <= SMALL_FILE_BYTES) {
-          this.small.push({ abs: childAbs, node });
+          this.small.push({ abs: childAbs, node, copy });
           this.smallBytes += Number(node.size);
           if (this.small.length >= SMALL_BATCH_FILES || this.smallBytes >= SMALL_BATCH_BYTES) await this.flushSmall();
         } else {
-          await this.schedule(() => this.restoreFile(childAbs, node));
+          await this.schedule(() => this.restoreFile(childAbs, node, copy));
         }
       }
     }
@@ -377,13 +379,13 @@ export class Restorer {
   }
 
   /** What to do about the destination of a file, and whether something stands there now. */
-  private async decide(abs: string, node: Node): Promise<{ action: 'write' | 'skip-same' | 'keep-local'; exists: boolean; why?: string }> {
+  private async decide(abs: string, node: Node): Promise<{ action: 'write' | 'skip-same' | 'keep-local'; exists: boolean; why?: string; alone?: boolean }> {
     if (this.created.has(path.dirname(abs))) return { action: 'write', exists: false };
     const st = await fs.lstat(abs, { bigint: true }).catch(() => undefined);
     if (!st) return { action: 'write', exists: false };
     // No mode deletes a directory: the rename into place would fail and stop the whole restore.
     if (st.isDirectory()) return { action: 'keep-local', exists: true, why: 'a directory stands where the snapshot has a file; kept' };
-    if (st.isFile() && st.size === BigInt(node.size) && (await this.sameContent(abs, node))) return { action: 'skip-same', exists: true };
+    if (st.isFile() && st.size === BigInt(node.size) && (await this.sameContent(abs, node))) return { action: 'skip-same', exists: true, alone: st.nlink === 1n };
     if (this.opts.overwrite === 'always') return { action: 'write', exists: true };
     if (this.opts.overwrite === 'if-newer' && BigInt(node.mtimeNs) > st.mtimeNs) return { action: 'write', exists: true };
     return { action: 'keep-local', exists: true };
@@ -417,7 +419,7 @@ export class Restorer {
     this.small = [];
     this.smallBytes = 0;
     await this.schedule(async () => {
-      const toWrite = (await Promise.all(batch.map(async (f) => ((await this.shouldWrite(f.abs, f.node)) ? f : undefined)))).filter((f): f is SmallFile => f !== undefined);
+      const toWrite = (await Promise.all(batch.map(async (f) => ((await this.settleCopy(f.abs, f.node, f.copy)) === 'write' ? f : undefined)))).filter((f): f is SmallFile => f !== undefined);
       const withData = toWrite.filter((f) => f.node.chunks.length === 1);
       const owners = new Map(withData.map((f) => [toHex(f.node.chunks[0]), f.abs]));
       const fetched = withData.length > 0 ? await this.fetcher.fetchBatch(withData.map((f) => f.node.chunks[0]), (id) => `file ${owners.get(toHex(id))}`) : undefined;
@@ -434,9 +436,16 @@ export class Restorer {
     });
   }
 
-  private async restoreFile(abs: string, node: Node): Promise<void> {
-    if (!(await this.shouldWrite(abs, node))) return;
+  private async restoreFile(abs: string, node: Node, copy: boolean): Promise<void> {
+    if ((await this.settleCopy(abs, node, copy)) !== 'write') return;
     await this.fetchAndWrite(abs, node);
+  }
+
+  /** settle(), counting a path of a hard-linked file that is written as a file of its own. */
+  private async settleCopy(abs: string, node: Node, copy: boolean): Promise<'write' | 'would-write' | 'none'> {
+    const outcome = await this.settle(abs, node, true);
+    if (copy && outcome !== 'none') this.stats.hardLinksAsCopies++;
+    return outcome;
   }
 
   private async fetchAndWrite(abs: string, node: Node): Promise<void> {
@@ -452,8 +461,7 @@ export class Restorer {
    */
   private async restoreHardLink({ abs, node, first }: HardLinkToMake): Promise<void> {
     if (!this.hardLinks.isRestored(node)) {
-      this.stats.hardLinksAsCopies++;
-      await this.schedule(() => this.restoreFile(abs, node));
+      await this.schedule(() => this.restoreFile(abs, node, true));
       return;
     }
     const outcome = await this.settle(abs, node, false);
@@ -477,22 +485,18 @@ export class Restorer {
     this.stats.hardLinks++;
   }
 
-  /** Applies the overwrite rules and counts the outcome; true when the file is to be written. */
-  private async shouldWrite(abs: string, node: Node): Promise<boolean> {
-    return (await this.settle(abs, node, true)) === 'write';
-  }
-
   /**
-   * shouldWrite's decision, telling a dry run's "would write" apart from nothing to do. With
-   * `bytes` a dry run counts the file's size as to be written (a hard link writes none).
+   * Applies the overwrite rules to a file and counts the outcome: 'write' when it is to be
+   * written now, 'would-write' in a dry run, 'none' when it stays as it is. With `bytes` a dry
+   * run counts the file's size as to be written (a hard link writes none).
    */
   private async settle(abs: string, node: Node, bytes: boolean): Promise<'write' | 'would-write' | 'none'> {
-    const { action, exists, why } = await this.decide(abs, node);
+    const { action, exists, why, alone } = await this.decide(abs, node);
     if (action === 'skip-same') {
       this.stats.filesSkippedSame++;
       this.stats.files++;
       if (!this.opts.dryRun) await applyMeta(abs, node, false);
-      this.hardLinks.restored(abs, node);
+      if (alone) this.hardLinks.restored(abs, node);
       return 'none';
     }
     if (action === 'keep-local') {

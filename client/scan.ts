@@ -14,9 +14,12 @@ export interface EntryStat {
   mtimeNs: bigint;
   ctimeNs: bigint;
   ino: bigint;
-  /** Hard-link count and device: numbers, not BigInts, to keep each of a huge directory's entries small. */
-  nlink: number;
-  dev: number;
+  /**
+   * A file with more than one hard link: the count, and the device that with the inode names
+   * the file. Absent otherwise, so the entries of a huge directory of plain files stay as small
+   * as they were (120,000 of them listed within a 64 MB heap).
+   */
+  linked?: { nlink: number; dev: number };
 }
 
 export interface ScanEntry {
@@ -135,7 +138,9 @@ export class DirReader {
  */
 export function entryStat(st: BigIntStats): { st: EntryStat; kind: ScanEntry['type'] | 'OTHER' } {
   const kind = st.isDirectory() ? 'DIR' : st.isSymbolicLink() ? 'SYMLINK' : st.isFile() ? 'FILE' : 'OTHER';
-  return { st: { mode: st.mode, size: st.size, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs, ino: st.ino, nlink: Number(st.nlink), dev: Number(st.dev) }, kind };
+  const kept: EntryStat = { mode: st.mode, size: st.size, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs, ino: st.ino };
+  if (kind === 'FILE' && st.nlink > 1n) kept.linked = { nlink: Number(st.nlink), dev: Number(st.dev) };
+  return { st: kept, kind };
 }
 
 /** Names and link targets are stored as UTF-8; this refuses what is not, instead of replacing it. */
@@ -318,7 +323,7 @@ export function treeBytesFloor(entries: ScanEntry[], exact: boolean): number {
     const dir = e.type === 'DIR';
     // Fields 1-11 of common/tree.ts encodeNodes; a directory's ctime and inode are written as 0
     // (archiver.ts dirNode), and only a file's link count, when above 1 (archiver.ts metaNode).
-    const links = e.type === 'FILE' && e.st.nlink > 1 ? 1 + varintBytes(BigInt(e.st.nlink)) : 0;
+    const links = e.type === 'FILE' && e.st.linked ? 1 + varintBytes(BigInt(e.st.linked.nlink)) : 0;
     const body =
       lenField(name) + 2 + 1 + varintBytes(e.st.mode & 0o7777n) + 1 + varintBytes(e.st.mtimeNs) + 1 + varintBytes(dir ? 0n : e.st.size) + chunks + lenField(subtree) + lenField(target) + 1 + varintBytes(dir ? 0n : e.st.ino) + 1 + varintBytes(dir ? 0n : e.st.ctimeNs) + links;
     floor += 1 + varintBytes(BigInt(body)) + body;

@@ -25,6 +25,7 @@ interface Packed {
   types: Uint8Array;
   /** mode, size, ino per entry. */
   unsigned: BigUint64Array;
+  /** EntryStat.linked per entry: a count of 0 where it is absent. */
   nlinks: Uint32Array;
   devs: Float64Array;
   /** mtimeNs, ctimeNs per entry: signed, a file may predate 1970. */
@@ -63,8 +64,8 @@ export class WalkCache {
       packed.names.push(e.name);
       packed.types[i] = TYPES.indexOf(e.type);
       packed.unsigned.set([e.st.mode, e.st.size, e.st.ino], 3 * i);
-      packed.nlinks[i] = e.st.nlink;
-      packed.devs[i] = e.st.dev;
+      packed.nlinks[i] = e.st.linked?.nlink ?? 0;
+      packed.devs[i] = e.st.linked?.dev ?? 0;
       packed.times.set([e.st.mtimeNs, e.st.ctimeNs], 2 * i);
     });
     this.dirs.set(abs, packed);
@@ -82,7 +83,8 @@ export class WalkCache {
     this.held -= p.names.length;
     if (!now || !sameStamp(p.stamp, now)) return undefined;
     const entries = p.names.map((name, i): ScanEntry => {
-      const st: EntryStat = { mode: p.unsigned[3 * i], size: p.unsigned[3 * i + 1], ino: p.unsigned[3 * i + 2], nlink: p.nlinks[i], dev: p.devs[i], mtimeNs: p.times[2 * i], ctimeNs: p.times[2 * i + 1] };
+      const st: EntryStat = { mode: p.unsigned[3 * i], size: p.unsigned[3 * i + 1], ino: p.unsigned[3 * i + 2], mtimeNs: p.times[2 * i], ctimeNs: p.times[2 * i + 1] };
+      if (p.nlinks[i] > 0) st.linked = { nlink: p.nlinks[i], dev: p.devs[i] };
       return { name, abs: childPath(abs, name), rel: joinPath(rel, name), st, type: TYPES[p.types[i]] };
     });
     return { entries, problems: p.problems, skipped: p.skipped };

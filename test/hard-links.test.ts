@@ -66,6 +66,8 @@ describe('hard links, snapshot and restore', () => {
     for (const p of ['a/model.bin', 'b/model.bin', 'c/model-copy.bin']) expect((await fs.readFile(path.join(target, p))).equals(model), p).toBe(true);
     for (const p of ['notes.txt', 'notes-link.txt', 'plain.txt']) expect((await fs.readFile(path.join(target, p))).equals(notes), p).toBe(true);
     expect(r.stats).toMatchObject({ files: 6, hardLinks: 3, hardLinksAsCopies: 0 });
+    // Into a new directory the plan is the snapshot's totals, which know no links.
+    expect(r.plan).toMatchObject({ estimated: true, filesLinked: 0 });
     // The model's bytes once, the notes twice (notes.txt and plain.txt).
     expect(r.stats.bytes).toBe(model.length + 2 * notes.length);
     // Nothing left behind: no temporary names.
@@ -99,13 +101,39 @@ describe('hard links, snapshot and restore', () => {
 
     const r = await runCli(['restore', '--dataset', 'linked-kept', target], { server: server.addr });
     expect(r.code).toBe(3);
-    expect(r.stdout).toMatch(/hard links 1 made, 2 paths restored as separate files/);
+    expect(r.stdout).toMatch(/hard links 1 made, 2 paths written as separate files \(their first path kept a local file/);
     expect((await fs.readFile(path.join(target, 'a/model.bin'))).equals(local)).toBe(true);
     expect((await fs.readFile(path.join(target, 'b/model.bin'))).equals(model)).toBe(true);
     expect((await fs.readFile(path.join(target, 'c/model-copy.bin'))).equals(model)).toBe(true);
     expect(await ino(path.join(target, 'b/model.bin'))).not.toBe(await ino(path.join(target, 'a/model.bin')));
     // The notes' link is made as usual.
     expect(await ino(path.join(target, 'notes-link.txt'))).toBe(await ino(path.join(target, 'notes.txt')));
+    // Again: nothing is written, so nothing is counted as written apart.
+    const rerun = await runCli(['--json', 'restore', '--dataset', 'linked-kept', target], { server: server.addr });
+    expect(rerun.code).toBe(3);
+    const again = JSON.parse(rerun.stdout.trim()) as RestoreOut;
+    expect(again.stats).toMatchObject({ bytes: 0, hardLinks: 0, hardLinksAsCopies: 0, filesKeptLocal: 1 });
+  });
+
+  it('never links to a local file that has other names, even one holding the snapshot\'s bytes', async () => {
+    const src = path.join(tmpDir(), 'linked-outside');
+    const { model } = await linkedTree(src);
+    expect((await cli(['snapshot', src, '--dataset', 'linked-outside', '--host', 'h'])).code).toBe(0);
+    const target = path.join(tmpDir(), 'linked-outside-out');
+    // The user's a/model.bin holds the snapshot's bytes and is also a file outside the target.
+    const outside = path.join(tmpDir(), 'outside-model.bin');
+    await fs.writeFile(outside, model);
+    await fs.mkdir(path.join(target, 'a'), { recursive: true });
+    await fs.link(outside, path.join(target, 'a/model.bin'));
+
+    const r = await json<RestoreOut>(['restore', '--dataset', 'linked-outside', target]);
+    expect(r.stats).toMatchObject({ filesSkippedSame: 1, hardLinksAsCopies: 2 });
+    expect((await fs.stat(outside)).nlink).toBe(2);
+    // b and c get the snapshot's bytes in files of their own: the first path was not this restore's.
+    for (const p of ['b/model.bin', 'c/model-copy.bin']) {
+      expect(await ino(path.join(target, p))).not.toBe(await ino(outside));
+      expect((await fs.readFile(path.join(target, p))).equals(model)).toBe(true);
+    }
   });
 
   it('with --include, the first included path of a file is the one the others link to', async () => {
@@ -143,7 +171,7 @@ describe('hard links, snapshot and restore', () => {
     const [freshReport, report, same, links] = r.stdout.trim().split('\n');
     // Into an empty directory: planned from the snapshot's totals (9 MiB), then walked (3 MiB).
     const fresh = JSON.parse(freshReport) as RestoreOut;
-    expect(fresh.plan).toMatchObject({ bytesToWrite: model.length + 2 * notes.length, filesLinked: 3 });
+    expect(fresh.plan).toMatchObject({ bytesToWrite: model.length + 2 * notes.length, filesLinked: 3, estimated: false });
     expect(fresh.stats).toMatchObject({ hardLinks: 3, hardLinksAsCopies: 0 });
     const out = JSON.parse(report) as RestoreOut;
     expect(out.stats).toMatchObject({ hardLinks: 2, hardLinksAsCopies: 1 });
@@ -160,7 +188,7 @@ describe('HardLinks', () => {
   it('links a later path only to a first path of the same inode and the same file, once that one is restored', () => {
     const h = new HardLinks();
     expect(h.linkOf('/t/a', file('7', 2, 1))).toBeUndefined();
-    expect(h.linkOf('/t/b', file('7', 2, 1))).toBe('/t/a');
+    expect(h.linkOf('/t/b', file('7', 2, 1))).toEqual({ linkTo: '/t/a' });
     expect(h.isRestored(file('7', 2, 1))).toBe(false);
     h.restored('/t/b', file('7', 2, 1));
     expect(h.isRestored(file('7', 2, 1))).toBe(false);
@@ -175,13 +203,14 @@ describe('HardLinks', () => {
     expect(h.linkOf('/t/g', file('0', 2, 1))).toBeUndefined();
   });
 
-  it('tracks a bounded number of paths and counts the rest, which are restored as files', () => {
+  it('tracks a bounded number of paths; the rest are restored as files of their own', () => {
     const h = new HardLinks(3);
     expect(h.linkOf('/t/a', file('1', 2, 1))).toBeUndefined();
-    expect(h.linkOf('/t/b', file('1', 2, 1))).toBe('/t/a');
+    expect(h.linkOf('/t/b', file('1', 2, 1))).toEqual({ linkTo: '/t/a' });
     expect(h.linkOf('/t/c', file('2', 2, 2))).toBeUndefined();
-    expect(h.linkOf('/t/d', file('2', 2, 2))).toBeUndefined();
-    expect(h.linkOf('/t/e', file('1', 2, 1))).toBeUndefined();
-    expect(h.untracked).toBe(2);
+    expect(h.linkOf('/t/d', file('2', 2, 2))).toBe('copy');
+    expect(h.linkOf('/t/e', file('1', 2, 1))).toBe('copy');
+    // A plain file is never a copy of anything.
+    expect(h.linkOf('/t/f', file('3', 1, 3))).toBeUndefined();
   });
 });

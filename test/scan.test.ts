@@ -4,7 +4,7 @@ import { emptyNode, encodeTree, MAX_TREE_BLOB_BYTES, MAX_TREE_ENTRIES } from '..
 import { checkTreeFits, treeBytesFloor, type ScanEntry } from '../client/scan.js';
 
 function entry(name: string, type: ScanEntry['type'], size: bigint): ScanEntry {
-  return { name, abs: `/data/${name}`, rel: name, type, st: { mode: 0o100644n, size, mtimeNs: 0n, ctimeNs: 0n, ino: 0n, nlink: 1 } };
+  return { name, abs: `/data/${name}`, rel: name, type, st: { mode: 0o100644n, size, mtimeNs: 0n, ctimeNs: 0n, ino: 0n } };
 }
 
 describe('a directory must fit one tree blob', () => {
@@ -23,12 +23,12 @@ describe('a directory must fit one tree blob', () => {
   });
 
   it('counts exactly the bytes the archiver encodes, given one chunk per non-empty file', () => {
-    const st = { mode: 0o100644n, mtimeNs: 1763870000123456789n, ctimeNs: 1763870000987654321n, ino: 48213377n, nlink: 1 };
+    const st = { mode: 0o100644n, mtimeNs: 1763870000123456789n, ctimeNs: 1763870000987654321n, ino: 48213377n };
     const entries: ScanEntry[] = [
       { name: 'empty', abs: '/d/empty', rel: 'empty', type: 'FILE', st: { ...st, size: 0n } },
       { name: 'latest', abs: '/d/latest', rel: 'latest', type: 'SYMLINK', st: { ...st, mode: 0o120777n, size: 10n, mtimeNs: -5n } },
       { name: 'runs', abs: '/d/runs', rel: 'runs', type: 'DIR', st: { ...st, mode: 0o40755n, size: 4096n } },
-      { name: 'shared.bin', abs: '/d/shared.bin', rel: 'shared.bin', type: 'FILE', st: { ...st, size: 7n, nlink: 300 } },
+      { name: 'shared.bin', abs: '/d/shared.bin', rel: 'shared.bin', type: 'FILE', st: { ...st, size: 7n, linked: { nlink: 300, dev: 2049 } } },
       { name: 'weights.bin', abs: '/d/weights.bin', rel: 'weights.bin', type: 'FILE', st: { ...st, size: 5_000_000_000n } },
     ];
     const meta = { mode: 0o644, mtimeNs: String(st.mtimeNs), ctimeNs: String(st.ctimeNs), inode: String(st.ino) };
@@ -43,7 +43,7 @@ describe('a directory must fit one tree blob', () => {
   });
 
   it('refuses 410,000 one-byte files of 100-byte names, which only the exact count finds past the limit', () => {
-    const st = { mode: 0o100644n, size: 1n, mtimeNs: 1763870000123456789n, ctimeNs: 1763870000123456789n, ino: 48213377n, nlink: 1 };
+    const st = { mode: 0o100644n, size: 1n, mtimeNs: 1763870000123456789n, ctimeNs: 1763870000123456789n, ino: 48213377n };
     const many = Array.from({ length: 410_000 }, (_, i): ScanEntry => ({ name: String(i).padStart(100, 'f'), abs: '', rel: '', type: 'FILE', st }));
     expect(treeBytesFloor(many, false)).toBeLessThan(MAX_TREE_BLOB_BYTES);
     expect(() => checkTreeFits('/data/flat', many)).toThrow(/^\/data\/flat holds 410000 entries whose listing takes at least 68\.4 MiB, past the 64\.0 MiB/);

@@ -12,7 +12,7 @@ async function stampOf(abs: string) {
   return { ino: st.ino, mtimeNs: st.mtimeNs, ctimeNs: st.ctimeNs };
 }
 
-const plain = (entries: ScanEntry[]) => entries.map((e) => ({ name: e.name, abs: e.abs, rel: e.rel, type: e.type, mode: e.st.mode, size: e.st.size, ino: e.st.ino, nlink: e.st.nlink, mtimeNs: e.st.mtimeNs, ctimeNs: e.st.ctimeNs }));
+const plain = (entries: ScanEntry[]) => entries.map((e) => ({ name: e.name, abs: e.abs, rel: e.rel, type: e.type, mode: e.st.mode, size: e.st.size, ino: e.st.ino, linked: e.st.linked, mtimeNs: e.st.mtimeNs, ctimeNs: e.st.ctimeNs }));
 
 describe('WalkCache: the pre-scan\'s listings replayed to the snapshot walk', () => {
   let root: string;
@@ -44,7 +44,7 @@ describe('WalkCache: the pre-scan\'s listings replayed to the snapshot walk', ()
       const got = await replayReader.entries(abs, rel, abs === root);
       expect(plain(got)).toEqual(plain(want));
       // The hard-link count comes back too: the archiver records it for the restore.
-      if (rel === 'sub') expect(got.find((e) => e.name === 'b.bin')?.st.nlink).toBe(2);
+      if (rel === 'sub') expect(got.find((e) => e.name === 'b.bin')?.st.linked?.nlink).toBe(2);
     }
     expect(replayed).toEqual(fresh);
     // node_modules/ was skipped by the default excludes, in both.
