@@ -128,30 +128,9 @@ describe('Archiver', () => {
     }
   }
 
-  it('reads a hard-linked file once for all its paths, but not through a path a new file was renamed over after the listing', async () => {
-    const root = tmpDir('cairn-archiver-');
-    const big = Buffer.alloc(DEFAULT_CHUNKER_PARAMS.minSize * 2, 7);
-    // Two large files first: they hold both read buffers, so a.bin is opened only after one of
-    // them has ended, which the sink lets happen only once a new a.bin was renamed over the old.
-    await fs.writeFile(path.join(root, '0-big.bin'), big);
-    await fs.writeFile(path.join(root, '1-big.bin'), big);
-    const old = Buffer.from('the best checkpoint so far');
-    const renamed = Buffer.from('a checkpoint saved by rename since');
-    await fs.writeFile(path.join(root, 'a.bin'), old);
-    await fs.link(path.join(root, 'a.bin'), path.join(root, 'b.bin'));
-    await fs.link(path.join(root, 'a.bin'), path.join(root, 'c.bin'));
-    const { hash } = await import('../common/hash.js');
+  /** Archives `root` through `sink`; the root tree's nodes by name, and the archiver's stats and problems. */
+  async function archiveTree(root: string, sink: BlobSink) {
     const { decodeTree } = await import('../common/tree.js');
-    // Every chunk waits for the rename, so neither large file ends, and frees its buffer, before it.
-    let renamedOver: Promise<void> | undefined;
-    const sink: BlobSink = {
-      offer: async (_id, _raw, kind) => {
-        if (kind !== 'DATA') return;
-        renamedOver ??= fs.writeFile(path.join(root, 'a.tmp'), renamed).then(() => fs.rename(path.join(root, 'a.tmp'), path.join(root, 'a.bin')));
-        await renamedOver;
-      },
-      offerPacked: async () => undefined,
-    };
     const { Archiver, SmallFileReader } = await load();
     const small = new SmallFileReader(3, DEFAULT_CHUNKER_PARAMS.minSize, 1);
     const excludes = await ExcludeMatcher.create({ excludes: [], includes: [], excludeFiles: [], defaultExcludes: true, excludeCaches: true });
@@ -159,17 +138,107 @@ describe('Archiver', () => {
     const archiver = new Archiver({ chunker: new Chunker(DEFAULT_CHUNKER_PARAMS), sink, small, excludes, trees: { readParent: async () => [], made: (id, bytes) => void made.set(id.toString('hex'), bytes) } });
     try {
       const rootId = await archiver.archive([root], undefined);
-      const nodes = new Map(decodeTree(made.get(rootId.toString('hex'))!, 'root').map((n) => [n.name, n]));
-      expect(nodes.get('a.bin')!.chunks).toEqual([hash(renamed)]);
-      // b.bin and c.bin still hold the old file: each reads it (a race this rare need not be cheap).
-      expect(nodes.get('b.bin')!.chunks).toEqual([hash(old)]);
-      expect(nodes.get('c.bin')!.chunks).toEqual([hash(old)]);
-      expect(nodes.get('b.bin')!.links).toBe(3);
-      expect(archiver.stats.bytesRead).toBe(2 * big.length + renamed.length + 2 * old.length);
-      expect(archiver.problems).toEqual([]);
+      return { nodes: new Map(decodeTree(made.get(rootId.toString('hex'))!, 'root').map((n) => [n.name, n])), stats: archiver.stats, problems: archiver.problems };
     } finally {
       await small.close();
     }
+  }
+
+  /** The chunk ids the archiver records for a file holding `data`. */
+  async function idsOf(data: Buffer): Promise<Buffer[]> {
+    const { splitBuffer } = await import('../common/chunk-reader.js');
+    const { hash } = await import('../common/hash.js');
+    let pos = 0;
+    return splitBuffer(data, new Chunker(DEFAULT_CHUNKER_PARAMS)).map((len) => hash(data.subarray(pos, (pos += len))));
+  }
+
+  /**
+   * A tree whose two large files come first: they hold both read buffers, so the hard-linked
+   * a.bin is opened only after one of them has ended, which `sink` (waiting for `change` at
+   * their first chunk) lets happen only once `change` has run.
+   */
+  async function raceAfterListing(root: string, change: () => Promise<void>): Promise<BlobSink> {
+    const big = Buffer.alloc(DEFAULT_CHUNKER_PARAMS.minSize * 2, 7);
+    await fs.writeFile(path.join(root, '0-big.bin'), big);
+    await fs.writeFile(path.join(root, '1-big.bin'), big);
+    let changed: Promise<void> | undefined;
+    return {
+      offer: async (_id, _raw, kind) => {
+        if (kind !== 'DATA') return;
+        changed ??= change();
+        await changed;
+      },
+      offerPacked: async () => undefined,
+    };
+  }
+
+  const LINKED = DEFAULT_CHUNKER_PARAMS.minSize * 2;
+
+  it('reads a hard-linked file once for all its paths, but not through a path a new file was renamed over after the listing', async () => {
+    const root = tmpDir('cairn-archiver-');
+    const old = Buffer.alloc(LINKED, 1);
+    const renamed = Buffer.alloc(LINKED + 3, 2);
+    await fs.writeFile(path.join(root, 'a.bin'), old);
+    await fs.link(path.join(root, 'a.bin'), path.join(root, 'b.bin'));
+    await fs.link(path.join(root, 'a.bin'), path.join(root, 'c.bin'));
+    const sink = await raceAfterListing(root, async () => {
+      await fs.writeFile(path.join(root, 'a.tmp'), renamed);
+      await fs.rename(path.join(root, 'a.tmp'), path.join(root, 'a.bin'));
+    });
+    const { nodes, stats, problems } = await archiveTree(root, sink);
+    expect(nodes.get('a.bin')!.chunks).toEqual(await idsOf(renamed));
+    // b.bin and c.bin still hold the old file: each reads it (a race this rare need not be cheap).
+    expect(nodes.get('b.bin')!.chunks).toEqual(await idsOf(old));
+    expect(nodes.get('c.bin')!.chunks).toEqual(await idsOf(old));
+    expect(nodes.get('b.bin')!.links).toBe(3);
+    expect(stats.bytesRead).toBe(2 * LINKED + renamed.length + 2 * old.length);
+    expect(problems).toEqual([]);
+  });
+
+  it('shares a hard-linked file\'s chunks with its other paths, and not when a new file took its path and freed inode since the listing', async () => {
+    const root = tmpDir('cairn-archiver-');
+    const old = Buffer.alloc(LINKED, 1);
+    await fs.writeFile(path.join(root, 'a.bin'), old);
+    await fs.link(path.join(root, 'a.bin'), path.join(root, 'b.bin'));
+    // Unchanged: b.bin takes a.bin's chunks and is not read.
+    const shared = await archiveTree(root, { offer: async () => undefined, offerPacked: async () => undefined });
+    expect(shared.nodes.get('b.bin')!.chunks).toEqual(await idsOf(old));
+    expect(shared.stats.bytesRead).toBe(LINKED);
+    // Both names gone and a new file renamed over a.bin: ext4 hands it the freed inode number.
+    const renamed = Buffer.alloc(LINKED, 2);
+    const sink = await raceAfterListing(root, async () => {
+      await fs.rm(path.join(root, 'a.bin'));
+      await fs.rm(path.join(root, 'b.bin'));
+      await fs.writeFile(path.join(root, 'a.tmp'), renamed);
+      await fs.rename(path.join(root, 'a.tmp'), path.join(root, 'a.bin'));
+    });
+    const { nodes, problems } = await archiveTree(root, sink);
+    expect(nodes.get('a.bin')!.chunks).toEqual(await idsOf(renamed));
+    // b.bin is gone, not recorded with bytes it never held.
+    expect(nodes.has('b.bin')).toBe(false);
+    expect(problems.map((p) => [path.basename(p.path), p.message.split(':')[0]])).toEqual([['b.bin', 'ENOENT']]);
+  });
+
+  it('does not share a first read that saw the file change twice: the other paths read it themselves', async () => {
+    const root = tmpDir('cairn-archiver-');
+    await fs.writeFile(path.join(root, 'a.bin'), Buffer.alloc(LINKED, 1));
+    await fs.link(path.join(root, 'a.bin'), path.join(root, 'b.bin'));
+    const last = Buffer.alloc(LINKED, 3);
+    // Rewritten in place at the first chunk of each of a.bin's two reads: 1s, then 2s, then 3s.
+    const rewrites = [Buffer.alloc(LINKED, 2), last];
+    const seen = new Set<number>();
+    const sink: BlobSink = {
+      offer: async (_id, raw, kind) => {
+        if (kind !== 'DATA' || seen.has(raw[0]) || rewrites.length === 0) return;
+        seen.add(raw[0]);
+        await fs.writeFile(path.join(root, 'a.bin'), rewrites.shift()!);
+      },
+      offerPacked: async () => undefined,
+    };
+    const { nodes, problems } = await archiveTree(root, sink);
+    expect(problems.map((p) => [path.basename(p.path), p.message.split(':')[0]])).toEqual([['a.bin', 'ECHANGED']]);
+    // What is on disk after the walk, read through b.bin itself.
+    expect(nodes.get('b.bin')!.chunks).toEqual(await idsOf(last));
   });
 
   it('reads a hard-linked file again through a path listed with other times: the file changed between the listings', async () => {
