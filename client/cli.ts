@@ -187,7 +187,7 @@ export function buildProgram(): Command {
           for (const c of restorer.conflicts) process.stderr.write(`kept local: ${c.path}: ${c.reason}${overwriteHint}\n`);
           out(`restored snapshot ${snapshot.id.slice(0, 8)} (${snapshot.dataset}@${snapshot.host}, ${localTime(snapshot.time)}) to ${target}`);
           out(`  files ${stats.files} (${stats.filesSkippedSame} already present), dirs ${stats.dirs}, symlinks ${stats.symlinks}, ${formatBytes(stats.bytes)} written, ${stats.filesKeptLocal} local files kept`);
-          if (stats.hardLinks + stats.hardLinksAsCopies > 0) out(`  hard links ${stats.hardLinks} made${stats.hardLinksAsCopies > 0 ? `, ${stats.hardLinksAsCopies} paths written as separate files (their first path kept a local file, the file system refused the link, or past ${MAX_TRACKED_LINKS} hard-linked paths)` : ''}`);
+          if (stats.hardLinks + stats.hardLinksAsCopies > 0) out(`  hard links ${stats.hardLinks} made${stats.hardLinksAsCopies > 0 ? `, ${stats.hardLinksAsCopies} paths written as separate files (their first path holds a local file that differs or has other names, the file system refused the link, or past ${MAX_TRACKED_LINKS} hard-linked paths)` : ''}`);
           out(`  ${seconds.toFixed(2)}s, ${formatBytes(stats.bytes / Math.max(seconds, 0.001))}/s`);
         }
         for (const r of restorer.refused) process.stderr.write(`refused: ${r.path}: ${r.reason}\n`);

@@ -62,9 +62,10 @@ export function restorePlan(dryRun: RestoreStats, free: { dir: string; bytes: nu
 export function describePlan(p: RestorePlan): string {
   const replaced = p.filesReplaced > 0 ? `, replacing ${p.filesReplaced} local files` : '';
   const linked = p.filesLinked > 0 ? ` (${p.filesLinked} of them hard links to another)` : '';
+  const atMost = p.estimated ? ' at most (the snapshot\'s totals: a hard-linked file counts once per path)' : '';
   const fits = p.bytesToWrite <= p.freeBytes ? '' : ' (NOT ENOUGH SPACE: the restore would be refused)';
   return [
-    `  write      ${p.filesToWrite} files${linked}, ${formatBytes(p.bytesToWrite)}${replaced}`,
+    `  write      ${p.filesToWrite} files${linked}, ${formatBytes(p.bytesToWrite)}${atMost}${replaced}`,
     `  keep       ${p.filesKeptLocal} local files that are newer or differ${p.filesKeptLocal > 0 ? ' (--overwrite if-newer or always replaces them)' : ''}`,
     `  identical  ${p.filesIdentical} files already hold the snapshot's bytes (not fetched)`,
     `  space      ${formatBytes(p.freeBytes)} free in ${p.filesystem}${fits}`,

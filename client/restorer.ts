@@ -10,7 +10,7 @@ import type { HelloReply, Node, Snapshot } from '../common/messages.js';
 import { badName, joinPath } from '../common/tree.js';
 import { ChunkFetcher } from './chunk-fetcher.js';
 import { FileWriter, type WholeFile } from './file-writer.js';
-import { HardLinks } from './hard-links.js';
+import { HardLinks, type LocalFile } from './hard-links.js';
 import { readTree } from './tree-reader.js';
 import type { Connection } from './connection.js';
 
@@ -37,7 +37,7 @@ export interface RestoreStats {
   filesOverwritten: number;
   /** Files restored as a hard link to another path of the same file, as on the source. */
   hardLinks: number;
-  /** Paths of a hard-linked file written as separate files: the first path was kept as the user had it, the file system refused the link, or past MAX_TRACKED_LINKS. */
+  /** Paths of a hard-linked file written as separate files: the first path holds a local file that differs or has names of its own, the file system refused the link, or past MAX_TRACKED_LINKS. */
   hardLinksAsCopies: number;
 }
 
@@ -167,6 +167,12 @@ export class Restorer {
     await this.flushSmall();
     await this.drain();
     // Every first path is in place now; links go in before the symlinks, as every write does.
+    // A first path found identical with other names is linked to only if those names are all
+    // its own later paths (an earlier restore's links), looked at before any link is made.
+    await this.hardLinks.settleShared(this.hardLinksToMake, async (abs, local) => {
+      const st = await fs.lstat(abs, { bigint: true }).catch(() => undefined);
+      return st !== undefined && st.dev === local.dev && st.ino === local.ino;
+    });
     for (const l of this.hardLinksToMake) await this.restoreHardLink(l);
     await this.drain();
     for (const l of this.links) await this.restoreSymlink(l);
@@ -379,13 +385,13 @@ export class Restorer {
   }
 
   /** What to do about the destination of a file, and whether something stands there now. */
-  private async decide(abs: string, node: Node): Promise<{ action: 'write' | 'skip-same' | 'keep-local'; exists: boolean; why?: string; alone?: boolean }> {
+  private async decide(abs: string, node: Node): Promise<{ action: 'write' | 'skip-same' | 'keep-local'; exists: boolean; why?: string; local?: LocalFile }> {
     if (this.created.has(path.dirname(abs))) return { action: 'write', exists: false };
     const st = await fs.lstat(abs, { bigint: true }).catch(() => undefined);
     if (!st) return { action: 'write', exists: false };
     // No mode deletes a directory: the rename into place would fail and stop the whole restore.
     if (st.isDirectory()) return { action: 'keep-local', exists: true, why: 'a directory stands where the snapshot has a file; kept' };
-    if (st.isFile() && st.size === BigInt(node.size) && (await this.sameContent(abs, node))) return { action: 'skip-same', exists: true, alone: st.nlink === 1n };
+    if (st.isFile() && st.size === BigInt(node.size) && (await this.sameContent(abs, node))) return { action: 'skip-same', exists: true, local: { dev: st.dev, ino: st.ino, nlink: st.nlink } };
     if (this.opts.overwrite === 'always') return { action: 'write', exists: true };
     if (this.opts.overwrite === 'if-newer' && BigInt(node.mtimeNs) > st.mtimeNs) return { action: 'write', exists: true };
     return { action: 'keep-local', exists: true };
@@ -457,7 +463,8 @@ export class Restorer {
   /**
    * A later path of a hard-linked file: linked to the first one through a temporary name, so
    * the overwrite rules and the atomic rename apply as to any file. Written as a file of its
-   * own when the first path kept the user's different file, or the file system takes no link.
+   * own when the first path holds a local file that differs or has names of its own (see
+   * HardLinks.settleShared), or the file system takes no link.
    */
   private async restoreHardLink({ abs, node, first }: HardLinkToMake): Promise<void> {
     if (!this.hardLinks.isRestored(node)) {
@@ -491,12 +498,13 @@ export class Restorer {
    * run counts the file's size as to be written (a hard link writes none).
    */
   private async settle(abs: string, node: Node, bytes: boolean): Promise<'write' | 'would-write' | 'none'> {
-    const { action, exists, why, alone } = await this.decide(abs, node);
+    const { action, exists, why, local } = await this.decide(abs, node);
     if (action === 'skip-same') {
       this.stats.filesSkippedSame++;
       this.stats.files++;
       if (!this.opts.dryRun) await applyMeta(abs, node, false);
-      if (alone) this.hardLinks.restored(abs, node);
+      if (local?.nlink === 1n) this.hardLinks.restored(abs, node);
+      else if (local) this.hardLinks.identicalShared(abs, node, local);
       return 'none';
     }
     if (action === 'keep-local') {

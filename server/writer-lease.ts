@@ -85,13 +85,27 @@ export class WriterLease {
     this.onLost(err);
   }
 
+  /**
+   * The lease as stored. One that is not a lease record (a put cut short on a store that does
+   * not write objects whole, as the s3rver test stand-in does when its writer is killed) proves
+   * no live holder: it reads as expired and is taken over like a stale one. A live writer
+   * whose lease it was finds it no longer its own at its next refresh and stops.
+   */
   private async current(): Promise<LeaseRecord | undefined> {
+    let data: Buffer;
     try {
-      return JSON.parse((await this.store.get(LEASE_KEY)).toString('utf8')) as LeaseRecord;
+      data = await this.store.get(LEASE_KEY);
     } catch (err) {
       if (err instanceof CairnError && err.code === Code.NOT_FOUND) return undefined;
       throw err;
     }
+    try {
+      const r = JSON.parse(data.toString('utf8')) as LeaseRecord;
+      if (typeof r.holder === 'string' && typeof r.expires === 'string' && !Number.isNaN(Date.parse(r.expires))) return r;
+    } catch {
+      // Not JSON: as below.
+    }
+    return { holder: `unreadable (${data.length} bytes)`, host: 'unknown', pid: 0, expires: new Date(0).toISOString() };
   }
 
   async acquire(): Promise<void> {

@@ -245,7 +245,8 @@ describe('Archiver', () => {
     const root = tmpDir('cairn-archiver-');
     await fs.mkdir(path.join(root, 'a'));
     await fs.mkdir(path.join(root, 'b'));
-    const data = Buffer.from('one file, two directories');
+    // Large enough to be shared (the batched small-file reader's files are read per path).
+    const data = Buffer.alloc(LINKED, 5);
     await fs.writeFile(path.join(root, 'a', 'x.bin'), data);
     await fs.link(path.join(root, 'a', 'x.bin'), path.join(root, 'b', 'x.bin'));
     const { WalkCache } = await import('../dist/client/walk-cache.js');

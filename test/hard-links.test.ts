@@ -77,6 +77,14 @@ describe('hard links, snapshot and restore', () => {
     const again = await json<RestoreOut>(['restore', '--dataset', 'linked', target]);
     expect(again.stats).toMatchObject({ files: 6, filesSkippedSame: 6, bytes: 0, hardLinks: 0 });
     expect(await ino(path.join(target, 'b/model.bin'))).toBe(modelIno);
+
+    // A restore resumed after c/ was lost: the model's other names are its own paths in the
+    // target, so c/ is linked to it again, not written as a copy.
+    await fs.rm(path.join(target, 'c'), { recursive: true });
+    const resumed = await json<RestoreOut>(['restore', '--dataset', 'linked', target]);
+    expect(resumed.stats).toMatchObject({ hardLinks: 1, hardLinksAsCopies: 0, bytes: 0 });
+    expect(await ino(path.join(target, 'c/model-copy.bin'))).toBe(modelIno);
+    expect((await fs.stat(path.join(target, 'a/model.bin'))).nlink).toBe(3);
   });
 
   it('a dry run counts the links as files to write that take no space', async () => {
@@ -101,7 +109,7 @@ describe('hard links, snapshot and restore', () => {
 
     const r = await runCli(['restore', '--dataset', 'linked-kept', target], { server: server.addr });
     expect(r.code).toBe(3);
-    expect(r.stdout).toMatch(/hard links 1 made, 2 paths written as separate files \(their first path kept a local file/);
+    expect(r.stdout).toMatch(/hard links 1 made, 2 paths written as separate files \(their first path holds a local file that differs or has other names/);
     expect((await fs.readFile(path.join(target, 'a/model.bin'))).equals(local)).toBe(true);
     expect((await fs.readFile(path.join(target, 'b/model.bin'))).equals(model)).toBe(true);
     expect((await fs.readFile(path.join(target, 'c/model-copy.bin'))).equals(model)).toBe(true);
@@ -212,5 +220,14 @@ describe('HardLinks', () => {
     expect(h.linkOf('/t/e', file('1', 2, 1))).toBe('copy');
     // A plain file is never a copy of anything.
     expect(h.linkOf('/t/f', file('3', 1, 3))).toBeUndefined();
+  });
+});
+
+describe('restore plan text', () => {
+  it('says a plan from the snapshot\'s totals is an upper bound, and a walked one how many files are links', async () => {
+    const { describePlan } = await import('../client/plans.js');
+    const base = { filesToWrite: 600, bytesToWrite: 600 * MiB, filesReplaced: 0, filesLinked: 0, filesKeptLocal: 0, filesIdentical: 0, filesystem: '/data', freeBytes: 10 * 1024 * MiB };
+    expect(describePlan({ ...base, estimated: true })).toContain("write      600 files, 600 MiB at most (the snapshot's totals: a hard-linked file counts once per path)");
+    expect(describePlan({ ...base, bytesToWrite: 200 * MiB, filesLinked: 400, estimated: false })).toContain('write      600 files (400 of them hard links to another), 200 MiB\n');
   });
 });

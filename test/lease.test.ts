@@ -75,6 +75,19 @@ describe.each(storeBackends())('one writer per repository on the $name store', (
     await expect(store.head(key)).resolves.toBeUndefined();
   });
 
+  it('a lease object that is not a lease (a put cut short) is taken over like an expired one', async () => {
+    const opts = await sharedOptions();
+    const store = inspectStore(opts);
+    const key = `repos/default/${LEASE_KEY}`;
+    for (const junk of ['', '{"holder":"half', '{"holder":"x","expires":"never"}']) {
+      await store.put(key, Buffer.from(junk));
+      const server = await startServer(opts);
+      expect(server.logs.some((l) => l.includes('taking over the writer lease') && l.includes('unreadable'))).toBe(true);
+      expect(JSON.parse((await store.get(key)).toString('utf8'))).toMatchObject({ host: os.hostname(), pid: server.proc.pid });
+      await server.stop();
+    }
+  });
+
   it('a SIGTERM while the server is starting stops it cleanly once started, releasing the lease', async () => {
     const opts = await sharedOptions();
     const store = inspectStore(opts);
