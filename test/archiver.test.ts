@@ -6,6 +6,7 @@ import { Chunker, DEFAULT_CHUNKER_PARAMS } from '../common/chunker.js';
 import { CairnError, Code } from '../common/errors.js';
 import { ExcludeMatcher } from '../client/excludes.js';
 import type { BlobSink } from '../client/archiver.js';
+import type { WalkCache } from '../client/walk-cache.js';
 import { cleanupTmp, tmpDir } from './harness.js';
 
 /** From the build: the archiver's small-file reader runs worker threads (`npm test` builds first). */
@@ -106,7 +107,6 @@ describe('Archiver', () => {
 
   /** Archives `root` (one file) with a sink that calls `onFirstChunk` at the file's first data chunk; the file's node and the problems. */
   async function archiveOneFile(root: string, onFirstChunk: () => Promise<void>) {
-    const { decodeTree } = await import('../common/tree.js');
     let offers = 0;
     const sink: BlobSink = {
       offer: async (_id, _raw, kind) => {
@@ -114,28 +114,18 @@ describe('Archiver', () => {
       },
       offerPacked: async () => undefined,
     };
-    const { Archiver, SmallFileReader } = await load();
-    const small = new SmallFileReader(3, DEFAULT_CHUNKER_PARAMS.minSize, 1);
-    const excludes = await ExcludeMatcher.create({ excludes: [], includes: [], excludeFiles: [], defaultExcludes: true, excludeCaches: true });
-    const made = new Map<string, Buffer>();
-    const archiver = new Archiver({ chunker: new Chunker(DEFAULT_CHUNKER_PARAMS), sink, small, excludes, trees: { readParent: async () => [], made: (id, bytes) => void made.set(id.toString('hex'), bytes) } });
-    try {
-      const rootId = await archiver.archive([root], undefined);
-      const [node] = decodeTree(made.get(rootId.toString('hex'))!, 'root');
-      return { node, problems: archiver.problems, offers };
-    } finally {
-      await small.close();
-    }
+    const { nodes, problems } = await archiveTree(root, sink);
+    return { node: [...nodes.values()][0], problems, offers };
   }
 
-  /** Archives `root` through `sink`; the root tree's nodes by name, and the archiver's stats and problems. */
-  async function archiveTree(root: string, sink: BlobSink) {
+  /** Archives `root` through `sink` (and the pre-scan's `walked` listings); the root tree's nodes by name, and the archiver's stats and problems. */
+  async function archiveTree(root: string, sink: BlobSink, walked?: WalkCache) {
     const { decodeTree } = await import('../common/tree.js');
     const { Archiver, SmallFileReader } = await load();
     const small = new SmallFileReader(3, DEFAULT_CHUNKER_PARAMS.minSize, 1);
     const excludes = await ExcludeMatcher.create({ excludes: [], includes: [], excludeFiles: [], defaultExcludes: true, excludeCaches: true });
     const made = new Map<string, Buffer>();
-    const archiver = new Archiver({ chunker: new Chunker(DEFAULT_CHUNKER_PARAMS), sink, small, excludes, trees: { readParent: async () => [], made: (id, bytes) => void made.set(id.toString('hex'), bytes) } });
+    const archiver = new Archiver({ chunker: new Chunker(DEFAULT_CHUNKER_PARAMS), sink, small, excludes, walked, trees: { readParent: async () => [], made: (id, bytes) => void made.set(id.toString('hex'), bytes) } });
     try {
       const rootId = await archiver.archive([root], undefined);
       return { nodes: new Map(decodeTree(made.get(rootId.toString('hex'))!, 'root').map((n) => [n.name, n])), stats: archiver.stats, problems: archiver.problems };
@@ -257,17 +247,8 @@ describe('Archiver', () => {
     const st = { ...entryStat(await fs.lstat(path.join(root, 'b', 'x.bin'), { bigint: true })).st };
     st.mtimeNs += 1_000_000n;
     walked.put(path.join(root, 'b'), { ino: bDir.ino, mtimeNs: bDir.mtimeNs, ctimeNs: bDir.ctimeNs }, { entries: [{ name: 'x.bin', abs: path.join(root, 'b', 'x.bin'), rel: 'b/x.bin', type: 'FILE', st }], problems: [], skipped: 0 });
-    const { Archiver, SmallFileReader } = await load();
-    const small = new SmallFileReader(3, DEFAULT_CHUNKER_PARAMS.minSize, 1);
-    const excludes = await ExcludeMatcher.create({ excludes: [], includes: [], excludeFiles: [], defaultExcludes: true, excludeCaches: true });
-    const sink: BlobSink = { offer: async () => undefined, offerPacked: async () => undefined };
-    const archiver = new Archiver({ chunker: new Chunker(DEFAULT_CHUNKER_PARAMS), sink, small, excludes, walked, trees: { readParent: async () => [], made: () => undefined } });
-    try {
-      await archiver.archive([root], undefined);
-      expect(archiver.stats.bytesRead).toBe(2 * data.length);
-    } finally {
-      await small.close();
-    }
+    const { stats } = await archiveTree(root, { offer: async () => undefined, offerPacked: async () => undefined }, walked);
+    expect(stats.bytesRead).toBe(2 * data.length);
   });
 
   it('reads a file again when it changed while it was read, and records the second read', async () => {
